@@ -1,0 +1,3 @@
+"""cake_core: the CAKE engine (pure PyTorch, no web, queue or database imports)."""
+
+__version__ = "0.1.0"
