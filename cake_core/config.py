@@ -1,0 +1,296 @@
+"""Job spec: plain dataclasses, validated with errors that name the field.
+
+The spec is what a user sends (CLI ``--spec`` or the REST API) and what the manifest records.
+``resolve_spec`` turns a partial dict into a complete, validated :class:`JobSpec`: preset values
+first, then the user's values on top, so the stored spec always has every default filled in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal
+
+from cake_core.errors import SpecError
+
+NoiseSchedule = Literal["linear", "cosine"]
+InputOptimizer = Literal["sgd", "adam"]
+Prior = Literal["normal", "uniform"]
+TrainOptimizer = Literal["sgd", "adamw"]
+TrainSchedule = Literal["onecycle", "cosine"]
+
+
+@dataclass
+class StudentSpec:
+    """Which student to build. ``arch`` None means "the default for the teacher's input rank"."""
+
+    arch: str | None = None
+    width: float = 0.5
+
+
+@dataclass
+class LossWeights:
+    """Weights of the synthesis loss terms (reference: cls 1e3, contr 1e1, tv 1e5, entropy 0)."""
+
+    cls: float = 1e3
+    contr: float = 1e1
+    tv: float = 1e5
+    entropy: float = 0.0
+
+
+@dataclass
+class SynthesisSpec:
+    """CAKE synthesis: ``num_samples`` inputs in mini-batches of ``batch_size``, ``steps`` each.
+
+    ``noise`` is the step size of the first mini-batch; it decays by ``noise_decay_magnitude``
+    orders of magnitude to the last one. ``chunk_batches`` is how many mini-batches run at once
+    (0: chosen from the input size); it changes speed and memory, never the result's
+    distribution.
+    """
+
+    num_samples: int = 25600
+    batch_size: int = 100
+    groups: int = 10
+    steps: int = 500
+    weights: LossWeights = field(default_factory=LossWeights)
+    noise: float = 0.1
+    noise_schedule: NoiseSchedule = "linear"
+    noise_decay_magnitude: float = 4.0
+    langevin: bool = False
+    optimizer: InputOptimizer = "sgd"
+    prior: Prior = "normal"
+    soft_labels: bool = True
+    chunk_batches: int = 0
+
+
+@dataclass
+class TrainingSpec:
+    """Student training on the synthetic set.
+
+    The reference trains on stored soft labels. ``relabel`` asks the teacher again for every
+    training batch, which lets ``mixup`` and ``input_noise`` augment the synthetic samples
+    without the labels going stale; each is switchable and measured in ``bench/quality``.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: TrainOptimizer = "sgd"
+    schedule: TrainSchedule = "onecycle"
+    weight_decay: float = 5e-4
+    temperature: float = 1.0
+    holdout_fraction: float = 0.01
+    relabel: bool = False
+    mixup: float = 0.0
+    input_noise: float = 0.0
+
+
+@dataclass
+class JobSpec:
+    """Everything a distillation job needs besides the teacher itself."""
+
+    student: StudentSpec = field(default_factory=StudentSpec)
+    synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    preset: str | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Presets hold only the fields they change from the dataclass defaults (the reference values).
+# Both are calibrated on inputs from 13 tabular features to 3x32x32 images: Adam on the inputs is
+# scale-free, so the step size means the same thing whatever the input size, where plain SGD with
+# the reference step sizes diverges on small inputs (see docs/CAKE.md, "Note on scale").
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "synthesis": {"optimizer": "adam", "noise": 0.05},
+        "training": {"relabel": True, "mixup": 1.0, "input_noise": 0.3},
+    },
+    "fast": {
+        "synthesis": {
+            "num_samples": 6400,
+            "steps": 100,
+            "optimizer": "adam",
+            "noise": 0.05,
+        },
+        "training": {
+            "epochs": 30,
+            "relabel": True,
+            "mixup": 1.0,
+            "input_noise": 0.3,
+        },
+    },
+    "reference": {},
+}
+
+_LIMITS: dict[str, tuple[float, float]] = {
+    "student.width": (0.0625, 8.0),
+    "synthesis.num_samples": (1, 10_000_000),
+    "synthesis.batch_size": (2, 100_000),
+    "synthesis.groups": (1, 1000),
+    "synthesis.steps": (1, 100_000),
+    "synthesis.noise": (1e-12, 10.0),
+    "synthesis.noise_decay_magnitude": (0.0, 12.0),
+    "synthesis.chunk_batches": (0, 100_000),
+    "synthesis.weights.cls": (0.0, 1e12),
+    "synthesis.weights.contr": (0.0, 1e12),
+    "synthesis.weights.tv": (0.0, 1e12),
+    "synthesis.weights.entropy": (0.0, 1e12),
+    "training.epochs": (1, 10_000),
+    "training.batch_size": (1, 100_000),
+    "training.lr": (1e-12, 100.0),
+    "training.weight_decay": (0.0, 1.0),
+    "training.temperature": (1e-3, 100.0),
+    "training.holdout_fraction": (0.0, 0.5),
+    "training.mixup": (0.0, 100.0),
+    "training.input_noise": (0.0, 100.0),
+    "seed": (0, 2**63 - 1),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "synthesis.noise_schedule": ("linear", "cosine"),
+    "synthesis.optimizer": ("sgd", "adam"),
+    "synthesis.prior": ("normal", "uniform"),
+    "training.optimizer": ("sgd", "adamw"),
+    "training.schedule": ("onecycle", "cosine"),
+}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, type-checking each field; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise SpecError(path or "spec", f"expected an object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{path}.{key}" if path else key
+            raise SpecError(where, f"unknown field; known fields: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for name in known:
+        if name not in data:
+            continue
+        where = f"{path}.{name}" if path else name
+        default = getattr(cls(), name)
+        values[name] = _coerce(default, data[name], where)
+    return cls(**values)
+
+
+def _coerce(default: Any, value: Any, where: str) -> Any:
+    if is_dataclass(default):
+        return _build(type(default), value, where)
+    if where in ("student.arch", "preset"):
+        if value is not None and not isinstance(value, str):
+            raise SpecError(where, "expected a string or null")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SpecError(where, "expected true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(where, "expected an integer")
+        if isinstance(value, float) and not value.is_integer():
+            raise SpecError(where, f"expected an integer, got {value}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(where, "expected a number")
+        if not math.isfinite(value):
+            raise SpecError(where, "must be a finite number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise SpecError(where, "expected a string")
+        return value
+    return value
+
+
+def _check_ranges(spec: JobSpec) -> None:
+    flat = _flatten(spec.to_dict())
+    for key, (low, high) in _LIMITS.items():
+        value = flat[key]
+        if not low <= value <= high:
+            raise SpecError(key, f"must be between {low:g} and {high:g}, got {value:g}")
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise SpecError(key, f"must be one of {', '.join(choices)}; got {flat[key]!r}")
+    syn = spec.synthesis
+    if syn.batch_size % syn.groups:
+        raise SpecError(
+            "synthesis.batch_size",
+            f"must be a multiple of synthesis.groups ({syn.groups}) so every row of the "
+            f"mini-batch holds {syn.groups} distinct classes; got {syn.batch_size}",
+        )
+    if syn.num_samples < syn.batch_size:
+        raise SpecError(
+            "synthesis.num_samples",
+            f"must be at least synthesis.batch_size ({syn.batch_size}); got {syn.num_samples}",
+        )
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resolve_spec(
+    data: dict[str, Any] | None = None,
+    *,
+    num_classes: int | None = None,
+) -> JobSpec:
+    """Complete and validate a (partial) spec dict.
+
+    ``preset`` (default ``"default"``) supplies values for every field the user left out. With
+    ``num_classes`` known, ``groups`` left unspecified becomes ``min(groups, num_classes)`` (and
+    the batch size is rounded down to a multiple of it), while an explicit ``groups`` above the
+    class count is an error.
+    """
+    data = dict(data or {})
+    preset_name = data.get("preset") or "default"
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
+        raise SpecError("preset", f"unknown preset {preset_name!r}; choose one of {presets()}")
+    user_groups = isinstance(data.get("synthesis"), dict) and "groups" in data["synthesis"]
+    user_batch = isinstance(data.get("synthesis"), dict) and "batch_size" in data["synthesis"]
+    merged = _deep_merge(PRESETS[preset_name], data)
+    merged["preset"] = preset_name
+    spec = _build(JobSpec, merged, "")
+    if num_classes is not None:
+        _fit_groups(spec, num_classes, user_groups=user_groups, user_batch=user_batch)
+    _check_ranges(spec)
+    return spec
+
+
+def _fit_groups(spec: JobSpec, num_classes: int, *, user_groups: bool, user_batch: bool) -> None:
+    syn = spec.synthesis
+    if syn.groups > num_classes:
+        if user_groups:
+            raise SpecError(
+                "synthesis.groups",
+                f"must not exceed the teacher's number of classes ({num_classes}); "
+                f"got {syn.groups}",
+            )
+        syn.groups = num_classes
+        if not user_batch:
+            syn.batch_size = max(syn.groups, syn.batch_size - syn.batch_size % syn.groups)
+
+
+def presets() -> list[str]:
+    return sorted(PRESETS)

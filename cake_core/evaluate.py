@@ -1,0 +1,82 @@
+"""Agreement and accuracy, computed in batches without gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from cake_core.errors import DatasetInvalidError
+
+
+@torch.no_grad()
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Top-1 class of every row of ``x`` (CPU tensor of int64)."""
+    out = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size].to(device)
+        out.append(model(batch).float().argmax(dim=1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of positions where two label vectors agree."""
+    return float((a == b).float().mean()) if len(a) else float("nan")
+
+
+def load_eval_arrays(
+    path: str, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an evaluation ``.npz`` (``x`` float ``[N, *input_shape]``, ``y`` int ``[N]``).
+
+    Only used to report accuracy, never to train. Loaded with ``allow_pickle=False``.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data or "y" not in data:
+                raise DatasetInvalidError("the .npz must contain arrays named 'x' and 'y'")
+            x, y = data["x"], data["y"]
+    except DatasetInvalidError:
+        raise
+    except Exception as exc:
+        raise DatasetInvalidError(f"not a readable .npz file ({type(exc).__name__})") from None
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DatasetInvalidError(
+            f"x has shape {list(x.shape)}, expected [N, {', '.join(map(str, input_shape))}]"
+        )
+    if y.shape != (x.shape[0],):
+        raise DatasetInvalidError(f"y has shape {list(y.shape)}, expected [{x.shape[0]}]")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DatasetInvalidError(f"y must hold integer class indices, got {y.dtype}")
+    if len(y) == 0:
+        raise DatasetInvalidError("the data set is empty")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise DatasetInvalidError(
+            f"y holds classes {int(y.min())}..{int(y.max())}, the teacher has {num_classes}"
+        )
+    if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+        raise DatasetInvalidError("x must be finite floating-point values")
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+def evaluate_on_data(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    student: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+) -> dict[str, float]:
+    """Teacher accuracy, student accuracy and their top-1 agreement on real data."""
+    teacher_pred = predict(teacher, x, device)
+    student_pred = predict(student, x, device)
+    return {
+        "teacher_accuracy": agreement(teacher_pred, y),
+        "student_accuracy": agreement(student_pred, y),
+        "agreement_eval": agreement(student_pred, teacher_pred),
+    }
