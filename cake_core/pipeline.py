@@ -1,0 +1,299 @@
+"""One function that runs a whole job: synthesize, train, evaluate, export.
+
+The CLI and the service's worker both call :func:`run_job`. It reports progress through a
+callback, asks ``should_cancel`` between steps, and saves checkpoints through a
+:class:`CheckpointStore` after every synthesis chunk and every training epoch, so a job that is
+interrupted (worker killed, machine restarted) resumes from its last finished chunk or epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from cake_core.config import JobSpec, resolve_spec
+from cake_core.device import Runtime, default_runtime
+from cake_core.distill import SyntheticSet, TrainingState, train_student
+from cake_core.errors import JobCanceled
+from cake_core.evaluate import evaluate_on_data, load_eval_arrays
+from cake_core.export import (
+    export_student,
+    library_versions,
+    write_manifest,
+    write_sample_grid,
+)
+from cake_core.students import build_student, default_arch
+from cake_core.synthesis import SyntheticChunk, plan_synthesis, synthesize
+from cake_core.teacher import TeacherInfo, inspect_teacher
+
+PHASES = ("synthesizing", "training", "evaluating", "exporting")
+# Share of the overall progress bar each phase takes.
+_PHASE_SPAN = {
+    "synthesizing": (0.0, 0.6),
+    "training": (0.6, 0.95),
+    "evaluating": (0.95, 0.97),
+    "exporting": (0.97, 1.0),
+}
+
+
+@dataclass
+class Progress:
+    """One progress report: ``fraction`` is the overall job progress in [0, 1]."""
+
+    phase: str
+    fraction: float
+    phase_fraction: float
+    message: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class CheckpointStore(Protocol):
+    """Where the pipeline keeps resumable state (local folder, object store...)."""
+
+    def save(self, key: str, state: dict[str, Any]) -> None: ...
+
+    def load(self, key: str) -> dict[str, Any] | None: ...
+
+
+class DirectoryCheckpoints:
+    """Checkpoints as files in a folder, written atomically (temp file, then rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / f"{key.replace('/', '__')}.pt"
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, self._path(key))
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        # Our own checkpoints only hold tensors and plain containers: no pickled code is loaded.
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class JobResult:
+    spec: JobSpec
+    teacher: TeacherInfo
+    metrics: dict[str, float]
+    artifacts: dict[str, Path]
+    history: list[dict[str, float]]
+    synthesis_log: list[dict[str, float]]
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Reporter:
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.last = 0.0
+
+    def __call__(
+        self, phase: str, phase_fraction: float, message: str, metrics: dict | None = None
+    ) -> None:
+        low, high = _PHASE_SPAN[phase]
+        # Monotone even when a resumed job reports an earlier chunk again.
+        self.last = max(self.last, low + (high - low) * min(1.0, max(0.0, phase_fraction)))
+        if self.callback is not None:
+            self.callback(Progress(phase, self.last, phase_fraction, message, metrics or {}))
+
+
+def run_job(
+    teacher_path: str | Path,
+    input_shape: tuple[int, ...],
+    spec: JobSpec | dict[str, Any] | None,
+    out_dir: str | Path,
+    *,
+    eval_path: str | Path | None = None,
+    runtime: Runtime | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    checkpoints: CheckpointStore | None = None,
+) -> JobResult:
+    """Run a distillation job end to end; write ``student.pt``, ``manifest.json``, ``samples.png``.
+
+    Raises :class:`~cake_core.errors.CakeError` subclasses for anything the user can fix
+    (invalid teacher, spec or data set; divergence) and :class:`JobCanceled` when canceled.
+    """
+    started = time.perf_counter()
+    runtime = runtime or default_runtime()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = _Reporter(on_progress)
+    stop = should_cancel or (lambda: False)
+
+    teacher, info = inspect_teacher(teacher_path, input_shape, device=runtime.device)
+    if isinstance(spec, JobSpec):
+        spec = resolve_spec(spec.to_dict(), num_classes=info.num_classes)
+    else:
+        spec = resolve_spec(spec, num_classes=info.num_classes)
+    if runtime.channels_last and len(info.input_shape) == 3:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    eval_arrays = (
+        load_eval_arrays(str(eval_path), info.input_shape, info.num_classes)
+        if eval_path is not None
+        else None
+    )
+    arch = spec.student.arch or default_arch(info.input_shape)
+    spec.student.arch = arch
+    torch.manual_seed(spec.seed)
+    student = build_student(arch, info.input_shape, info.num_classes, spec.student.width)
+
+    data, synthesis_log, synthesis_seconds = _synthesize_all(
+        teacher, spec, info, runtime, report, stop, checkpoints
+    )
+    if stop():
+        raise JobCanceled("canceled")
+
+    report("training", 0.0, "training the student")
+    train_started = time.perf_counter()
+    train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
+    resume_state = checkpoints.load("training") if checkpoints else None
+    resume = TrainingState(**resume_state) if resume_state else None
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        report(
+            "training",
+            epoch / spec.training.epochs,
+            f"epoch {epoch}/{spec.training.epochs}: loss {metrics['loss']:.4f}, "
+            f"agreement {metrics['agreement_synthetic']:.3f}",
+            metrics,
+        )
+
+    history = train_student(
+        student,
+        teacher,
+        train,
+        holdout,
+        spec.training,
+        runtime,
+        seed=spec.seed,
+        num_classes=info.num_classes,
+        resume=resume,
+        on_epoch=on_epoch,
+        on_checkpoint=(lambda state: checkpoints.save("training", asdict(state)))
+        if checkpoints
+        else None,
+        should_stop=stop,
+    )
+    training_seconds = time.perf_counter() - train_started
+
+    report("evaluating", 0.0, "evaluating the student")
+    student.eval()
+    metrics: dict[str, float] = {
+        "agreement_synthetic": history[-1]["agreement_synthetic"] if history else float("nan"),
+        "teacher_parameters": float(info.parameters),
+        "student_parameters": float(sum(p.numel() for p in student.parameters())),
+        "synthesis_seconds": synthesis_seconds,
+        "training_seconds": training_seconds,
+        "samples_per_second": len(data) / synthesis_seconds if synthesis_seconds > 0 else 0.0,
+        "num_samples": float(len(data)),
+    }
+    if eval_arrays is not None:
+        metrics.update(evaluate_on_data(teacher, student, *eval_arrays, runtime.device))
+        metrics["accuracy_ratio"] = metrics["student_accuracy"] / max(
+            metrics["teacher_accuracy"], 1e-12
+        )
+    report("evaluating", 1.0, "evaluated", metrics)
+
+    if stop():
+        raise JobCanceled("canceled")
+    report("exporting", 0.0, "exporting the student")
+    artifacts = {"student.pt": out / "student.pt", "manifest.json": out / "manifest.json"}
+    exported = export_student(student, artifacts["student.pt"], info.input_shape, info.num_classes)
+    if write_sample_grid(out / "samples.png", data.x, data.labels, info.num_classes):
+        artifacts["samples.png"] = out / "samples.png"
+    metrics["total_seconds"] = time.perf_counter() - started
+    write_manifest(
+        artifacts["manifest.json"],
+        {
+            "teacher": info.to_dict(),
+            "input_shape": list(info.input_shape),
+            "num_classes": info.num_classes,
+            "spec": spec.to_dict(),
+            "metrics": metrics,
+            "student": {"arch": arch, "width": spec.student.width, **exported},
+            "history": history,
+            "synthesis": synthesis_log,
+            "versions": library_versions(),
+            "device": str(runtime.device),
+        },
+    )
+    report("exporting", 1.0, "done", metrics)
+    return JobResult(spec, info, metrics, artifacts, history, synthesis_log)
+
+
+def _synthesize_all(
+    teacher: torch.jit.ScriptModule,
+    spec: JobSpec,
+    info: TeacherInfo,
+    runtime: Runtime,
+    report: _Reporter,
+    stop: Callable[[], bool],
+    checkpoints: CheckpointStore | None,
+) -> tuple[SyntheticSet, list[dict[str, float]], float]:
+    """Collect every chunk, reusing chunks a previous attempt already checkpointed."""
+    plan = plan_synthesis(spec.synthesis, info.input_shape, runtime)
+    chunks: list[SyntheticChunk | dict[str, Any]] = []
+    seconds = 0.0
+    if checkpoints is not None:
+        while (saved := checkpoints.load(f"synthesis/{len(chunks):06d}")) is not None:
+            chunks.append(saved)
+            seconds += float(saved["seconds"])
+    log = [dict(c["log"]) for c in chunks if isinstance(c, dict)]
+    report("synthesizing", len(chunks) / plan.num_chunks, f"synthesizing {plan.num_chunks} chunks")
+    chunk_started = time.perf_counter()
+    for chunk in synthesize(
+        teacher,
+        spec.synthesis,
+        info.input_shape,
+        info.num_classes,
+        seed=spec.seed,
+        runtime=runtime,
+        start_chunk=len(chunks),
+        should_stop=stop,
+    ):
+        elapsed = time.perf_counter() - chunk_started
+        seconds += elapsed
+        entry = {
+            "chunk": float(chunk.index),
+            "first_batch": float(chunk.first_batch),
+            "step_size": float(chunk.step_sizes[0]),
+            "target_accuracy": chunk.target_accuracy,
+            "seconds": elapsed,
+            **{f"loss_{k}": v for k, v in chunk.losses.items()},
+        }
+        log.append(entry)
+        if checkpoints is not None:
+            checkpoints.save(
+                f"synthesis/{chunk.index:06d}",
+                {"x": chunk.x, "labels": chunk.labels, "seconds": elapsed, "log": entry},
+            )
+        chunks.append(chunk)
+        report(
+            "synthesizing",
+            (chunk.index + 1) / plan.num_chunks,
+            f"chunk {chunk.index + 1}/{plan.num_chunks}: loss {chunk.losses['total']:.3g}, "
+            f"on target {chunk.target_accuracy:.2f}",
+            entry,
+        )
+        chunk_started = time.perf_counter()
+    xs = [c["x"] if isinstance(c, dict) else c.x for c in chunks]
+    labels = [c["labels"] if isinstance(c, dict) else c.labels for c in chunks]
+    return SyntheticSet(torch.cat(xs), torch.cat(labels)), log, seconds

@@ -1,0 +1,195 @@
+"""Named student architectures, validated before anything is built.
+
+A job spec names its student by string (``student.arch``) and a width multiplier
+(``student.width``); the input shape and class count come from the teacher. This module turns
+that triple into an ``nn.Module`` and turns every way it can be wrong into a :class:`SpecError`
+that names the setting to fix, so the CLI and the service can show the message verbatim.
+Architecture modules register themselves on import (see ``cake_core.students.__init__``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cake_core.errors import SpecError
+
+MAX_WIDTH = 8.0
+
+# What each accepted input rank means; used in error messages and docs.
+RANK_LAYOUTS: dict[int, str] = {
+    1: "[features]",
+    2: "[sequence, dim]",
+    3: "[channels, height, width]",
+}
+
+Builder = Callable[[tuple[int, ...], int, float], nn.Module]
+
+
+def scaled(base: int, width: float, minimum: int = 1) -> int:
+    """``base * width`` rounded half up (not Python's half-to-even), at least ``minimum``.
+
+    Half-up keeps the published variants exact, e.g. LeNet-5-Half's 3, 8, 60, 42.
+    """
+    return max(minimum, math.floor(base * width + 0.5))
+
+
+def _shape_text(shape: object) -> str:
+    if isinstance(shape, Sequence) and not isinstance(shape, str):
+        return "[" + ", ".join(str(d) for d in shape) + "]"
+    return repr(shape)
+
+
+def _ranks_text(ranks: Sequence[int]) -> str:
+    parts = [f"{r} {RANK_LAYOUTS.get(r, '')}".rstrip() for r in ranks]
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _as_shape(input_shape: Sequence[int]) -> tuple[int, ...] | None:
+    """The shape as a tuple of positive ints, or None when it is not one."""
+    try:
+        if any(isinstance(d, bool) for d in input_shape):
+            return None
+        shape = tuple(operator.index(d) for d in input_shape)
+    except TypeError:
+        return None
+    if not shape or min(shape) < 1:
+        return None
+    return shape
+
+
+def _check_width(width: float) -> float:
+    if isinstance(width, bool) or not isinstance(width, int | float):
+        raise SpecError("student.width", f"width must be a number; got {width!r}")
+    if not math.isfinite(width) or not 0 < width <= MAX_WIDTH:
+        raise SpecError(
+            "student.width",
+            f"width must be greater than 0 and at most {MAX_WIDTH:g} "
+            f"(1.0 is the reference size); got {width!r}",
+        )
+    return float(width)
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise SpecError(
+            "student.num_classes",
+            f"a classifier needs an integer number of classes >= 2; got {num_classes!r}",
+        )
+    return num_classes
+
+
+@dataclass(frozen=True)
+class StudentArch:
+    """One buildable architecture: a name, what it is for, and which input ranks it takes.
+
+    ``input_ranks`` counts dimensions without the batch: 1 = [features], 2 = [seq, dim],
+    3 = [C, H, W]. ``builder`` receives already-validated arguments.
+    """
+
+    name: str
+    description: str
+    input_ranks: tuple[int, ...]
+    builder: Builder
+
+    def accepts(self, input_shape: Sequence[int]) -> bool:
+        """Whether ``input_shape`` (no batch dim) is positive ints of an accepted rank."""
+        shape = _as_shape(input_shape)
+        return shape is not None and len(shape) in self.input_ranks
+
+    def _validate(
+        self, input_shape: Sequence[int], num_classes: int, width: float
+    ) -> tuple[tuple[int, ...], int, float]:
+        width = _check_width(width)
+        num_classes = _check_num_classes(num_classes)
+        shape = _as_shape(input_shape)
+        if shape is None:
+            raise SpecError(
+                "student.arch",
+                f"input shape must be a non-empty list of positive integers; "
+                f"got {_shape_text(input_shape)}",
+            )
+        if len(shape) not in self.input_ranks:
+            raise SpecError(
+                "student.arch",
+                f"{self.name} needs an input of rank {_ranks_text(self.input_ranks)}; "
+                f"got {_shape_text(shape)}",
+            )
+        return shape, num_classes, width
+
+    def build(self, input_shape: Sequence[int], num_classes: int, width: float = 1.0) -> nn.Module:
+        """A freshly initialised student; raises :class:`SpecError` on invalid arguments."""
+        return self.builder(*self._validate(input_shape, num_classes, width))
+
+    def parameter_count(
+        self, input_shape: Sequence[int], num_classes: int, width: float = 1.0
+    ) -> int:
+        """Number of parameters ``build`` would create.
+
+        Built on the meta device: no memory for weights, and the global RNG is left untouched
+        so asking for a size never changes what a seeded ``build`` produces.
+        """
+        args = self._validate(input_shape, num_classes, width)
+        with torch.device("meta"):
+            module = self.builder(*args)
+        return sum(p.numel() for p in module.parameters())
+
+    def describe(
+        self,
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        width: float = 1.0,
+    ) -> dict:
+        """JSON-ready summary; includes ``parameters`` when shape and class count are given."""
+        info: dict = {
+            "name": self.name,
+            "description": self.description,
+            "input_ranks": list(self.input_ranks),
+        }
+        if input_shape is not None and num_classes is not None:
+            info["parameters"] = self.parameter_count(input_shape, num_classes, width)
+        return info
+
+
+_REGISTRY: dict[str, StudentArch] = {}
+
+
+def register(arch: StudentArch) -> StudentArch:
+    """Add ``arch`` under its name; a second architecture with the same name is a bug."""
+    if arch.name in _REGISTRY:
+        raise ValueError(f"student architecture {arch.name!r} is already registered")
+    _REGISTRY[arch.name] = arch
+    return arch
+
+
+def get_arch(name: str) -> StudentArch:
+    """The architecture called ``name``; unknown names list the valid choices."""
+    arch = _REGISTRY.get(name) if isinstance(name, str) else None
+    if arch is None:
+        choices = ", ".join(sorted(_REGISTRY))
+        raise SpecError("student.arch", f"unknown architecture {name!r}; choose one of: {choices}")
+    return arch
+
+
+def list_archs() -> list[StudentArch]:
+    """All registered architectures, sorted by name."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def build_student(
+    name: str, input_shape: Sequence[int], num_classes: int, width: float = 1.0
+) -> nn.Module:
+    """Shortcut for ``get_arch(name).build(input_shape, num_classes, width)``."""
+    return get_arch(name).build(input_shape, num_classes, width)
+
+
+def default_arch(input_shape: Sequence[int]) -> str:
+    """The architecture to use when the spec names none: a CNN for images, else an MLP."""
+    return "lenet5" if len(input_shape) == 3 else "mlp"
