@@ -46,7 +46,9 @@ class SynthesisSpec:
     ``noise`` is the step size of the first mini-batch; it decays by ``noise_decay_magnitude``
     orders of magnitude to the last one. ``chunk_batches`` is how many mini-batches run at once
     (0: chosen from the input size); it changes speed and memory, never the result's
-    distribution.
+    distribution. ``snapshots`` > 1 also keeps each sample at evenly spaced earlier steps of its
+    trajectory (beyond the reference): samples at several distances from the boundary, labelled
+    with logits the synthesis computed anyway, so they cost no extra teacher passes.
     """
 
     num_samples: int = 25600
@@ -62,6 +64,7 @@ class SynthesisSpec:
     prior: Prior = "normal"
     soft_labels: bool = True
     chunk_batches: int = 0
+    snapshots: int = 1
 
 
 @dataclass
@@ -70,7 +73,9 @@ class TrainingSpec:
 
     The reference trains on stored soft labels. ``relabel`` asks the teacher again for every
     training batch, which lets ``mixup`` and ``input_noise`` augment the synthetic samples
-    without the labels going stale; each is switchable and measured in ``bench/quality``.
+    without the labels going stale, and ``adversarial`` move half of each batch one signed
+    gradient step (of that size) toward where student and teacher disagree most. Each is
+    switchable and measured in ``bench/quality``.
     """
 
     epochs: int = 30
@@ -84,6 +89,7 @@ class TrainingSpec:
     relabel: bool = False
     mixup: float = 0.0
     input_noise: float = 0.0
+    adversarial: float = 0.0
 
 
 @dataclass
@@ -135,6 +141,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "synthesis.noise": (1e-12, 10.0),
     "synthesis.noise_decay_magnitude": (0.0, 12.0),
     "synthesis.chunk_batches": (0, 100_000),
+    "synthesis.snapshots": (1, 100),
     "synthesis.weights.cls": (0.0, 1e12),
     "synthesis.weights.contr": (0.0, 1e12),
     "synthesis.weights.tv": (0.0, 1e12),
@@ -147,6 +154,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "training.holdout_fraction": (0.0, 0.5),
     "training.mixup": (0.0, 100.0),
     "training.input_noise": (0.0, 100.0),
+    "training.adversarial": (0.0, 100.0),
     "seed": (0, 2**63 - 1),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -231,7 +239,13 @@ def _check_ranges(spec: JobSpec) -> None:
         raise SpecError(
             "synthesis.batch_size",
             f"must be a multiple of synthesis.groups ({syn.groups}) so every row of the "
-            f"mini-batch holds {syn.groups} distinct classes; got {syn.batch_size}",
+            f"mini-batch holds {syn.groups} distinct classes; got {syn.batch_size} "
+            f"(groups defaults to at most the teacher's class count; set both to choose)",
+        )
+    if syn.snapshots > syn.steps:
+        raise SpecError(
+            "synthesis.snapshots",
+            f"must not exceed synthesis.steps ({syn.steps}); got {syn.snapshots}",
         )
     if syn.num_samples < syn.batch_size:
         raise SpecError(
@@ -264,7 +278,9 @@ def resolve_spec(
     class count is an error.
     """
     data = dict(data or {})
-    preset_name = data.get("preset") or "default"
+    preset_name = data.get("preset")
+    if preset_name is None:
+        preset_name = "default"
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise SpecError("preset", f"unknown preset {preset_name!r}; choose one of {presets()}")
     user_groups = isinstance(data.get("synthesis"), dict) and "groups" in data["synthesis"]

@@ -108,8 +108,30 @@ def _make_optimizer(
     return optimizer, scheduler
 
 
+def _toward_disagreement(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    student: nn.Module,
+    x: torch.Tensor,
+    step: float,
+) -> torch.Tensor:
+    """Move the first half of ``x`` one signed-gradient step up the teacher-student KL.
+
+    Synthetic samples cover the input space unevenly; this finds, around them, the inputs
+    where the student is still wrong, so training spends its effort where it matters.
+    """
+    half = x[: max(1, len(x) // 2)].detach().requires_grad_(True)
+    with torch.enable_grad():
+        teacher_log_p = F.log_softmax(teacher(half).float(), dim=1)
+        student_log_p = F.log_softmax(student(half).float(), dim=1)
+        kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
+        (grad,) = torch.autograd.grad(kl, half)
+    moved = (half + step * grad.sign()).detach()
+    return torch.cat([moved, x[len(half) :]])
+
+
 def _targets(
     teacher: Callable[[torch.Tensor], torch.Tensor],
+    student: nn.Module,
     x: torch.Tensor,
     stored: torch.Tensor,
     spec: TrainingSpec,
@@ -126,6 +148,8 @@ def _targets(
         if spec.input_noise > 0:
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             x = x + spec.input_noise * noise
+        if spec.adversarial > 0:
+            x = _toward_disagreement(teacher, student, x, spec.adversarial)
         with torch.no_grad():
             probs = (teacher(x).float() / spec.temperature).softmax(dim=1)
         return x, probs
@@ -185,7 +209,7 @@ def train_student(
                 continue
             x = train.x[idx].to(device)
             x, probs = _targets(
-                teacher, x, train.labels[idx].to(device), spec, num_classes, generator
+                teacher, student, x, train.labels[idx].to(device), spec, num_classes, generator
             )
             with runtime.autocast_context():
                 logits = student(x)

@@ -19,14 +19,14 @@ def step_size(index: int, total: int, start: float, decay_magnitude: float, sche
     if not 0 <= index < total:
         raise ValueError(f"index {index} outside 0..{total - 1}")
     fraction = index / (total - 1) if total > 1 else 0.0
-    start_magnitude = math.log10(start)
     if schedule == "linear":
-        magnitude = start_magnitude - fraction * decay_magnitude
+        shape = fraction
     elif schedule == "cosine":
-        magnitude = start_magnitude - decay_magnitude * 0.5 * (1.0 - math.cos(math.pi * fraction))
+        shape = 0.5 * (1.0 - math.cos(math.pi * fraction))
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
-    return 10.0**magnitude
+    # Dividing ``start`` (rather than taking 10**log10(start)) keeps both ends exact.
+    return start / 10.0 ** (shape * decay_magnitude)
 
 
 def step_sizes(total: int, start: float, decay_magnitude: float, schedule: str) -> list[float]:

@@ -39,7 +39,10 @@ _SEED_STRIDE = 1_000_003
 
 @dataclass
 class SyntheticChunk:
-    """Finished samples of mini-batches ``[first_batch, first_batch + num_batches)``."""
+    """Finished samples of mini-batches ``[first_batch, first_batch + num_batches)``.
+
+    With ``snapshots`` > 1 the chunk holds each sample once per snapshot, earliest first.
+    """
 
     index: int
     first_batch: int
@@ -173,10 +176,12 @@ def synthesize_chunk(
     etas: list[float],
     runtime: Runtime,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Run ``spec.steps`` steps on mini-batches ``first_batch ..``; return final x, targets, logits.
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, dict[str, float]]:
+    """Run ``spec.steps`` steps on mini-batches ``first_batch ..``.
 
-    Returned tensors are on the runtime device with layouts ``[K, R, G, ...]``.
+    Returns ``(snapshots, targets, loss summary)``: ``snapshots`` holds ``(x, logits)`` after
+    evenly spaced step counts, the final state last (only the final one when
+    ``spec.snapshots == 1``). Tensors stay on the runtime device, laid out ``[K, R, G, ...]``.
     """
     device = runtime.device
     draws = [
@@ -194,9 +199,13 @@ def synthesize_chunk(
         m2 = torch.zeros_like(x)
     beta1, beta2 = ADAM_BETAS
 
+    snapshot_at = {round(spec.steps * j / spec.snapshots) for j in range(1, spec.snapshots)}
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
     for step in range(1, spec.steps + 1):
         x.requires_grad_(True)
-        total, _, _ = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
+        total, _, logits = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
+        if step - 1 in snapshot_at:
+            snapshots.append((x.detach().clone(), logits.detach()))
         (grad,) = torch.autograd.grad(total.sum(), x)
         x = x.detach()
         with torch.no_grad():
@@ -221,7 +230,8 @@ def synthesize_chunk(
         raise _diverged(spec, first_batch, spec.steps, etas[0])
     summary = {name: float(value.mean()) for name, value in terms.items()}
     summary["total"] = float(total.mean())
-    return x, targets, logits, summary
+    snapshots.append((x, logits))
+    return snapshots, targets, summary
 
 
 def synthesize(
@@ -246,7 +256,7 @@ def synthesize(
     )
     for chunk in range(start_chunk, plan.num_chunks):
         first, end = plan.chunk_bounds(chunk)
-        x, targets, logits, summary = synthesize_chunk(
+        snapshots, targets, summary = synthesize_chunk(
             teacher,
             spec,
             input_shape,
@@ -259,24 +269,23 @@ def synthesize(
             should_stop,
         )
         k = end - first
-        per_batch = spec.batch_size
-        etas = torch.tensor(all_etas[first:end]).repeat_interleave(per_batch)
-        x = x.reshape(k * per_batch, *input_shape).float().cpu()
-        targets = targets.reshape(-1).cpu()
-        logits = logits.reshape(k * per_batch, -1).cpu()
-        keep = min(k * per_batch, spec.num_samples - first * per_batch)
-        probs = logits[:keep].softmax(dim=1)
-        labels = probs if spec.soft_labels else probs.argmax(dim=1)
+        keep = min(k * spec.batch_size, spec.num_samples - first * spec.batch_size)
+        targets = targets.reshape(-1)[:keep].cpu()
+        etas = torch.tensor(all_etas[first:end]).repeat_interleave(spec.batch_size)[:keep]
+        xs = [x.reshape(-1, *input_shape)[:keep].float().cpu() for x, _ in snapshots]
+        probs = [lg.reshape(-1, lg.shape[-1])[:keep].cpu().softmax(1) for _, lg in snapshots]
+        final_classes = probs[-1].argmax(dim=1)
+        all_probs = torch.cat(probs)
         yield SyntheticChunk(
             index=chunk,
             first_batch=first,
             num_batches=k,
-            x=x[:keep].contiguous(),
-            targets=targets[:keep],
-            labels=labels,
-            step_sizes=etas[:keep],
+            x=torch.cat(xs).contiguous(),
+            targets=targets.repeat(len(snapshots)),
+            labels=all_probs if spec.soft_labels else all_probs.argmax(dim=1),
+            step_sizes=etas.repeat(len(snapshots)),
             losses=summary,
-            target_accuracy=float((probs.argmax(dim=1) == targets[:keep]).float().mean()),
+            target_accuracy=float((final_classes == targets).float().mean()),
         )
 
 
@@ -303,11 +312,16 @@ def reference_synthesize(
         targets = targets.unsqueeze(0)
         optimizer_cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.SGD
         optimizer = optimizer_cls([x], lr=etas[batch])
+        noise_gen = _batch_generator(seed + 7, batch, runtime.device) if spec.langevin else None
         for _ in range(spec.steps):
             total, _, _ = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
             optimizer.zero_grad()
             total.sum().backward()
             optimizer.step()
+            if noise_gen is not None:
+                with torch.no_grad():
+                    noise = torch.randn(x.shape, generator=noise_gen, device=x.device)
+                    x.add_(noise * math.sqrt(2.0 * etas[batch]))
         with torch.no_grad():
             _, _, logits = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
         yield x.detach().reshape(-1, *input_shape), logits.reshape(-1, logits.shape[-1])

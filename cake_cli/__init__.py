@@ -1,0 +1,1 @@
+"""The ``cake`` command line."""

@@ -1,0 +1,203 @@
+"""``cake``: the command line entry point.
+
+``cake distill`` runs a whole job locally through :func:`cake_core.pipeline.run_job`, with a
+progress bar per phase and a metrics table at the end. Bad input ends with one clear line on
+stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANCELED = 130
+
+err_console = Console(stderr=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cake", description="Data-free knowledge distillation (CAKE)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    distill = sub.add_parser(
+        "distill",
+        help="distil a TorchScript teacher into a smaller student, locally",
+        description="Distil a TorchScript teacher into a student without any training data.",
+    )
+    distill.add_argument("teacher", type=Path, help="TorchScript archive of the teacher")
+    distill.add_argument(
+        "--input-shape", required=True, help="shape of one input without batch, e.g. 1,28,28"
+    )
+    distill.add_argument("--student", help="student architecture (default: by input rank)")
+    distill.add_argument("--width", type=float, help="student width multiplier (0.5 = 'Half')")
+    distill.add_argument("--preset", help="named settings: fast, default, reference")
+    distill.add_argument("--spec", type=Path, help="JSON job spec; flags override it")
+    distill.add_argument("--eval", type=Path, help=".npz with x and y to report accuracy")
+    distill.add_argument("--seed", type=int, help="random seed")
+    distill.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if present)")
+    distill.add_argument("-o", "--output", type=Path, default=Path("student.pt"))
+    distill.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="folder for checkpoints; rerun to resume an interrupted job",
+    )
+    distill.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if args.spec is not None:
+        try:
+            spec = json.loads(args.spec.read_text())
+        except FileNotFoundError:
+            raise _BadInput(f"spec file not found: {args.spec}") from None
+        except json.JSONDecodeError as exc:
+            raise _BadInput(f"spec file {args.spec} is not valid JSON: {exc.msg}") from None
+        if not isinstance(spec, dict):
+            raise _BadInput(f"spec file {args.spec} must hold a JSON object")
+    if args.preset is not None:
+        spec["preset"] = args.preset
+    if args.seed is not None:
+        spec["seed"] = args.seed
+    if args.student is not None or args.width is not None:
+        student = dict(spec.get("student") or {})
+        if args.student is not None:
+            student["arch"] = args.student
+        if args.width is not None:
+            student["width"] = args.width
+        spec["student"] = student
+    return spec
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from cake_core.device import default_runtime
+    from cake_core.errors import CakeError, JobCanceled, SpecError
+    from cake_core.pipeline import DirectoryCheckpoints, run_job
+    from cake_core.pipeline import Progress as JobProgress
+    from cake_core.teacher import parse_input_shape
+
+    console = Console()
+    try:
+        if not args.teacher.is_file():
+            raise _BadInput(f"teacher file not found: {args.teacher}")
+        if args.eval is not None and not args.eval.is_file():
+            raise _BadInput(f"evaluation file not found: {args.eval}")
+        input_shape = parse_input_shape(args.input_shape)
+        spec = _load_spec(args)
+        runtime = default_runtime(args.device)
+    except (_BadInput, SpecError, RuntimeError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+
+    output = args.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="cake-", dir=output.parent))
+    checkpoints = DirectoryCheckpoints(args.checkpoints) if args.checkpoints else None
+    bars = Progress(
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
+        console=console,
+        disable=args.quiet,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def on_progress(p: JobProgress) -> None:
+        if p.phase not in tasks:
+            for task in tasks.values():
+                bars.update(task, completed=1.0)
+            tasks[p.phase] = bars.add_task(p.phase, total=1.0, message="")
+        bars.update(tasks[p.phase], completed=p.phase_fraction, message=p.message)
+
+    try:
+        with bars:
+            result = run_job(
+                args.teacher,
+                input_shape,
+                spec,
+                work,
+                eval_path=args.eval,
+                runtime=runtime,
+                on_progress=on_progress,
+                checkpoints=checkpoints,
+            )
+    except JobCanceled:
+        err_console.print("[yellow]canceled[/yellow]")
+        shutil.rmtree(work, ignore_errors=True)
+        return EXIT_CANCELED
+    except CakeError as exc:
+        err_console.print(f"[red]error ({exc.code}):[/red] {exc.message}", highlight=False)
+        shutil.rmtree(work, ignore_errors=True)
+        return EXIT_BAD_INPUT if exc.code in _INPUT_CODES else EXIT_FAILED
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        shutil.rmtree(work, ignore_errors=True)
+        return EXIT_CANCELED
+
+    written = _place_artifacts(result.artifacts, output)
+    shutil.rmtree(work, ignore_errors=True)
+    console.print(_metrics_table(result.metrics, result.spec.student.arch or ""))
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    return EXIT_OK
+
+
+_INPUT_CODES = {"validation_error", "teacher_invalid", "dataset_invalid"}
+
+
+def _place_artifacts(artifacts: dict[str, Path], output: Path) -> list[Path]:
+    """``student.pt`` goes to ``output``; the others beside it, prefixed with its stem."""
+    written = []
+    for name, path in artifacts.items():
+        target = output if name == "student.pt" else output.with_name(f"{output.stem}.{name}")
+        shutil.move(str(path), target)
+        written.append(target)
+    return written
+
+
+def _metrics_table(metrics: dict[str, float], arch: str) -> Table:
+    table = Table(title=f"student: {arch}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key.endswith(("accuracy", "agreement_synthetic", "agreement_eval", "ratio")):
+            shown = f"{value:.4f}"
+        elif key.endswith("parameters") or key == "num_samples":
+            shown = f"{int(value):,}"
+        else:
+            shown = f"{value:.2f}"
+        table.add_row(key, shown)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = _parser().parse_args(argv)
+    if args.command == "distill":
+        return _distill(args)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install cake-distill and its dev tools into the current Python (3.11+).
+# torch is installed first, pinned to the CPU wheel that lies on disk, when it is missing:
+# a bare `torch` requirement would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+    echo "== installing torch==2.13.0 (CPU)"
+    "$PYTHON" -m pip install --quiet "torch==2.13.0"
+fi
+echo "== installing cake-distill"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[dev]"

@@ -1,0 +1,117 @@
+"""`cake distill` end to end, as a user runs it: a subprocess, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def cake(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "cake_cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_distill_writes_student_manifest_and_samples(digits_teacher, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"synthesis": {"num_samples": 600, "steps": 20}}))
+    out = tmp_path / "result" / "student.pt"
+    proc = cake(
+        "distill",
+        str(digits_teacher.path),
+        "--input-shape",
+        "1,8,8",
+        "--student",
+        "lenet5",
+        "--width",
+        "0.5",
+        "--preset",
+        "fast",
+        "--spec",
+        str(spec),
+        "--eval",
+        str(digits_teacher.eval_path),
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "student_accuracy" in proc.stdout and "agreement_synthetic" in proc.stdout
+    manifest = json.loads((out.parent / "student.manifest.json").read_text())
+    assert manifest["spec"]["seed"] == 3
+    assert manifest["spec"]["preset"] == "fast"
+    assert manifest["spec"]["synthesis"]["num_samples"] == 600
+    assert manifest["student"]["width"] == 0.5
+    assert (out.parent / "student.samples.png").exists()
+    student = torch.jit.load(str(out))
+    assert student(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith("cake-")]
+    assert leftovers == []
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str], phrase: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert phrase in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file(tmp_path):
+    _one_line_error(
+        cake("distill", "nope.pt", "--input-shape", "13", cwd=tmp_path), "teacher file not found"
+    )
+
+
+def test_bad_shape(digits_teacher, tmp_path):
+    _one_line_error(
+        cake("distill", str(digits_teacher.path), "--input-shape", "1,x,8", cwd=tmp_path),
+        "input_shape",
+    )
+
+
+def test_invalid_teacher(tmp_path):
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("not a model")
+    _one_line_error(
+        cake("distill", str(bogus), "--input-shape", "13", cwd=tmp_path), "not a TorchScript"
+    )
+
+
+def test_wrong_shape_for_teacher(wine_teacher, tmp_path):
+    _one_line_error(
+        cake("distill", str(wine_teacher.path), "--input-shape", "1,8,8", cwd=tmp_path),
+        "teacher_invalid",
+    )
+
+
+def test_bad_spec_value(wine_teacher, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"synthesis": {"steps": -1}}))
+    _one_line_error(
+        cake(
+            "distill",
+            str(wine_teacher.path),
+            "--input-shape",
+            "13",
+            "--spec",
+            str(spec),
+            cwd=tmp_path,
+        ),
+        "synthesis.steps",
+    )

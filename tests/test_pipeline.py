@@ -1,0 +1,191 @@
+"""The whole job: real teachers, the `fast` preset, judged on held-out real data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cake_core.device import default_runtime
+from cake_core.errors import DatasetInvalidError, JobCanceled, SpecError, TeacherInvalidError
+from cake_core.pipeline import PHASES, DirectoryCheckpoints, Progress, run_job
+
+SMALL = {
+    "synthesis": {"num_samples": 400, "steps": 10, "chunk_batches": 2},
+    "training": {"epochs": 3},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher_name", ["digits_teacher", "wine_teacher"])
+def test_fast_preset_reaches_85_percent_of_teacher(request, teacher_name, tmp_path):
+    teacher = request.getfixturevalue(teacher_name)
+    reports: list[Progress] = []
+    result = run_job(
+        teacher.path,
+        teacher.input_shape,
+        {"preset": "fast"},
+        tmp_path,
+        eval_path=teacher.eval_path,
+        runtime=default_runtime("cpu"),
+        on_progress=reports.append,
+    )
+    m = result.metrics
+    assert m["teacher_accuracy"] == pytest.approx(teacher.accuracy)
+    assert m["student_accuracy"] >= 0.85 * m["teacher_accuracy"], m
+    assert m["student_parameters"] < m["teacher_parameters"]
+    assert [r.phase for r in reports if r.phase_fraction == 0.0][:1] == ["synthesizing"]
+    fractions = [r.fraction for r in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {r.phase for r in reports} == set(PHASES)
+
+
+def test_artifacts_manifest_and_clean_reload(digits_teacher, tmp_path):
+    result = run_job(
+        digits_teacher.path,
+        digits_teacher.input_shape,
+        {"preset": "fast", **SMALL},
+        tmp_path,
+        eval_path=digits_teacher.eval_path,
+        runtime=default_runtime("cpu"),
+    )
+    assert set(result.artifacts) == {"student.pt", "manifest.json", "samples.png"}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["teacher"]["sha256"] == result.teacher.sha256
+    assert manifest["input_shape"] == [1, 8, 8] and manifest["num_classes"] == 10
+    assert manifest["spec"]["synthesis"]["num_samples"] == 400
+    assert manifest["spec"]["student"]["arch"] == "lenet5"
+    for key in (
+        "agreement_synthetic",
+        "teacher_parameters",
+        "student_parameters",
+        "synthesis_seconds",
+        "training_seconds",
+        "samples_per_second",
+        "teacher_accuracy",
+        "student_accuracy",
+        "agreement_eval",
+    ):
+        assert key in manifest["metrics"], key
+    assert {"torch", "cake_core", "python"} <= set(manifest["versions"])
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The student runs in a Python that has only torch: nothing of this project importable.
+    code = (
+        "import sys, torch\n"
+        "sys.modules['cake_core'] = None\n"
+        f"m = torch.jit.load({str(tmp_path / 'student.pt')!r})\n"
+        "print(list(m(torch.zeros(5, 1, 8, 8)).shape))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert out.stdout.strip() == "[5, 10]"
+
+
+def test_tabular_teacher_gets_no_sample_grid_and_groups_fit_classes(wine_teacher, tmp_path):
+    result = run_job(
+        wine_teacher.path, wine_teacher.input_shape, SMALL, tmp_path, runtime=default_runtime("cpu")
+    )
+    assert "samples.png" not in result.artifacts
+    assert result.spec.synthesis.groups == 3
+    assert result.spec.synthesis.batch_size % 3 == 0
+    assert result.spec.student.arch == "mlp"
+
+
+def test_cancel_stops_the_job(digits_teacher, tmp_path):
+    calls = {"n": 0}
+
+    def should_cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(JobCanceled):
+        run_job(
+            digits_teacher.path,
+            digits_teacher.input_shape,
+            SMALL,
+            tmp_path,
+            runtime=default_runtime("cpu"),
+            should_cancel=should_cancel,
+        )
+    assert not (tmp_path / "student.pt").exists()
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(digits_teacher, tmp_path):
+    spec = {"preset": "fast", **SMALL, "training": {"epochs": 4}}
+    runtime = default_runtime("cpu")
+    straight = run_job(
+        digits_teacher.path, digits_teacher.input_shape, spec, tmp_path / "a", runtime=runtime
+    )
+
+    store = DirectoryCheckpoints(tmp_path / "ckpt")
+    epochs_seen: list[int] = []
+
+    def stop_after_two_epochs(p: Progress) -> None:
+        if p.phase == "training" and p.metrics.get("epoch"):
+            epochs_seen.append(int(p.metrics["epoch"]))
+
+    with pytest.raises(JobCanceled):
+        run_job(
+            digits_teacher.path,
+            digits_teacher.input_shape,
+            spec,
+            tmp_path / "b",
+            runtime=runtime,
+            checkpoints=store,
+            on_progress=stop_after_two_epochs,
+            should_cancel=lambda: len(epochs_seen) >= 2,
+        )
+    assert store.load("synthesis/000000") is not None
+    assert store.load("training")["epoch"] == 2
+
+    resumed_reports: list[Progress] = []
+    resumed = run_job(
+        digits_teacher.path,
+        digits_teacher.input_shape,
+        spec,
+        tmp_path / "c",
+        runtime=runtime,
+        checkpoints=store,
+        on_progress=resumed_reports.append,
+    )
+    trained_epochs = [int(r.metrics["epoch"]) for r in resumed_reports if "epoch" in r.metrics]
+    assert trained_epochs == [3, 4], "resumed training must continue after epoch 2"
+    a = torch.jit.load(str(tmp_path / "a" / "student.pt"))
+    c = torch.jit.load(str(tmp_path / "c" / "student.pt"))
+    probe = torch.randn(16, 1, 8, 8)
+    torch.testing.assert_close(a(probe), c(probe), rtol=1e-4, atol=1e-4)
+    assert resumed.metrics["agreement_synthetic"] == straight.metrics["agreement_synthetic"]
+
+
+def test_bad_inputs_raise_typed_errors(digits_teacher, wine_teacher, tmp_path):
+    runtime = default_runtime("cpu")
+    with pytest.raises(SpecError, match=r"synthesis\.groups"):
+        run_job(wine_teacher.path, (13,), {"synthesis": {"groups": 10}}, tmp_path, runtime=runtime)
+    with pytest.raises(SpecError, match=r"student\.arch"):
+        run_job(
+            wine_teacher.path,
+            (13,),
+            {"student": {"arch": "lenet5"}, **SMALL},
+            tmp_path,
+            runtime=runtime,
+        )
+    with pytest.raises(TeacherInvalidError):
+        run_job(digits_teacher.path, (13,), SMALL, tmp_path, runtime=runtime)
+    with pytest.raises(DatasetInvalidError, match="shape"):
+        run_job(
+            digits_teacher.path,
+            (1, 8, 8),
+            SMALL,
+            tmp_path,
+            runtime=runtime,
+            eval_path=wine_teacher.eval_path,
+        )
