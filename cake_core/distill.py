@@ -223,7 +223,7 @@ def train_student(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss)
+            total_loss += float(loss.detach())
             batches += 1
         student.eval()
         metrics = {

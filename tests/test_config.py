@@ -103,12 +103,14 @@ def test_default_and_fast_presets_differ_as_documented() -> None:
     fast = resolve_spec({"preset": "fast"})
     reference = resolve_spec({"preset": "reference"})
     for spec in (default, fast):
-        # Adam on the inputs (scale-free) with a smaller step size, and online relabelling
+        # Adam on the inputs (scale-free) with a 2-decade decay, and online relabelling
         assert spec.synthesis.optimizer == "adam"
-        assert spec.synthesis.noise == 0.05
+        assert spec.synthesis.noise == 0.1
+        assert spec.synthesis.noise_decay_magnitude == 2.0
         assert spec.training.relabel is True
         assert spec.training.mixup == 1.0
         assert spec.training.input_noise == 0.3
+        assert spec.training.adversarial == 0.3
     assert default.synthesis.num_samples == reference.synthesis.num_samples
     assert default.synthesis.steps == reference.synthesis.steps
     # fast makes fewer samples with fewer steps
@@ -141,7 +143,7 @@ def test_user_values_override_preset() -> None:
     assert spec.seed == 42
     # preset values the user did not touch stay, including siblings of nested overrides
     assert spec.synthesis.num_samples == 6400
-    assert spec.synthesis.noise == 0.05
+    assert spec.synthesis.noise == 0.1
     assert spec.synthesis.weights.cls == 1e3
     assert spec.training.mixup == 1.0
 

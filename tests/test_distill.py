@@ -1,0 +1,153 @@
+"""Student training: the loss, the split, the options beyond the reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cake_core.config import SynthesisSpec, TrainingSpec
+from cake_core.device import Runtime
+from cake_core.distill import (
+    SyntheticSet,
+    _toward_disagreement,
+    soft_cross_entropy,
+    train_student,
+)
+from cake_core.errors import TrainingDivergedError
+from cake_core.students import build_student
+from cake_core.synthesis import synthesize
+
+CPU = Runtime(device=torch.device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _linear_teacher(features: int = 4, classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Linear(features, classes).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def test_soft_cross_entropy_matches_hand_computation():
+    student = torch.tensor([[2.0, 0.0, -1.0]])
+    teacher = torch.tensor([[0.7, 0.2, 0.1]])
+    log_z = math.log(math.exp(2.0) + math.exp(0.0) + math.exp(-1.0))
+    expected = -(0.7 * (2.0 - log_z) + 0.2 * (0.0 - log_z) + 0.1 * (-1.0 - log_z))
+    assert soft_cross_entropy(student, teacher, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    t = 2.0
+    log_z_t = math.log(math.exp(1.0) + math.exp(0.0) + math.exp(-0.5))
+    expected_t = -(0.7 * (1.0 - log_z_t) + 0.2 * (0.0 - log_z_t) + 0.1 * (-0.5 - log_z_t)) * t * t
+    assert soft_cross_entropy(student, teacher, t).item() == pytest.approx(expected_t, rel=1e-6)
+
+
+def test_split_is_disjoint_and_sized():
+    data = SyntheticSet(torch.arange(200).float().view(200, 1), torch.zeros(200, dtype=torch.long))
+    train, held = data.split(0.05, seed=1)
+    assert len(train) == 190 and len(held) == 10
+    values = set(train.x.flatten().tolist()) | set(held.x.flatten().tolist())
+    assert len(values) == 200
+    again, _ = data.split(0.05, seed=1)
+    assert torch.equal(again.x, train.x)
+    _, none_held = data.split(0.0, seed=1)
+    assert len(none_held) == 0
+
+
+def test_toward_disagreement_moves_half_the_batch_by_the_step():
+    teacher = _linear_teacher()
+    student = build_student("mlp", (4,), 3, 0.25).eval()
+    x = torch.randn(8, 4)
+    moved = _toward_disagreement(teacher, student, x, 0.3)
+    assert torch.equal(moved[4:], x[4:])
+    delta = (moved[:4] - x[:4]).abs()
+    assert torch.allclose(delta[delta > 0], torch.full_like(delta[delta > 0], 0.3))
+    assert (delta > 0).float().mean() > 0.9
+
+    def kl(inp: torch.Tensor) -> torch.Tensor:
+        t = teacher(inp).log_softmax(1)
+        s = student(inp).log_softmax(1)
+        return (t.exp() * (t - s)).sum(1)
+
+    with torch.no_grad():
+        assert kl(moved[:4]).sum() > kl(x[:4]).sum()
+
+
+def test_student_learns_a_linear_teacher():
+    teacher = _linear_teacher()
+    spec = SynthesisSpec(
+        num_samples=1200,
+        batch_size=30,
+        groups=3,
+        steps=30,
+        optimizer="adam",
+        noise=0.05,
+        noise_decay_magnitude=1,
+        weights=SynthesisSpec().weights,
+    )
+    chunks = list(synthesize(teacher, spec, (4,), 3, seed=0, runtime=CPU))
+    data = SyntheticSet(torch.cat([c.x for c in chunks]), torch.cat([c.labels for c in chunks]))
+    train, held = data.split(0.1, seed=0)
+    torch.manual_seed(0)
+    student = build_student("mlp", (4,), 3, 0.25)
+    history = train_student(
+        student,
+        teacher,
+        train,
+        held,
+        TrainingSpec(epochs=8, lr=0.05, relabel=True, mixup=1.0, input_noise=0.1, adversarial=0.1),
+        CPU,
+        seed=0,
+        num_classes=3,
+    )
+    assert len(history) == 8
+    assert history[-1]["loss"] < history[0]["loss"]
+    probe = torch.randn(500, 4)
+    with torch.no_grad():
+        agree = (student(probe).argmax(1) == teacher(probe).argmax(1)).float().mean()
+    assert agree > 0.85
+
+
+def test_snapshots_keep_earlier_states_with_their_own_labels():
+    teacher = _linear_teacher()
+    base = dict(num_samples=60, batch_size=30, groups=3, steps=12, optimizer="adam", noise=0.05)
+    one = list(synthesize(teacher, SynthesisSpec(**base), (4,), 3, seed=0, runtime=CPU))
+    three = list(
+        synthesize(teacher, SynthesisSpec(**base, snapshots=3), (4,), 3, seed=0, runtime=CPU)
+    )
+    x1 = torch.cat([c.x for c in one])
+    x3 = torch.cat([c.x for c in three])
+    assert len(x3) == 3 * len(x1)
+    chunk = three[0]
+    n = len(chunk.x) // 3
+    torch.testing.assert_close(chunk.x[2 * n :], one[0].x)  # the last snapshot is the final state
+    assert not torch.allclose(chunk.x[:n], chunk.x[2 * n :])  # earlier states differ
+    with torch.no_grad():
+        torch.testing.assert_close(chunk.labels, teacher(chunk.x).softmax(1), rtol=1e-4, atol=1e-5)
+
+
+def test_exploding_learning_rate_is_reported():
+    teacher = _linear_teacher()
+    x = torch.randn(64, 4) * 1e3
+    data = SyntheticSet(x, teacher(x).softmax(1))
+    student = build_student("mlp", (4,), 3, 0.25)
+    with pytest.raises(TrainingDivergedError, match=r"training\.lr"):
+        train_student(
+            student,
+            teacher,
+            data,
+            SyntheticSet(x[:2], data.labels[:2]),
+            TrainingSpec(epochs=3, lr=1e30, optimizer="sgd", batch_size=16),
+            CPU,
+            seed=0,
+            num_classes=3,
+        )
