@@ -1,0 +1,1 @@
+"""Pieces both the API and the worker use: settings, database models, object store, queue."""
