@@ -20,14 +20,17 @@ SMALL = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("teacher_name", ["digits_teacher", "wine_teacher"])
-def test_fast_preset_reaches_85_percent_of_teacher(request, teacher_name, tmp_path):
+@pytest.mark.parametrize(
+    ("teacher_name", "student"),
+    [("digits_teacher", {"arch": "lenet5", "width": 0.5}), ("wine_teacher", {"width": 0.125})],
+)
+def test_fast_preset_reaches_85_percent_of_teacher(request, teacher_name, student, tmp_path):
     teacher = request.getfixturevalue(teacher_name)
     reports: list[Progress] = []
     result = run_job(
         teacher.path,
         teacher.input_shape,
-        {"preset": "fast"},
+        {"preset": "fast", "student": student},
         tmp_path,
         eval_path=teacher.eval_path,
         runtime=default_runtime("cpu"),

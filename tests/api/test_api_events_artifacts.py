@@ -1,0 +1,216 @@
+"""Events (JSON pages and Server-Sent Events) and artifact downloads.
+
+A worker is simulated by writing what it would write (status, events, artifact rows and store
+objects) straight into the real database and store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from api_support import BundledTeacher, TestClient, assert_problem, upload_teacher
+
+from cake_shared.ids import new_id
+from cake_shared.models import Artifact, Job, JobEvent, utcnow
+
+
+@pytest.fixture
+def job_id(client: TestClient, wine: BundledTeacher) -> str:
+    teacher = upload_teacher(client, wine.path, [13]).json()
+    return str(client.post("/v1/jobs", json={"teacher_id": teacher["id"]}).json()["id"])
+
+
+def _worker_writes(
+    client: TestClient, job_id: str, events: list[tuple[str, str]], **job_values: Any
+) -> None:
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    with ctx.sessionmaker() as session:
+        for type_, message in events:
+            session.add(
+                JobEvent(id=new_id("event"), job_id=job_id, type=type_, message=message, data={})
+            )
+        job = session.get(Job, job_id)
+        for key, value in job_values.items():
+            setattr(job, key, value)
+        session.commit()
+
+
+def _finish(client: TestClient, job_id: str, status: str = "succeeded") -> None:
+    _worker_writes(
+        client,
+        job_id,
+        [("started", "started"), ("phase", "synthesizing"), (status, status)],
+        status=status,
+        phase="exporting",
+        progress=1.0,
+        started_at=utcnow(),
+        finished_at=utcnow(),
+        attempts=1,
+        metrics={"synthesis_seconds": 1.5, "training_seconds": 2.5},
+    )
+
+
+def _parse_sse(text: str) -> list[dict[str, str]]:
+    messages = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                fields.setdefault("comment", line)
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        if fields:
+            messages.append(fields)
+    return messages
+
+
+def test_events_oldest_first_with_after(client: TestClient, job_id: str) -> None:
+    _finish(client, job_id)
+    events = client.get(f"/v1/jobs/{job_id}/events").json()
+    types = [e["type"] for e in events["data"]]
+    assert types == ["queued", "started", "phase", "succeeded"]
+    first = events["data"][0]
+    assert set(first) == {"id", "created_at", "level", "type", "message", "data"}
+    assert first["id"].startswith("evt_")
+    rest = client.get(f"/v1/jobs/{job_id}/events", params={"after": first["id"]}).json()
+    assert [e["type"] for e in rest["data"]] == types[1:]
+    page = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 2}).json()
+    assert page["has_more"] and page["next_after"] == events["data"][1]["id"]
+    body = assert_problem(
+        client.get(f"/v1/jobs/{job_id}/events", params={"after": "evt_nope"}),
+        422,
+        "validation_error",
+    )
+    assert body["errors"][0]["loc"] == ["query", "after"]
+    assert_problem(client.get("/v1/jobs/job_nope/events"), 404, "not_found")
+
+
+def test_sse_stream_of_a_finished_job(client: TestClient, job_id: str) -> None:
+    _finish(client, job_id)
+    r = client.get(f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    messages = [m for m in _parse_sse(r.text) if "event" in m]
+    assert [m["event"] for m in messages] == ["queued", "started", "phase", "succeeded", "end"]
+    first = json.loads(messages[0]["data"])
+    assert messages[0]["id"] == first["id"] and first["type"] == "queued"
+    assert json.loads(messages[-1]["data"]) == {"status": "succeeded"}
+    resumed = client.get(
+        f"/v1/jobs/{job_id}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": messages[2]["id"]},
+    )
+    assert [m["event"] for m in _parse_sse(resumed.text) if "event" in m] == ["succeeded", "end"]
+
+
+def test_sse_streams_live_until_the_job_ends(client: TestClient, job_id: str) -> None:
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    ctx.sse_poll_s = 0.05
+    ctx.sse_heartbeat_s = 0.2
+
+    def worker() -> None:
+        time.sleep(0.3)
+        _worker_writes(client, job_id, [("started", "started")], status="running")
+        time.sleep(0.6)
+        _finish(client, job_id, "failed")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    start = time.monotonic()
+    r = client.get(f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
+    thread.join()
+    assert time.monotonic() - start >= 0.8, "the stream stayed open until the job ended"
+    messages = _parse_sse(r.text)
+    events = [m["event"] for m in messages if "event" in m]
+    assert events[:2] == ["queued", "started"] and events[-2:] == ["failed", "end"]
+    assert any(m.get("comment") == ": keep-alive" for m in messages), "heartbeat comments"
+
+
+def _add_artifacts(client: TestClient, job_id: str) -> dict[str, bytes]:
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    files = {
+        "student.pt": bytes(range(256)) * 40,
+        "manifest.json": json.dumps({"teacher": "x"}).encode(),
+    }
+    with ctx.sessionmaker() as session:
+        for name, data in files.items():
+            key = f"jobs/{job_id}/artifacts/{name}"
+            ctx.store.put_bytes(key, data)
+            session.add(
+                Artifact(
+                    job_id=job_id,
+                    name=name,
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    content_type="application/json"
+                    if name.endswith(".json")
+                    else "application/octet-stream",
+                    storage_key=key,
+                )
+            )
+        session.commit()
+    return files
+
+
+def test_artifacts_are_409_before_success(client: TestClient, job_id: str) -> None:
+    _add_artifacts(client, job_id)
+    _worker_writes(client, job_id, [], status="running")
+    assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/student.pt"), 409, "conflict")
+    assert_problem(client.get(f"/v1/jobs/{job_id}/student"), 409, "conflict")
+
+
+def test_artifact_downloads(client: TestClient, job_id: str) -> None:
+    files = _add_artifacts(client, job_id)
+    _finish(client, job_id)
+    listing = client.get(f"/v1/jobs/{job_id}/artifacts").json()
+    assert [a["name"] for a in listing["data"]] == ["manifest.json", "student.pt"]
+    student = files["student.pt"]
+    sha = hashlib.sha256(student).hexdigest()
+    assert listing["data"][1] == {
+        "name": "student.pt",
+        "size_bytes": len(student),
+        "sha256": sha,
+        "content_type": "application/octet-stream",
+    }
+
+    full = client.get(f"/v1/jobs/{job_id}/artifacts/student.pt")
+    assert full.status_code == 200 and full.content == student
+    assert full.headers["etag"] == f'"{sha}"'
+    assert full.headers["accept-ranges"] == "bytes"
+    assert client.get(f"/v1/jobs/{job_id}/student").content == student
+
+    cached = client.get(
+        f"/v1/jobs/{job_id}/student", headers={"If-None-Match": f'"other", "{sha}"'}
+    )
+    assert cached.status_code == 304 and cached.content == b""
+    assert cached.headers["etag"] == f'"{sha}"'
+
+    part = client.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == student[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(student)}"
+    tail = client.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=-5"})
+    assert tail.status_code == 206 and tail.content == student[-5:]
+    open_end = client.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=10200-"})
+    assert open_end.content == student[10200:]
+    stale = client.get(
+        f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=0-1", "If-Range": '"old"'}
+    )
+    assert stale.status_code == 200 and stale.content == student
+    outside = client.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=999999-"})
+    assert_problem(outside, 416, "range_not_satisfiable")
+    assert outside.headers["content-range"] == f"bytes */{len(student)}"
+
+    manifest = client.get(f"/v1/jobs/{job_id}/artifacts/manifest.json")
+    assert manifest.headers["content-type"].startswith("application/json")
+    assert manifest.json() == {"teacher": "x"}
+    assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/samples.png"), 404, "not_found")
+    assert_problem(client.get("/v1/jobs/job_nope/artifacts"), 404, "not_found")
+
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    store = client.app.state.ctx.store  # type: ignore[attr-defined]
+    assert store.list(f"jobs/{job_id}/") == []

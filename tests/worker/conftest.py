@@ -1,0 +1,63 @@
+"""Fixtures for the worker tests (helpers live in ``worker_support``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from worker_support import Service, configure_service, reset_service_caches
+
+
+@pytest.fixture
+def make_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Service]]:
+    """Configure the service under ``tmp_path`` (extra ``CAKE_*`` variables as keywords).
+
+    Jobs run on one CPU thread: these tiny jobs are dominated by thread start-up and contention
+    on a shared machine, not by arithmetic.
+    """
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    try:
+        yield lambda **env: configure_service(monkeypatch, tmp_path / "data", **env)
+    finally:
+        reset_service_caches()
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def service(make_service: Callable[..., Service]) -> Service:
+    """SQLite, a local store and the filesystem broker, all under ``tmp_path``."""
+    return make_service()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL (127.0.0.1:5432), dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    admin_url = "postgresql://postgres@127.0.0.1:5432/test"
+    name = f"cake_worker_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not running on 127.0.0.1:5432: {exc}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        reset_service_caches()  # close pooled connections before the drop
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_service(request: pytest.FixtureRequest, make_service: Callable[..., Service]) -> Service:
+    """The same test on SQLite and on PostgreSQL: the claim and sweep SQL must hold on both."""
+    if request.param == "postgresql":
+        return make_service(CAKE_DATABASE_URL=request.getfixturevalue("postgres_url"))
+    return make_service()

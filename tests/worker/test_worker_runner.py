@@ -1,0 +1,302 @@
+"""The job runner in-process: real teachers, SQLite, the local store and the filesystem broker."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import torch
+from sqlalchemy import select, update
+from worker_support import TINY_SPEC, events, get_job, wait_for
+
+from cake_shared import jobs
+from cake_shared.db import session_scope
+from cake_shared.models import Artifact, Job, Teacher, utcnow
+from cake_shared.queue import enqueue_job, queue_depth
+from cake_shared.settings import get_settings
+from worker.checkpoints import ObjectStoreCheckpoints
+from worker.runner import claim_is_dead, process_job
+
+REQUIRED_METRICS = {
+    "agreement_synthetic",
+    "teacher_parameters",
+    "student_parameters",
+    "synthesis_seconds",
+    "training_seconds",
+    "samples_per_second",
+}
+# Long enough to be canceled or interrupted mid-synthesis on any machine.
+SLOW_SPEC = {"synthesis": {"num_samples": 400, "steps": 100_000}, "training": {"epochs": 2}}
+
+
+def _run_in_thread(job_id: str, **kwargs) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def target() -> None:
+        outcome["result"] = process_job(job_id, **kwargs)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, digits_teacher):
+    job_id = any_service.add_job(digits_teacher, TINY_SPEC, with_eval=True)
+    thread, outcome = _run_in_thread(job_id)
+    seen: list[float] = []
+    while thread.is_alive():
+        seen.append(get_job(job_id).progress)
+        time.sleep(0.01)
+    thread.join()
+    assert outcome["result"] == "succeeded"
+
+    job = get_job(job_id)
+    assert (job.status, job.phase, job.progress, job.attempts) == ("succeeded", "succeeded", 1.0, 1)
+    assert job.error is None and job.claim_token is None
+    assert job.started_at is not None and job.finished_at >= job.started_at
+    assert REQUIRED_METRICS | {"teacher_accuracy", "student_accuracy", "agreement_eval"} <= set(
+        job.metrics
+    )
+    assert job.metrics["teacher_accuracy"] == pytest.approx(digits_teacher.accuracy)
+    seen.append(job.progress)
+    assert seen == sorted(seen)
+
+    with session_scope() as session:
+        artifacts = {a.name: a for a in session.scalars(select(Artifact))}
+    assert set(artifacts) == {"student.pt", "manifest.json", "samples.png"}
+    assert artifacts["manifest.json"].content_type == "application/json"
+    assert artifacts["samples.png"].content_type == "image/png"
+    assert artifacts["student.pt"].content_type == "application/octet-stream"
+    for name, row in artifacts.items():
+        data = any_service.store.get_bytes(row.storage_key)
+        assert row.storage_key == f"jobs/{job_id}/artifacts/{name}"
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (row.size_bytes, row.sha256)
+    student_path = any_service.data_dir / "student.pt"
+    student_path.write_bytes(any_service.store.get_bytes(artifacts["student.pt"].storage_key))
+    student = torch.jit.load(str(student_path))
+    assert student(torch.zeros(2, *digits_teacher.input_shape)).shape == (2, 10)
+    assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
+
+    log = events(job_id)
+    types = [e.type for e in log]
+    assert types[0] == "started" and types[-1] == "succeeded"
+    phases = [e.data["phase"] for e in log if e.type == "phase"]
+    assert phases == ["synthesizing", "training", "evaluating", "exporting"]
+    assert types.count("progress") >= 1  # one per synthesis chunk
+    epochs = [e for e in log if e.type == "metrics" and e.data["phase"] == "training"]
+    assert [e.data["metrics"]["epoch"] for e in epochs] == [1.0, 2.0]
+    progress = [e.data["progress"] for e in log if "progress" in e.data]
+    assert progress == sorted(progress)
+    assert all(e.data.get("attempt") == 1 for e in log if e.type != "succeeded")
+
+
+def test_cancel_requested_mid_run_ends_canceled(any_service, wine_teacher):
+    job_id = any_service.add_job(wine_teacher, SLOW_SPEC)
+    thread, outcome = _run_in_thread(job_id)
+    wait_for(lambda: get_job(job_id).phase == "synthesizing", 30, "the job to start synthesizing")
+    with session_scope() as session:
+        assert jobs.request_cancel(session, job_id) == "running"
+    requested = time.monotonic()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert time.monotonic() - requested < 10
+    assert outcome["result"] == "canceled"
+    job = get_job(job_id)
+    assert (job.status, job.phase) == ("canceled", "canceled")
+    assert job.finished_at is not None
+    types = [e.type for e in events(job_id)]
+    assert "cancel_requested" in types and types[-1] == "canceled"
+    assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
+
+
+def test_cancel_of_a_queued_job_is_immediate_and_never_runs(service, wine_teacher):
+    job_id = service.add_job(wine_teacher)
+    with session_scope() as session:
+        assert jobs.request_cancel(session, job_id) == "canceled"
+    assert process_job(job_id) == "skipped"
+    job = get_job(job_id)
+    assert (job.status, job.attempts, job.started_at) == ("canceled", 0, None)
+
+
+def test_second_claim_is_refused(any_service, wine_teacher):
+    job_id = any_service.add_job(wine_teacher)
+    token = jobs.claim_job(job_id, "worker-a:1")
+    assert token is not None
+    assert jobs.claim_job(job_id, "worker-b:2") is None
+    # A redelivered message while the first worker is alive does nothing.
+    assert process_job(job_id, worker_id="worker-c:3") == "skipped"
+    job = get_job(job_id)
+    assert (job.status, job.claimed_by, job.attempts) == ("running", "worker-a:1", 1)
+    assert jobs.finish_job(job_id, token, "succeeded", metrics={})
+    assert jobs.claim_job(job_id, "worker-b:2") is None  # finished jobs stay finished
+    assert jobs.claim_job("job_does_not_exist", "worker-b:2") is None
+
+
+def _age_heartbeat(job_id: str, seconds: float) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+def test_stale_heartbeat_is_reclaimed_and_the_old_worker_is_fenced_off(any_service, wine_teacher):
+    job_id = any_service.add_job(wine_teacher)
+    old = jobs.claim_job(job_id, "worker-a:1")
+    assert old is not None
+    assert jobs.update_progress(job_id, old, "synthesizing", 0.3)
+    _age_heartbeat(job_id, 600)  # older than job_heartbeat_timeout_s (300)
+    new = jobs.claim_job(job_id, "worker-b:2")
+    assert new is not None and new != old
+    job = get_job(job_id)
+    assert (job.claimed_by, job.attempts) == ("worker-b:2", 2)
+    # The old worker's writes no longer land; the new worker's do, and progress never drops.
+    assert not jobs.heartbeat(job_id, old)
+    assert not jobs.update_progress(job_id, old, "training", 0.9)
+    assert not jobs.finish_job(job_id, old, "succeeded", metrics={})
+    assert not jobs.claim_state(job_id, old).owned
+    assert jobs.update_progress(job_id, new, "synthesizing", 0.1)
+    assert get_job(job_id).progress == pytest.approx(0.3)
+    assert jobs.finish_job(job_id, new, "failed", error={"code": "x", "message": "y"})
+
+
+def test_sweeper_requeues_stale_and_dead_claims_then_gives_up(any_service, wine_teacher):
+    stale = any_service.add_job(wine_teacher)
+    assert jobs.claim_job(stale, "far-away-host:1") is not None
+    _age_heartbeat(stale, 600)
+    # A claim by a process of this host that has exited is requeued without waiting.
+    dead = any_service.add_job(wine_teacher, queue="gpu")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert jobs.claim_job(dead, f"{socket.gethostname()}:{proc.pid}") is not None
+    alive = any_service.add_job(wine_teacher)
+    assert jobs.claim_job(alive, "far-away-host:2") is not None
+
+    result = jobs.requeue_stale_jobs(is_dead_claim=claim_is_dead)
+    assert sorted(result.requeued) == sorted([stale, dead])
+    assert get_job(alive).status == "running"
+    for job_id in (stale, dead):
+        job = get_job(job_id)
+        assert (job.status, job.claim_token, job.attempts) == ("queued", None, 1)
+        assert events(job_id)[-1].type == "requeued"
+    assert (queue_depth("cpu"), queue_depth("gpu")) == (1, 1)
+
+    # Out of attempts: the next stale heartbeat fails the job with a clear code.
+    for attempt in (2, 3):
+        assert jobs.claim_job(stale, f"far-away-host:{attempt}") is not None
+        _age_heartbeat(stale, 600)
+        result = jobs.requeue_stale_jobs()
+    assert result.failed == [stale]
+    job = get_job(stale)
+    assert job.status == "failed" and job.error["code"] == "max_attempts"
+    assert "3 attempts" in job.error["message"]
+
+
+def test_lost_queued_jobs_are_published_again_once(any_service, wine_teacher):
+    lost = any_service.add_job(wine_teacher)  # its publish "failed": no message
+    waiting = any_service.add_job(wine_teacher)
+    enqueue_job(waiting, "cpu")
+    assert jobs.requeue_lost_queued_jobs(older_than_s=3600) == []  # too young to be lost
+    assert jobs.requeue_lost_queued_jobs(older_than_s=0) == [lost]  # one message short
+    assert queue_depth("cpu") == 2
+    assert jobs.requeue_lost_queued_jobs(older_than_s=0) == []  # the broker has both now
+    assert process_job(lost) == "succeeded"
+    assert process_job(lost) == "skipped"  # a duplicate message does nothing
+
+
+def test_interrupted_job_resumes_from_checkpoints_without_redoing_chunks(
+    any_service, digits_teacher
+):
+    spec = {
+        "synthesis": {"num_samples": 400, "steps": 10, "chunk_batches": 1},
+        "training": {"epochs": 2},
+    }
+    job_id = any_service.add_job(digits_teacher, spec)
+    # Make the first training checkpoint impossible to write (a folder is in its way): the
+    # first attempt dies right after synthesis with an internal error.
+    blocker = any_service.data_dir / "store" / "jobs" / job_id / "checkpoints" / "training.pt"
+    blocker.mkdir(parents=True)
+    assert process_job(job_id) == "requeued"
+    job = get_job(job_id)
+    assert (job.status, job.attempts, job.claim_token) == ("queued", 1, None)
+    keys = ObjectStoreCheckpoints(any_service.store, job_id).keys()
+    assert keys == [f"synthesis/{i:06d}" for i in range(4)]
+    assert events(job_id)[-1].type == "requeued"
+    assert queue_depth("cpu") == 1  # the retry is on its way
+
+    blocker.rmdir()
+    assert process_job(job_id) == "succeeded"
+    job = get_job(job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    log = events(job_id)
+    first = [e for e in log if e.data.get("attempt") == 1]
+    second = [e for e in log if e.data.get("attempt") == 2]
+    assert sum(e.type == "progress" for e in first) == 4
+    assert sum(e.type == "progress" for e in second) == 0  # no chunk synthesized again
+    resumed = [e for e in second if e.type == "resumed"]
+    assert len(resumed) == 1 and resumed[0].data["synthesis_chunks"] == 4
+    assert job.metrics["num_samples"] == 400
+    assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
+
+
+def test_internal_errors_fail_after_the_last_attempt_without_leaking_paths(
+    service, digits_teacher, monkeypatch
+):
+    monkeypatch.setenv("CAKE_JOB_MAX_ATTEMPTS", "1")
+    get_settings.cache_clear()
+    job_id = service.add_job(digits_teacher)
+    blocker = service.data_dir / "store" / "jobs" / job_id / "checkpoints" / "training.pt"
+    blocker.mkdir(parents=True)
+    assert process_job(job_id) == "failed"
+    job = get_job(job_id)
+    assert job.status == "failed" and job.error["code"] == "internal"
+    assert str(service.data_dir) not in job.error["message"]
+    assert "Traceback" not in job.error["message"]
+    assert events(job_id)[-1].type == "failed"
+
+
+def test_shutdown_hands_the_job_back_without_counting_the_attempt(service, wine_teacher):
+    job_id = service.add_job(wine_teacher, SLOW_SPEC)
+    shutdown = threading.Event()
+    thread, outcome = _run_in_thread(job_id, shutdown=shutdown)
+    wait_for(lambda: get_job(job_id).phase == "synthesizing", 30, "the job to start synthesizing")
+    shutdown.set()
+    thread.join(30)
+    assert outcome["result"] == "requeued"
+    job = get_job(job_id)
+    assert (job.status, job.attempts, job.claim_token) == ("queued", 0, None)
+    assert queue_depth("cpu") == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "teacher_bytes", "code"),
+    [
+        (TINY_SPEC, b"this is not a TorchScript archive", "teacher_invalid"),
+        ({"synthesis": {"steps": 0}}, None, "validation_error"),
+        ({"student": {"arch": "no-such-arch"}}, None, "validation_error"),
+    ],
+)
+def test_invalid_input_fails_with_its_code(service, wine_teacher, spec, teacher_bytes, code):
+    job_id = service.add_job(wine_teacher, spec, teacher_bytes=teacher_bytes)
+    assert process_job(job_id) == "failed"
+    job = get_job(job_id)
+    assert job.status == "failed" and job.error["code"] == code, job.error
+    assert set(job.error) == {"code", "message"}
+    assert str(service.data_dir) not in job.error["message"] and "/tmp" not in job.error["message"]
+    assert events(job_id)[-1].type == "failed" and events(job_id)[-1].level == "error"
+
+
+def test_missing_teacher_object_fails_with_teacher_invalid(service, wine_teacher):
+    job_id = service.add_job(wine_teacher)
+    with session_scope() as session:
+        storage_key = session.get(Teacher, session.get(Job, job_id).teacher_id).storage_key
+    service.store.delete(storage_key)
+    assert process_job(job_id) == "failed"
+    assert get_job(job_id).error["code"] == "teacher_invalid"

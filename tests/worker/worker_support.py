@@ -1,0 +1,195 @@
+"""Helpers for the worker tests: a real migrated database, store and broker in ``tmp_path``.
+
+Nothing is mocked. Settings are read from ``CAKE_*`` variables and cached, so each test sets its
+variables and clears the caches (and disposes the engine) before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from cake_cli.service import ROOT, upgrade_database, worker_argv
+from cake_shared.db import get_engine, get_sessionmaker, session_scope
+from cake_shared.ids import new_id
+from cake_shared.models import Dataset, Job, JobEvent, Teacher
+from cake_shared.queue import celery_app
+from cake_shared.settings import get_settings
+from cake_shared.storage import ObjectStore, get_store
+
+TINY_SPEC: dict[str, Any] = {
+    "synthesis": {"num_samples": 400, "steps": 10},
+    "training": {"epochs": 2},
+}
+SERVICE_VARS = (
+    "CAKE_DATABASE_URL",
+    "CAKE_BROKER_URL",
+    "CAKE_STORE_URL",
+    "CAKE_S3_ENDPOINT_URL",
+    "CAKE_S3_REGION",
+    "CAKE_WORKER_DEVICE",
+    "CAKE_JOB_MAX_ATTEMPTS",
+    "CAKE_JOB_HEARTBEAT_TIMEOUT_S",
+)
+
+
+def reset_service_caches() -> None:
+    """Forget cached settings, engine, session factory, Celery app and device."""
+    from worker.runner import worker_runtime
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    for cached in (get_engine, get_sessionmaker, get_settings, celery_app, worker_runtime):
+        cached.cache_clear()
+
+
+@dataclass
+class Service:
+    data_dir: Path
+    store: ObjectStore
+
+    def add_job(
+        self,
+        teacher: Any,
+        spec: dict[str, Any] | None = None,
+        *,
+        teacher_bytes: bytes | None = None,
+        with_eval: bool = False,
+        queue: str = "cpu",
+    ) -> str:
+        """Store the teacher (and eval set) and write Teacher/Dataset/Job rows, as the API does."""
+        data = teacher_bytes if teacher_bytes is not None else Path(teacher.path).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        self.store.put_bytes(f"teachers/{sha}", data)
+        teacher_id, job_id = new_id("teacher"), new_id("job")
+        dataset_id = None
+        with session_scope() as session:
+            session.add(
+                Teacher(
+                    id=teacher_id,
+                    sha256=sha,
+                    size_bytes=len(data),
+                    input_shape=list(teacher.input_shape),
+                    num_classes=teacher.num_classes,
+                    parameters=1,
+                    storage_key=f"teachers/{sha}",
+                )
+            )
+            if with_eval:
+                dataset_id = new_id("dataset")
+                eval_bytes = Path(teacher.eval_path).read_bytes()
+                key = f"datasets/{hashlib.sha256(eval_bytes).hexdigest()}"
+                self.store.put_bytes(key, eval_bytes)
+                session.add(
+                    Dataset(
+                        id=dataset_id,
+                        sha256=key.split("/")[1],
+                        size_bytes=len(eval_bytes),
+                        num_examples=1,
+                        input_shape=list(teacher.input_shape),
+                        num_classes=teacher.num_classes,
+                        storage_key=key,
+                    )
+                )
+            session.flush()
+            session.add(
+                Job(
+                    id=job_id,
+                    teacher_id=teacher_id,
+                    eval_dataset_id=dataset_id,
+                    spec=spec if spec is not None else TINY_SPEC,
+                    queue=queue,
+                )
+            )
+        return job_id
+
+
+def configure_service(monkeypatch: pytest.MonkeyPatch, data_dir: Path, **env: str) -> Service:
+    for name in SERVICE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CAKE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CAKE_PROGRESS_INTERVAL_S", "0.05")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_service_caches()
+    upgrade_database()
+    return Service(data_dir=data_dir, store=get_store())
+
+
+def get_job(job_id: str) -> Job:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def events(job_id: str) -> list[JobEvent]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+            )
+        )
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class CeleryWorker:
+    """``celery -A worker.app worker`` as a real child process, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        full_env = {**os.environ, **env, "OMP_NUM_THREADS": "1"}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+        )
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", *worker_argv("cpu,gpu", 1)],
+            env=full_env,
+            cwd=str(ROOT),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
