@@ -167,6 +167,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+LIMITS = _LIMITS
+"""Inclusive (low, high) of every numeric field, by dotted path (public: the API documents them)."""
+CHOICES = _CHOICES
+"""Allowed values of every enumerated field, by dotted path."""
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():

@@ -1,0 +1,1 @@
+"""Routes grouped by resource; ``api.main`` includes every router."""

@@ -1,0 +1,410 @@
+"""What the routes do, separated from HTTP: lookups, pagination, creating teachers and jobs.
+
+Everything here is synchronous (SQLAlchemy sessions, the object store, the sandboxed checks);
+async routes call it through the thread pool. Every query filters by tenant, so an id of
+another tenant is indistinguishable from an unknown one (404).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.orm import Session
+
+from api import broker, catalog, schemas
+from api.deps import AppContext
+from api.errors import ApiError, not_found, spec_error, validation_error
+from api.uploads import TeacherFacts, UploadedFile
+from cake_core.config import resolve_spec
+from cake_core.errors import SpecError
+from cake_shared.ids import new_id
+from cake_shared.jobs import add_event as shared_add_event
+from cake_shared.jobs import request_cancel
+from cake_shared.models import Artifact, Dataset, Job, JobEvent, Teacher, utcnow
+
+log = logging.getLogger("cake.api")
+
+MAX_METADATA_BYTES = 16 * 1024
+Row = TypeVar("Row", Teacher, Job, Dataset)
+
+
+# --------------------------------------------------------------------------------------------
+# ORM -> response
+# --------------------------------------------------------------------------------------------
+
+
+def teacher_out(row: Teacher) -> dict[str, Any]:
+    return schemas.Teacher(
+        id=row.id,
+        name=row.name,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        input_shape=list(row.input_shape),
+        num_classes=row.num_classes,
+        parameters=row.parameters,
+        created_at=row.created_at,
+    ).model_dump(mode="json")
+
+
+def dataset_out(row: Dataset) -> dict[str, Any]:
+    return schemas.Dataset(
+        id=row.id,
+        name=row.name,
+        num_examples=row.num_examples,
+        input_shape=list(row.input_shape),
+        num_classes=row.num_classes,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        created_at=row.created_at,
+    ).model_dump(mode="json")
+
+
+def job_out(row: Job) -> dict[str, Any]:
+    error = row.error if isinstance(row.error, dict) else None
+    return schemas.Job(
+        id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        phase=row.phase,
+        progress=min(1.0, max(0.0, float(row.progress or 0.0))),
+        teacher_id=row.teacher_id,
+        eval_dataset_id=row.eval_dataset_id,
+        spec=row.spec or {},
+        metrics=row.metrics or {},
+        error=schemas.JobError(
+            code=str(error.get("code", "internal")), message=str(error.get("message", ""))
+        )
+        if error
+        else None,
+        attempts=row.attempts or 0,
+        metadata=row.job_metadata or {},
+        cancel_requested=bool(row.cancel_requested),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    ).model_dump(mode="json")
+
+
+def event_out(row: JobEvent) -> dict[str, Any]:
+    return schemas.Event(
+        id=row.id,
+        created_at=row.created_at,
+        level=row.level,
+        type=row.type,
+        message=row.message,
+        data=row.data or {},
+    ).model_dump(mode="json")
+
+
+def artifact_out(row: Artifact) -> dict[str, Any]:
+    return schemas.Artifact(
+        name=row.name, size_bytes=row.size_bytes, sha256=row.sha256, content_type=row.content_type
+    ).model_dump(mode="json")
+
+
+def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "next_after": data[-1]["id"] if has_more and data else None,
+    }
+
+
+def newest_first(
+    session: Session, stmt: Select[tuple[Row]], model: type[Row], limit: int, after: str | None
+) -> tuple[list[Row], bool]:
+    """One page, newest first: IDs sort by creation time, so the cursor is ``id < after``."""
+    if after:
+        stmt = stmt.where(model.id < after)
+    rows = list(session.scalars(stmt.order_by(model.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+# --------------------------------------------------------------------------------------------
+# lookups
+# --------------------------------------------------------------------------------------------
+
+
+def get_teacher(session: Session, tenant: str, teacher_id: str) -> Teacher:
+    row = session.get(Teacher, teacher_id)
+    if row is None or row.tenant != tenant:
+        raise not_found("teacher", teacher_id)
+    return row
+
+
+def get_job(session: Session, tenant: str, job_id: str) -> Job:
+    row = session.get(Job, job_id)
+    if row is None or row.tenant != tenant:
+        raise not_found("job", job_id)
+    return row
+
+
+def get_dataset(session: Session, tenant: str, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.tenant != tenant:
+        raise not_found("dataset", dataset_id)
+    return row
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    type_: str,
+    message: str,
+    data: dict[str, Any] | None = None,
+    level: str = "info",
+) -> None:
+    """Append to the job's log, the same way the worker does (``cake_shared.jobs``)."""
+    shared_add_event(session, job_id, type_, message, level=level, data=data)
+
+
+# --------------------------------------------------------------------------------------------
+# teachers
+# --------------------------------------------------------------------------------------------
+
+
+def store_teacher(
+    ctx: AppContext,
+    session: Session,
+    tenant: str,
+    upload: UploadedFile,
+    facts: TeacherFacts,
+    name: str | None,
+) -> Teacher:
+    """Put the file in the store under ``teachers/<sha256>`` (once) and add the row."""
+    key = f"teachers/{upload.sha256}"
+    if not ctx.store.exists(key):
+        ctx.store.put_file(key, upload.path)
+    row = Teacher(
+        id=new_id("teacher"),
+        tenant=tenant,
+        name=name,
+        sha256=upload.sha256,
+        size_bytes=upload.size,
+        input_shape=facts.input_shape,
+        num_classes=facts.num_classes,
+        parameters=facts.parameters,
+        storage_key=key,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def delete_teacher(ctx: AppContext, session: Session, tenant: str, teacher_id: str) -> None:
+    """Delete a teacher nobody uses; its file goes too unless another row shares it.
+
+    Jobs keep a foreign key to their teacher, so a teacher referenced by any job is refused
+    (409): while the job is queued or running because it needs the file; afterwards because the
+    job record names it (delete the job first with ``DELETE /v1/jobs/{id}``).
+    """
+    row = get_teacher(session, tenant, teacher_id)
+    counts = dict(
+        session.execute(
+            select(Job.status, func.count()).where(Job.teacher_id == row.id).group_by(Job.status)
+        ).all()
+    )
+    active = sum(n for status, n in counts.items() if status in schemas.ACTIVE_STATUSES)
+    total = sum(counts.values())
+    if active:
+        raise ApiError(
+            409,
+            "conflict",
+            f"teacher {row.id} is used by {active} queued or running job(s); cancel them or "
+            "wait until they finish",
+        )
+    if total:
+        raise ApiError(
+            409,
+            "conflict",
+            f"teacher {row.id} is used by {total} job(s); delete those jobs first "
+            "(DELETE /v1/jobs/{id})",
+        )
+    key, sha = row.storage_key, row.sha256
+    session.delete(row)
+    session.commit()
+    shared = session.scalar(select(func.count()).select_from(Teacher).where(Teacher.sha256 == sha))
+    if not shared:
+        ctx.store.delete(key)
+
+
+# --------------------------------------------------------------------------------------------
+# jobs
+# --------------------------------------------------------------------------------------------
+
+
+def queue_for(ctx: AppContext) -> str:
+    """``gpu``/``cpu`` when configured explicitly; ``auto`` routes to ``cpu`` for now."""
+    configured = (ctx.settings.default_queue or "auto").lower()
+    return configured if configured in ("gpu", "cpu") else "cpu"
+
+
+@dataclass
+class JobPlan:
+    """A validated job, ready to insert."""
+
+    spec: dict[str, Any]
+    eval_dataset_id: str | None
+    metadata: dict[str, Any]
+
+
+def plan_job(
+    session: Session,
+    tenant: str,
+    teacher: Teacher | TeacherFacts,
+    body: schemas.JobSpecIn,
+    loc: list[str | int],
+) -> JobPlan:
+    """Resolve and check a job spec against its teacher (and eval data set).
+
+    ``loc`` prefixes error locations (``["body"]`` for JSON, ``["body", "spec"]`` for the
+    one-shot form). Raises ApiError 422/404 naming the field.
+    """
+    spec_dict = body.model_dump(
+        exclude_none=True, include={"student", "synthesis", "training", "preset", "seed"}
+    )
+    try:
+        spec = resolve_spec(spec_dict, num_classes=teacher.num_classes)
+    except SpecError as exc:
+        raise spec_error(exc, loc) from None
+
+    shape = list(teacher.input_shape)
+    rank = len(shape)
+    arch_loc = [*loc, "student", "arch"]
+    if spec.student.arch is None:
+        default = catalog.default_for_rank(rank)
+        if default is None:
+            raise validation_error(arch_loc, f"no student architecture takes inputs of rank {rank}")
+        spec.student.arch = default
+    else:
+        entry = catalog.find(spec.student.arch)
+        if entry is None:
+            names = ", ".join(a["name"] for a in catalog.architectures())
+            raise validation_error(
+                arch_loc, f"unknown architecture {spec.student.arch!r}; choose one of: {names}"
+            )
+        if rank not in entry["input_ranks"]:
+            ranks = " or ".join(str(r) for r in entry["input_ranks"])
+            raise validation_error(
+                arch_loc,
+                f"{entry['name']} needs an input of rank {ranks}; the teacher's input shape "
+                f"{shape} has rank {rank}",
+            )
+
+    metadata = body.metadata or {}
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise validation_error([*loc, "metadata"], "must be at most 16 KiB of JSON")
+
+    if body.eval_dataset_id is not None:
+        dataset = session.get(Dataset, body.eval_dataset_id)
+        if dataset is None or dataset.tenant != tenant:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no dataset with id {body.eval_dataset_id!r}",
+                errors=[{"loc": [*loc, "eval_dataset_id"], "msg": "no such data set"}],
+            )
+        if list(dataset.input_shape) != shape:
+            raise ApiError(
+                422,
+                "dataset_invalid",
+                f"data set {dataset.id} has input shape {list(dataset.input_shape)} but the "
+                f"teacher takes {shape}",
+            )
+        if dataset.num_classes > teacher.num_classes:
+            raise ApiError(
+                422,
+                "dataset_invalid",
+                f"data set {dataset.id} has labels up to {dataset.num_classes - 1} but the "
+                f"teacher has {teacher.num_classes} classes (0..{teacher.num_classes - 1})",
+            )
+    return JobPlan(spec=spec.to_dict(), eval_dataset_id=body.eval_dataset_id, metadata=metadata)
+
+
+def insert_job(
+    ctx: AppContext, session: Session, tenant: str, teacher_id: str, plan: JobPlan
+) -> Job:
+    """Add the queued job and its first event (not committed)."""
+    queue = queue_for(ctx)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        tenant=tenant,
+        teacher_id=teacher_id,
+        eval_dataset_id=plan.eval_dataset_id,
+        status="queued",
+        phase="queued",
+        progress=0.0,
+        spec=plan.spec,
+        metrics={},
+        error=None,
+        attempts=0,
+        job_metadata=plan.metadata,
+        queue=queue,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "queued", f"job queued on the {queue} queue", {"queue": queue})
+    return job
+
+
+def enqueue(session: Session, job: Job) -> None:
+    """Send the committed job's id to the broker.
+
+    The row is committed first so a fast worker always finds it. If the broker does not answer,
+    the job is still accepted: the database is the source of truth, the job stays ``queued``
+    and the workers' sweeper (``cake_shared.jobs.requeue_lost_queued_jobs``) publishes it again,
+    so the client gets its 202 and a warning event instead of an error it would retry into a
+    duplicate job.
+    """
+    try:
+        broker.enqueue(job.id, job.queue)
+    except Exception as exc:
+        log.warning("could not enqueue job %s on %s: %s", job.id, job.queue, exc)
+        add_event(
+            session,
+            job.id,
+            "enqueue_delayed",
+            "the broker did not accept the job yet; it is queued again automatically",
+            {"reason": type(exc).__name__},
+            level="warning",
+        )
+        session.commit()
+
+
+def cancel_job(session: Session, tenant: str, job_id: str) -> Job:
+    """Queued: canceled now. Running: ``cancel_requested`` (the worker stops at its next step).
+    Finished: unchanged. The state change is the shared, race-safe ``request_cancel`` (the same
+    compare-and-set rules the worker's claim uses)."""
+    job = get_job(session, tenant, job_id)
+    request_cancel(session, job.id)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def delete_job(ctx: AppContext, session: Session, tenant: str, job_id: str) -> None:
+    """Delete a finished job with its events, artifacts and stored files (409 while active)."""
+    job = get_job(session, tenant, job_id)
+    if job.status in schemas.ACTIVE_STATUSES:
+        raise ApiError(
+            409, "conflict", f"job {job.id} is {job.status}; cancel it and wait until it ends"
+        )
+    keys = list(session.scalars(select(Artifact.storage_key).where(Artifact.job_id == job.id)))
+    session.execute(delete(Artifact).where(Artifact.job_id == job.id))
+    session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+    session.delete(job)
+    session.commit()
+    for key in {*keys, *ctx.store.list(f"jobs/{job.id}/")}:
+        try:
+            ctx.store.delete(key)
+        except Exception:
+            log.warning("could not delete %s from the store", key)

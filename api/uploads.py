@@ -1,0 +1,458 @@
+"""Streaming multipart uploads and the teacher check.
+
+Why not ``request.form()``: Starlette spools each file to a temporary file but has no cap on a
+file's size while it streams, so a 100 GB upload would fill the disk before any check ran. Here
+the body is fed chunk by chunk to python-multipart's streaming parser; file parts go to a
+temporary file (written and hashed off the event loop, in ~1 MiB batches) and the size cap is
+checked on every chunk, so the request fails with 413 the moment it is exceeded and nothing is
+stored. Memory stays bounded by the batch size whatever the file size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from api import sandbox
+from api.errors import ApiError, validation_error
+from cake_shared.settings import Settings
+
+log = logging.getLogger("cake.api")
+
+FLUSH_BYTES = 1 << 20
+MAX_TEXT_BYTES = 1 << 20
+_MULTIPART_SLACK = 1 << 20  # headers, boundaries and text parts on top of the file cap
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def too_large(max_bytes: int, what: str = "the upload") -> ApiError:
+    return ApiError(
+        413,
+        "payload_too_large",
+        f"{what} is larger than the limit of {_fmt_bytes(max_bytes)} ({max_bytes} bytes; "
+        "CAKE_MAX_UPLOAD_BYTES)",
+    )
+
+
+@dataclass
+class UploadedFile:
+    """A file part on local disk, with its size and SHA-256 computed while it streamed."""
+
+    name: str
+    filename: str | None
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass
+class _FilePart:
+    name: str
+    filename: str | None
+    path: Path
+    max_bytes: int
+    fh: Any
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+    pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise too_large(self.max_bytes, f"form part {self.name!r}")
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    def flush(self) -> None:
+        """Write and hash the pending chunks (runs in a worker thread)."""
+        if not self.pending:
+            return
+        block = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.fh.write(block)
+        self.digest.update(block)
+
+
+@dataclass
+class _TextPart:
+    name: str
+    data: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > MAX_TEXT_BYTES:
+            raise too_large(MAX_TEXT_BYTES, f"form field {self.name!r}")
+
+
+@dataclass
+class MultipartForm:
+    """The parsed form: text fields in memory, files on disk. Call :meth:`cleanup` when done."""
+
+    fields: dict[str, str]
+    files: dict[str, UploadedFile]
+
+    def content_hash(self) -> str:
+        """Hash of the form's *content* (not its bytes: the boundary differs per request)."""
+        digest = hashlib.sha256()
+        entries = [f"t:{k}={v}" for k, v in self.fields.items()]
+        entries += [f"f:{k}={f.sha256}" for k, f in self.files.items()]
+        for entry in sorted(entries):
+            digest.update(entry.encode() + b"\0")
+        return digest.hexdigest()
+
+    def cleanup(self) -> None:
+        for upload in self.files.values():
+            upload.path.unlink(missing_ok=True)
+
+
+class _Collector:
+    """python-multipart callbacks: route each part to a file or a text buffer."""
+
+    def __init__(
+        self,
+        file_fields: Collection[str],
+        text_fields: Collection[str],
+        max_file_bytes: int,
+        tmp_dir: Path,
+    ) -> None:
+        self.file_fields = set(file_fields)
+        self.text_fields = set(text_fields)
+        self.max_file_bytes = max_file_bytes
+        self.tmp_dir = tmp_dir
+        self.parts: list[_FilePart | _TextPart] = []
+        self.current: _FilePart | _TextPart | None = None
+        self.headers: dict[str, bytes] = {}
+        self._hfield = bytearray()
+        self._hvalue = bytearray()
+        self.ended = False
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+        self.current = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._hfield += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._hvalue += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self._hfield.decode("latin-1").lower()] = bytes(self._hvalue)
+        self._hfield.clear()
+        self._hvalue.clear()
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get("content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename_raw = options.get(b"filename")
+        filename = filename_raw.decode("utf-8", "replace") if filename_raw is not None else None
+        allowed = sorted(self.file_fields | self.text_fields)
+        if not name:
+            raise validation_error(["body"], "a form part has no name")
+        if name not in self.file_fields and name not in self.text_fields:
+            raise validation_error(
+                ["body", name], f"unknown form part; expected {', '.join(allowed)}"
+            )
+        if any(p.name == name for p in self.parts):
+            raise validation_error(["body", name], "form part given more than once")
+        if name in self.file_fields:
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
+            part: _FilePart | _TextPart = _FilePart(
+                name, filename, Path(tmp), self.max_file_bytes, os.fdopen(fd, "wb")
+            )
+        else:
+            part = _TextPart(name)
+        self.parts.append(part)
+        self.current = part
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.current is not None:
+            self.current.feed(data[start:end])
+
+    def on_part_end(self) -> None:
+        self.current = None
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def file_parts(self) -> list[_FilePart]:
+        return [p for p in self.parts if isinstance(p, _FilePart)]
+
+    def flush(self, threshold: int) -> None:
+        for part in self.file_parts():
+            if part.pending_bytes >= threshold:
+                part.flush()
+
+    def close_all(self) -> None:
+        for part in self.file_parts():
+            with contextlib.suppress(Exception):
+                part.fh.close()
+
+    def discard(self) -> None:
+        self.close_all()
+        for part in self.file_parts():
+            part.path.unlink(missing_ok=True)
+
+
+async def read_multipart(
+    request: Request,
+    *,
+    file_fields: Collection[str],
+    text_fields: Collection[str],
+    required: Collection[str],
+    max_file_bytes: int,
+    tmp_dir: Path,
+) -> MultipartForm:
+    """Stream a ``multipart/form-data`` body to disk with the cap enforced on every chunk.
+
+    Raises ApiError: 415 when the body is not multipart, 413 as soon as a part exceeds its cap
+    (the temporary files are deleted), 422 for unknown, repeated, missing or malformed parts.
+    """
+    content_type, options = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "expected a multipart/form-data body (curl -F 'file=@model.pt' ...)",
+        )
+    declared = request.headers.get("content-length")
+    total_cap = max_file_bytes * max(1, len(file_fields)) + _MULTIPART_SLACK
+    if declared is not None and declared.isdigit() and int(declared) > total_cap:
+        raise too_large(max_file_bytes)
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    collector = _Collector(file_fields, text_fields, max_file_bytes, tmp_dir)
+    parser = MultipartParser(options[b"boundary"], collector.callbacks())
+    received = 0
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            received += len(chunk)
+            if received > total_cap:
+                raise too_large(max_file_bytes)
+            try:
+                parser.write(chunk)
+            except ApiError:
+                raise
+            except Exception:
+                raise validation_error(["body"], "the multipart body is malformed") from None
+            if any(p.pending_bytes >= FLUSH_BYTES for p in collector.file_parts()):
+                await anyio.to_thread.run_sync(collector.flush, FLUSH_BYTES)
+        parser.finalize()
+        if not collector.ended:
+            raise validation_error(["body"], "the multipart body is incomplete (truncated upload?)")
+        await anyio.to_thread.run_sync(collector.flush, 0)
+    except BaseException:
+        await anyio.to_thread.run_sync(collector.discard)
+        raise
+    collector.close_all()
+
+    fields: dict[str, str] = {}
+    files: dict[str, UploadedFile] = {}
+    for part in collector.parts:
+        if isinstance(part, _FilePart):
+            files[part.name] = UploadedFile(
+                part.name, part.filename, part.path, part.size, part.digest.hexdigest()
+            )
+        else:
+            try:
+                fields[part.name] = part.data.decode("utf-8")
+            except UnicodeDecodeError:
+                form = MultipartForm(fields, files)
+                await anyio.to_thread.run_sync(form.cleanup)
+                raise validation_error(["body", part.name], "not valid UTF-8 text") from None
+    form = MultipartForm(fields, files)
+    missing = [name for name in required if name not in fields and name not in files]
+    if missing:
+        await anyio.to_thread.run_sync(form.cleanup)
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{missing[0]}: form part is required",
+            errors=[{"loc": ["body", name], "msg": "form part is required"} for name in missing],
+        )
+    return form
+
+
+# --------------------------------------------------------------------------------------------
+# form fields
+# --------------------------------------------------------------------------------------------
+
+
+def parse_input_shape_field(text: str, loc: list[str | int]) -> list[int]:
+    """Syntax of the ``input_shape`` part: a JSON array of positive ints, or ``1,28,28``.
+
+    Bounds (rank, per-dimension and total size) are the engine's and are checked by the engine
+    in the teacher check, so they are not duplicated here.
+    """
+    value: Any
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text.strip().strip("()[]")
+        value = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            value = [int(v) for v in value]
+        except ValueError:
+            raise validation_error(
+                loc, "must be a JSON array of positive integers, e.g. [1,28,28]"
+            ) from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+    ):
+        raise validation_error(loc, "must be a JSON array of positive integers, e.g. [1,28,28]")
+    return value
+
+
+def parse_int_field(text: str | None, loc: list[str | int], minimum: int) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise validation_error(loc, "must be an integer") from None
+    if value < minimum:
+        raise validation_error(loc, f"must be at least {minimum}")
+    return value
+
+
+def parse_name_field(text: str | None, loc: list[str | int]) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if len(text) > 256:
+        raise validation_error(loc, "must be at most 256 characters")
+    return text or None
+
+
+# --------------------------------------------------------------------------------------------
+# the teacher check (in a child process)
+# --------------------------------------------------------------------------------------------
+
+_MEMORY_MARKERS = ("bad_alloc", "can't allocate memory", "out of memory")
+_CHECK_SLOTS = threading.BoundedSemaphore(2)
+"""At most two checks at once: each child may use up to the memory cap."""
+
+
+@dataclass(frozen=True)
+class TeacherFacts:
+    input_shape: list[int]
+    num_classes: int
+    parameters: int
+
+
+def check_teacher(
+    path: Path,
+    input_shape: list[int],
+    num_classes: int | None,
+    settings: Settings,
+    shape_loc: list[str | int],
+) -> TeacherFacts:
+    """Run the engine's teacher check in a sandboxed child; blocking (call from a thread).
+
+    Raises ApiError: 422 ``teacher_invalid`` with what is wrong with the file (including a hang,
+    a crash or the memory cap), 422 ``validation_error`` for an out-of-range input shape, 503
+    ``not_ready`` when the check could not even start.
+    """
+    timeout = settings.teacher_check_timeout_s
+    with _CHECK_SLOTS:
+        result = sandbox.run(
+            "api.teacher_check:check_teacher_file",
+            str(path),
+            list(input_shape),
+            num_classes,
+            timeout_s=timeout,
+            memory_bytes=settings.teacher_check_memory_bytes,
+        )
+    probe = "[" + ", ".join(str(d) for d in [4, *input_shape]) + "]"
+    doing = {
+        "loading": "loading the model",
+        "probing": f"running a probe batch of shape {probe}",
+    }.get(result.stage or "", "starting the check")
+    memory = _fmt_bytes(settings.teacher_check_memory_bytes)
+    if result.outcome == "timeout":
+        if result.stage == "probing":
+            msg = (
+                f"the teacher did not answer within {timeout:g} s on a probe batch of shape "
+                f"{probe}: forward() must return promptly on the CPU (does it loop forever?)"
+            )
+        elif result.stage == "loading":
+            msg = f"the teacher could not be loaded within {timeout:g} s"
+        else:
+            raise ApiError(
+                503,
+                "not_ready",
+                f"the teacher check did not start within {timeout:g} s; try again",
+                headers={"Retry-After": "10"},
+            )
+        raise ApiError(422, "teacher_invalid", msg)
+    if result.outcome == "crashed" and result.stage is None:
+        # The child died before it opened the file: the sandbox is broken, not the teacher.
+        log.error("teacher check sandbox failed to start: %r", result)
+        raise ApiError(
+            503,
+            "not_ready",
+            "the teacher check could not run on the server; try again",
+            headers={"Retry-After": "10"},
+        )
+    if result.outcome == "crashed":
+        sig = sandbox.signal_name(result.exitcode)
+        if result.value == "memory" or sig == "SIGKILL":
+            msg = f"the teacher needs more than {memory} of memory while {doing}"
+        elif sig:
+            msg = f"the teacher check crashed ({sig}) while {doing}: the file or model is broken"
+        else:
+            msg = f"the teacher could not be checked while {doing} ({result.value or 'no answer'})"
+        raise ApiError(422, "teacher_invalid", msg)
+    value: dict[str, Any] = result.value
+    if not value.get("ok"):
+        if value.get("code") == "validation_error":
+            raise validation_error(shape_loc, str(value.get("message")))
+        message = str(value.get("message"))
+        if message == "__memory__" or any(m in message for m in _MEMORY_MARKERS):
+            message = f"the teacher needs more than {memory} of memory while {doing}"
+        raise ApiError(422, "teacher_invalid", message)
+    return TeacherFacts(
+        input_shape=[int(d) for d in value["input_shape"]],
+        num_classes=int(value["num_classes"]),
+        parameters=int(value["parameters"]),
+    )
