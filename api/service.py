@@ -131,7 +131,7 @@ def newest_first(
 
 def get_teacher(session: Session, tenant: str, teacher_id: str) -> Teacher:
     row = session.get(Teacher, teacher_id)
-    if row is None or row.tenant != tenant:
+    if row is None or row.tenant != tenant or row.deleted_at is not None:
         raise not_found("teacher", teacher_id)
     return row
 
@@ -197,20 +197,17 @@ def store_teacher(
 
 
 def delete_teacher(ctx: AppContext, session: Session, tenant: str, teacher_id: str) -> None:
-    """Delete a teacher nobody uses; its file goes too unless another row shares it.
+    """Delete a teacher no queued or running job needs (409 otherwise).
 
-    Jobs keep a foreign key to their teacher, so a teacher referenced by any job is refused
-    (409): while the job is queued or running because it needs the file; afterwards because the
-    job record names it (delete the job first with ``DELETE /v1/jobs/{id}``).
+    The row is kept, marked deleted, so finished jobs still name their teacher; it no longer
+    appears in lists or lookups. The stored file goes when no live teacher shares it.
     """
     row = get_teacher(session, tenant, teacher_id)
-    counts = dict(
-        session.execute(
-            select(Job.status, func.count()).where(Job.teacher_id == row.id).group_by(Job.status)
-        ).all()
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.teacher_id == row.id, Job.status.in_(schemas.ACTIVE_STATUSES))
     )
-    active = sum(n for status, n in counts.items() if status in schemas.ACTIVE_STATUSES)
-    total = sum(counts.values())
     if active:
         raise ApiError(
             409,
@@ -218,19 +215,15 @@ def delete_teacher(ctx: AppContext, session: Session, tenant: str, teacher_id: s
             f"teacher {row.id} is used by {active} queued or running job(s); cancel them or "
             "wait until they finish",
         )
-    if total:
-        raise ApiError(
-            409,
-            "conflict",
-            f"teacher {row.id} is used by {total} job(s); delete those jobs first "
-            "(DELETE /v1/jobs/{id})",
-        )
-    key, sha = row.storage_key, row.sha256
-    session.delete(row)
+    row.deleted_at = utcnow()
     session.commit()
-    shared = session.scalar(select(func.count()).select_from(Teacher).where(Teacher.sha256 == sha))
+    shared = session.scalar(
+        select(func.count())
+        .select_from(Teacher)
+        .where(Teacher.sha256 == row.sha256, Teacher.deleted_at.is_(None))
+    )
     if not shared:
-        ctx.store.delete(key)
+        ctx.store.delete(row.storage_key)
 
 
 # --------------------------------------------------------------------------------------------

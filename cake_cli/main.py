@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cake_cli import service
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for checkpoints; rerun to resume an interrupted job",
     )
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
+    service.add_parsers(sub)
     return parser
 
 
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "distill":
         return _distill(args)
+    if args.command in service.COMMANDS:
+        return service.dispatch(args)
     return EXIT_BAD_INPUT
 
 

@@ -172,6 +172,7 @@ LIMITS = _LIMITS
 CHOICES = _CHOICES
 """Allowed values of every enumerated field, by dotted path."""
 
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():

@@ -67,6 +67,8 @@ class Teacher(Base):
     parameters: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Deleted teachers stay as rows so finished jobs keep naming the teacher they came from.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Dataset(Base):

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     default_queue: str = "auto"
     worker_device: str | None = None
     idempotency_ttl_s: int = 24 * 3600
+    sweep_interval_s: float = 30.0
+    lost_job_after_s: float = 60.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -65,7 +65,10 @@ class TabularMLP(nn.Module):
     def __init__(self, features: int, num_classes: int, hidden: int = 64) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
             nn.Linear(hidden, num_classes),
         )
 
@@ -141,7 +144,12 @@ def train_digits_lenet(
     model = build_student("lenet5", (channels, size, size), 10, 1.0)
     model = _fit(model, x_train, y_train, epochs=epochs, lr=2e-3, seed=seed)
     return TrainedTeacher(
-        f"digits{size}_lenet5", model, (channels, size, size), 10, x_test, y_test,
+        f"digits{size}_lenet5",
+        model,
+        (channels, size, size),
+        10,
+        x_test,
+        y_test,
         _accuracy(model, x_test, y_test),
     )
 
@@ -158,10 +166,19 @@ def train_tabular_mlp(name: str = "wine", seed: int = 0, epochs: int = 200) -> T
     torch.manual_seed(seed)
     model = _fit(
         TabularMLP(x_train.shape[1], classes),
-        x_train, y_train, epochs=epochs, lr=3e-3, seed=seed,
+        x_train,
+        y_train,
+        epochs=epochs,
+        lr=3e-3,
+        seed=seed,
     )
     return TrainedTeacher(
-        f"{name}_mlp", model, (x_train.shape[1],), classes, x_test, y_test,
+        f"{name}_mlp",
+        model,
+        (x_train.shape[1],),
+        classes,
+        x_test,
+        y_test,
         _accuracy(model, x_test, y_test),
     )
 

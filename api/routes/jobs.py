@@ -95,7 +95,7 @@ def _create_json(
         if replayed is not None:
             return replayed
         teacher = session.get(TeacherRow, body.teacher_id)
-        if teacher is None or teacher.tenant != tenant:
+        if teacher is None or teacher.tenant != tenant or teacher.deleted_at is not None:
             raise ApiError(
                 404,
                 "not_found",

@@ -104,7 +104,7 @@ async def create_teacher(
 def list_teachers(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> dict[str, Any]:
-    stmt = select(TeacherRow).where(TeacherRow.tenant == tenant)
+    stmt = select(TeacherRow).where(TeacherRow.tenant == tenant, TeacherRow.deleted_at.is_(None))
     rows, has_more = service.newest_first(session, stmt, TeacherRow, limit, after)
     return service.page([service.teacher_out(r) for r in rows], has_more)
 
@@ -121,9 +121,8 @@ def get_teacher(teacher_id: TeacherId, session: SessionDep, tenant: TenantDep) -
     status_code=204,
     summary="Delete a teacher",
     description=(
-        "409 while a job that uses it is queued or running, and while any job still references "
-        "it (delete finished jobs first). The stored file is removed when no other teacher "
-        "shares it."
+        "409 while a job that uses it is queued or running. Finished jobs keep naming it. The "
+        "stored file is removed when no other teacher shares it."
     ),
     responses=problem_responses(404, 409),
 )

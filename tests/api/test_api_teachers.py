@@ -70,11 +70,13 @@ def test_delete_refused_while_a_job_uses_it(client: TestClient, wine: BundledTea
     body = assert_problem(client.delete(f"/v1/teachers/{teacher['id']}"), 409, "conflict")
     assert "queued or running" in body["detail"]
     client.post(f"/v1/jobs/{job['id']}/cancel")
-    body = assert_problem(client.delete(f"/v1/teachers/{teacher['id']}"), 409, "conflict")
-    assert "delete those jobs first" in body["detail"]
-    assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
     assert client.delete(f"/v1/teachers/{teacher['id']}").status_code == 204
     assert_problem(client.get(f"/v1/teachers/{teacher['id']}"), 404, "not_found")
+    assert teacher["id"] not in [t["id"] for t in client.get("/v1/teachers").json()["data"]]
+    # The finished job still names the teacher it came from; new jobs cannot use it.
+    assert client.get(f"/v1/jobs/{job['id']}").json()["teacher_id"] == teacher["id"]
+    assert_problem(client.post("/v1/jobs", json={"teacher_id": teacher["id"]}), 404, "not_found")
+    assert_problem(client.delete(f"/v1/teachers/{teacher['id']}"), 404, "not_found")
 
 
 def test_delete_keeps_a_file_another_teacher_shares(

@@ -1,0 +1,386 @@
+"""``cake serve``, ``cake worker`` and ``cake db``: run and migrate the service.
+
+``cake serve`` with no configuration runs the whole service on one machine: SQLite and a local
+store under ``CAKE_DATA_DIR`` (default ``./cake-data``), migrations applied, a real Celery worker
+process on the filesystem broker (no broker server), and the API on 127.0.0.1:8000, with the
+logs of both in one console. Ctrl-C or SIGTERM stops both: the worker hands its running job back
+to the queue (it resumes from its checkpoints on the next start) and exits.
+
+``cake serve --no-worker`` plus ``cake worker`` on other machines split it for a deployment
+(PostgreSQL, Redis and S3 configured through ``CAKE_*`` variables).
+
+Heavy imports (Celery, uvicorn, Alembic, the API) happen inside the commands, so ``cake
+distill`` stays fast and works without the service's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS_DIR = ROOT / "migrations"
+QUEUE_NAMES = ("gpu", "cpu")
+COMMANDS = ("serve", "worker", "db")
+#: Seconds the worker gets to hand its job back and exit before it is stopped harder.
+WORKER_STOP_GRACE_S = 30.0
+
+log = logging.getLogger("cake.serve")
+
+
+# -- migrations -----------------------------------------------------------------------------
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic configuration built in code, so migrations run from any working folder.
+
+    ``url`` overrides the settings' database URL (tests migrate databases of their own).
+    """
+    from alembic.config import Config
+
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise FileNotFoundError(
+            "the migrations folder is not installed; run from a source checkout "
+            "(pip install -e .) or install a build that ships migrations/"
+        )
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_database(revision: str = "head", url: str | None = None) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade_database(revision: str = "-1", url: str | None = None) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def database_revisions(url: str | None = None) -> tuple[str | None, str | None]:
+    """(the database's current revision, the migrations' head): equal when migrated."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from cake_shared.db import make_engine
+    from cake_shared.settings import get_settings
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = make_engine(url or get_settings().resolved_database_url())
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    return current, head
+
+
+def _shown_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _use_data_dir(data_dir: Path | None) -> None:
+    """Point this process and its children at ``data_dir`` (settings are read from the env)."""
+    if data_dir is None:
+        return
+    os.environ["CAKE_DATA_DIR"] = str(data_dir.resolve())
+    from cake_shared.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address."""
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def parse_queues(text: str) -> str:
+    queues = [q.strip() for q in text.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in QUEUE_NAMES]
+    if not queues or unknown:
+        raise ValueError(f"--queues takes a comma-separated subset of {', '.join(QUEUE_NAMES)}")
+    return ",".join(dict.fromkeys(queues))
+
+
+def worker_argv(queues: str, concurrency: int, loglevel: str = "INFO") -> list[str]:
+    """Arguments of ``celery worker``: one job at a time per process, no chatter between nodes.
+
+    Concurrency 1 uses the ``solo`` pool: the job runs in the process that receives the
+    shutdown signal, so it can hand its job back at once; more uses ``prefork``.
+    """
+    return [
+        "worker",
+        "--queues",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        "solo" if concurrency == 1 else "prefork",
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        f"cake-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def _child_env() -> dict[str, str]:
+    """The worker child sees the same settings, and imports this checkout's packages."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start_worker_process(queues: str = "cpu,gpu", concurrency: int = 1) -> subprocess.Popen[bytes]:
+    """A real Celery worker as a child process that writes to this console.
+
+    It runs in its own session so that a Ctrl-C in the terminal reaches only ``cake serve``,
+    which then stops the worker in order (see :func:`stop_worker_process`).
+    """
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.app", *worker_argv(queues, concurrency)]
+    return subprocess.Popen(cmd, env=_child_env(), cwd=str(ROOT), start_new_session=True)
+
+
+def stop_worker_process(proc: subprocess.Popen[bytes], grace_s: float = WORKER_STOP_GRACE_S) -> int:
+    """SIGTERM (warm shutdown: the job is handed back at its next step), then SIGQUIT (cold),
+    then SIGKILL, each after a grace period; returns the exit code."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGQUIT, 10.0)):
+        if proc.poll() is not None:
+            return proc.returncode
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            log.warning("worker did not stop after %s; stopping it harder", sig.name)
+    proc.kill()
+    return proc.wait()
+
+
+def _watch_worker(proc: subprocess.Popen[bytes], stopping: threading.Event) -> None:
+    code = proc.wait()
+    if not stopping.is_set():
+        log.error(
+            "the worker process exited (code %s); new jobs will stay queued until a worker runs",
+            code,
+        )
+
+
+class _Terminate(Exception):
+    """Raised by the SIGTERM handler so ``cake serve`` unwinds through its ``finally``."""
+
+
+def _raise_terminate(signum: int, frame: Any) -> None:
+    raise _Terminate()
+
+
+# -- commands ----------------------------------------------------------------------------------
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    with_worker: bool = True,
+    data_dir: Path | None = None,
+    allow_remote: bool = False,
+    queues: str = "cpu,gpu",
+    log_level: str = "info",
+) -> int:
+    """Run the API (and, unless ``with_worker`` is False, one worker process)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     [%(name)s] %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    if not allow_remote and not is_loopback(host):
+        print(
+            f"error: refusing to listen on {host}: the service listens on loopback only unless "
+            "--allow-remote is given (configure API keys first: without them it is single-user "
+            "and anyone who can reach the port can use it)",
+            file=sys.stderr,
+        )
+        return 2
+    _use_data_dir(data_dir)
+    try:
+        import uvicorn
+
+        from api.main import create_app  # noqa: F401  (fail early, before starting a worker)
+    except ImportError as exc:
+        print(f"error: the API cannot be loaded: {exc}", file=sys.stderr)
+        return 1
+
+    from cake_shared.settings import get_settings
+
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    log.info("database %s: applying migrations", _shown_url(url))
+    upgrade_database()
+
+    worker: subprocess.Popen[bytes] | None = None
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, _raise_terminate)
+    try:
+        if with_worker:
+            worker = start_worker_process(queues, 1)
+            threading.Thread(
+                target=_watch_worker, args=(worker, stopping), name="worker-watch", daemon=True
+            ).start()
+            log.info("worker started (pid %d, queues %s)", worker.pid, queues)
+        uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level=log_level)
+    except (KeyboardInterrupt, _Terminate):
+        pass
+    finally:
+        stopping.set()
+        if worker is not None:
+            log.info("stopping the worker")
+            stop_worker_process(worker)
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def run_worker(
+    queues: str = "gpu,cpu",
+    concurrency: int = 1,
+    *,
+    data_dir: Path | None = None,
+    loglevel: str = "INFO",
+) -> int:
+    """Run a worker in this process (expects a migrated database; applies nothing)."""
+    _use_data_dir(data_dir)
+    try:
+        current, head = database_revisions()
+    except Exception as exc:
+        print(f"error: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+    if current != head:
+        print(
+            f"error: the database is at revision {current or 'none'}, the code expects {head}; "
+            "run `cake db upgrade` first",
+            file=sys.stderr,
+        )
+        return 2
+    from worker.app import app
+
+    app.worker_main(argv=worker_argv(queues, concurrency, loglevel))
+    return 0
+
+
+# -- argument parsing (registered by cake_cli.main) ------------------------------------------------
+def add_parsers(sub: Any) -> None:
+    """Register ``serve``, ``worker`` and ``db`` on the ``cake`` command's sub-parsers."""
+    serve_p = sub.add_parser(
+        "serve",
+        help="run the REST service (API and a worker) on this machine",
+        description="Run the REST API, with one worker process unless --no-worker is given. "
+        "With no configuration: SQLite, a local store and a broker without a server, "
+        "all under --data-dir.",
+    )
+    serve_p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve_p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve_p.add_argument("--no-worker", action="store_true", help="run the API only")
+    serve_p.add_argument("--data-dir", type=Path, help="root of the embedded defaults")
+    serve_p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (configure API keys first)",
+    )
+    serve_p.add_argument(
+        "--queues", default="cpu,gpu", help="queues the embedded worker serves (gpu,cpu)"
+    )
+
+    worker_p = sub.add_parser(
+        "worker",
+        help="run a worker that takes jobs from the queue",
+        description="Run a Celery worker for the gpu and/or cpu queues. It expects a migrated "
+        "database (cake db upgrade) and the same CAKE_* settings as the API.",
+    )
+    worker_p.add_argument("--queues", default="gpu,cpu", help="comma-separated: gpu, cpu")
+    worker_p.add_argument(
+        "--concurrency", type=int, default=1, help="jobs at once (processes); default 1"
+    )
+    worker_p.add_argument("--data-dir", type=Path, help="root of the embedded defaults")
+    worker_p.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING...")
+
+    db_p = sub.add_parser("db", help="migrate the service's database")
+    db_sub = db_p.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply migrations (default: to the latest)")
+    up.add_argument("revision", nargs="?", default="head")
+    up.add_argument("--data-dir", type=Path, help="root of the embedded defaults")
+    down = db_sub.add_parser("downgrade", help="revert migrations (default: the last one)")
+    down.add_argument("revision", nargs="?", default="-1", help="e.g. -1 or base")
+    down.add_argument("--data-dir", type=Path, help="root of the embedded defaults")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed ``serve``/``worker``/``db`` command; returns the exit code."""
+    if args.command == "serve":
+        try:
+            queues = parse_queues(args.queues)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return serve(
+            args.host,
+            args.port,
+            with_worker=not args.no_worker,
+            data_dir=args.data_dir,
+            allow_remote=args.allow_remote,
+            queues=queues,
+        )
+    if args.command == "worker":
+        try:
+            queues = parse_queues(args.queues)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.concurrency < 1:
+            print("error: --concurrency must be at least 1", file=sys.stderr)
+            return 2
+        return run_worker(queues, args.concurrency, data_dir=args.data_dir, loglevel=args.loglevel)
+    if args.command == "db":
+        _use_data_dir(args.data_dir)
+        from cake_shared.settings import get_settings
+
+        url = _shown_url(get_settings().resolved_database_url())
+        try:
+            if args.db_command == "upgrade":
+                upgrade_database(args.revision)
+                print(f"database {url} upgraded to {args.revision}")
+            else:
+                downgrade_database(args.revision)
+                print(f"database {url} downgraded to {args.revision}")
+        except Exception as exc:
+            print(f"error: migration failed: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    return 2

@@ -1,0 +1,499 @@
+"""Job state operations on the database, shared by the worker and the API.
+
+The database is the source of truth for a job's state; the broker only carries job ids. Every
+write a worker makes on a running job is a compare-and-set on the job's *claim token*: a worker
+that lost its claim (its heartbeat went stale and another worker took the job over, or the job
+was handed back) can no longer change the job, so a redelivered message never leads to two
+workers writing the same job.
+
+State machine: ``queued -> running -> succeeded | failed | canceled``, plus ``running ->
+queued`` when a worker hands a job back (shutdown, retry after an internal error) or stops
+answering (the sweeper). Terminal states never change again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from cake_shared.db import session_scope
+from cake_shared.ids import new_id
+from cake_shared.models import Artifact, Job, JobEvent, UTCDateTime, utcnow
+from cake_shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None: PostgreSQL's JSON rejects NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return json_safe(value.item())
+    return str(value)
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    type: str,
+    message: str,
+    level: str = "info",
+    data: Mapping[str, Any] | None = None,
+) -> JobEvent:
+    """Append one event to the job's log (in the caller's transaction)."""
+    event = JobEvent(
+        id=new_id("event"),
+        job_id=job_id,
+        created_at=utcnow(),
+        level=level,
+        type=type,
+        message=message,
+        data=json_safe(dict(data or {})),
+    )
+    session.add(event)
+    return event
+
+
+def _now_param(now: datetime) -> Any:
+    """``now`` as a bound value of the models' UTC type (so SQLite stores the same format)."""
+    return literal(now, type_=UTCDateTime())
+
+
+def claim_job(job_id: str, worker_id: str) -> str | None:
+    """Atomically take ``job_id`` for ``worker_id``; the claim token, or None when refused.
+
+    A job is claimable when it is queued, or running with a heartbeat older than
+    ``job_heartbeat_timeout_s`` (its worker died) and attempts left. A redelivered message for a
+    job that a live worker runs, or for a finished or canceled job, is refused.
+    """
+    settings = get_settings()
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.job_heartbeat_timeout_s)
+    token = uuid.uuid4().hex
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == QUEUED,
+                    and_(
+                        Job.status == RUNNING,
+                        Job.heartbeat_at < cutoff,
+                        Job.attempts < settings.job_max_attempts,
+                    ),
+                ),
+            )
+            .values(
+                status=RUNNING,
+                # The pipeline always starts (or resumes) with synthesis; clients see a running
+                # job in one of the running phases from the first moment.
+                phase="synthesizing",
+                claimed_by=worker_id,
+                claim_token=token,
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, _now_param(now)),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return None
+    return token
+
+
+def heartbeat(job_id: str, token: str) -> bool:
+    """Mark the job alive; False when this worker no longer holds the claim."""
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def update_progress(
+    job_id: str,
+    token: str,
+    phase: str,
+    progress: float,
+    metrics: Mapping[str, Any] | None = None,
+) -> bool:
+    """Write phase and progress (and heartbeat); progress never goes down.
+
+    False when this worker no longer holds the claim.
+    """
+    progress = min(1.0, max(0.0, float(progress)))
+    values: dict[str, Any] = {
+        "phase": phase,
+        "progress": case((Job.progress < progress, progress), else_=Job.progress),
+        "heartbeat_at": utcnow(),
+    }
+    if metrics is not None:
+        values["metrics"] = json_safe(dict(metrics))
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class ClaimState:
+    """What a running worker needs to know between steps."""
+
+    owned: bool  # this worker still holds the claim
+    cancel_requested: bool
+
+
+def claim_state(job_id: str, token: str) -> ClaimState:
+    with session_scope() as session:
+        row = session.execute(
+            select(Job.status, Job.claim_token, Job.cancel_requested).where(Job.id == job_id)
+        ).first()
+    if row is None:
+        return ClaimState(owned=False, cancel_requested=True)
+    owned = row.status == RUNNING and row.claim_token == token
+    return ClaimState(owned=owned, cancel_requested=bool(row.cancel_requested))
+
+
+def is_cancel_requested(job_id: str) -> bool:
+    """True when the job was canceled or a cancel was requested (or the job is gone)."""
+    with session_scope() as session:
+        row = session.execute(
+            select(Job.status, Job.cancel_requested).where(Job.id == job_id)
+        ).first()
+    return row is None or bool(row.cancel_requested) or row.status == CANCELED
+
+
+def finish_job(
+    job_id: str,
+    token: str,
+    status: str,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    error: Mapping[str, Any] | None = None,
+    artifacts: Sequence[Mapping[str, Any]] = (),
+    message: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> bool:
+    """End a running job as ``status`` (succeeded/failed/canceled), in one transaction with its
+    artifact rows and its final event. False (and nothing written) when the claim was lost.
+
+    ``artifacts``: dicts with name, size_bytes, sha256, content_type, storage_key.
+    """
+    if status not in TERMINAL:
+        raise ValueError(f"not a terminal status: {status!r}")
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "phase": status,
+        "finished_at": now,
+        "heartbeat_at": now,
+        "claim_token": None,
+    }
+    if status == SUCCEEDED:
+        values["progress"] = 1.0
+        values["error"] = None
+    if metrics is not None:
+        values["metrics"] = json_safe(dict(metrics))
+    if error is not None:
+        values["error"] = json_safe(dict(error))
+    default_messages = {
+        SUCCEEDED: "job succeeded",
+        FAILED: f"job failed: {error.get('message') if error else 'unknown error'}",
+        CANCELED: "job canceled",
+    }
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            session.rollback()
+            return False
+        for item in artifacts:
+            session.merge(
+                Artifact(
+                    job_id=job_id,
+                    name=item["name"],
+                    size_bytes=int(item["size_bytes"]),
+                    sha256=item["sha256"],
+                    content_type=item["content_type"],
+                    storage_key=item["storage_key"],
+                    created_at=now,
+                )
+            )
+        add_event(
+            session,
+            job_id,
+            status,
+            message or default_messages[status],
+            level="error" if status == FAILED else "info",
+            data=data,
+        )
+    return True
+
+
+def requeue_job(
+    job_id: str,
+    token: str,
+    *,
+    reason: str,
+    refund_attempt: bool = False,
+    level: str = "warning",
+    data: Mapping[str, Any] | None = None,
+    enqueue: Callable[[str, str], None] | None = None,
+) -> bool:
+    """Hand a running job back to the queue (worker shutdown, retry after an internal error).
+
+    ``refund_attempt`` does not count this attempt toward ``job_max_attempts`` (a clean
+    hand-back at shutdown is not a failure). The checkpoints stay, so the next attempt resumes.
+    """
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return False
+        attempts = Job.attempts - 1 if refund_attempt else Job.attempts
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .values(
+                status=QUEUED,
+                phase=QUEUED,
+                claim_token=None,
+                claimed_by=None,
+                heartbeat_at=None,
+                attempts=attempts,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            session.rollback()
+            return False
+        queue = job.queue
+        add_event(session, job_id, "requeued", reason, level=level, data=data)
+    _enqueue(job_id, queue, enqueue)
+    return True
+
+
+def request_cancel(session: Session, job_id: str) -> str | None:
+    """Cancel for the API: a queued job ends ``canceled`` at once (atomically, so a worker that
+    claims it at the same moment cannot also start it); a running one gets ``cancel_requested``
+    and its worker stops at the next step. Returns the job's status afterwards (None: no job).
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
+        .values(
+            status=CANCELED,
+            phase=CANCELED,
+            cancel_requested=True,
+            finished_at=now,
+            claim_token=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        add_event(session, job_id, CANCELED, "job canceled before it started")
+        return CANCELED
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == RUNNING, Job.cancel_requested.is_(False))
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        add_event(session, job_id, "cancel_requested", "cancel requested; stopping at next step")
+    return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+
+
+def _enqueue(job_id: str, queue: str, enqueue: Callable[[str, str], None] | None) -> None:
+    """Publish after the commit; a failed publish is only logged: the job is queued in the
+    database and :func:`requeue_lost_queued_jobs` publishes it again later."""
+    if enqueue is None:
+        from cake_shared.queue import enqueue_job as enqueue
+    try:
+        enqueue(job_id, queue if queue in ("gpu", "cpu") else "cpu")
+    except Exception as exc:  # the broker may be down; the sweeper retries
+        log.warning("could not enqueue %s on %s: %s", job_id, queue, exc)
+
+
+@dataclass
+class SweepResult:
+    requeued: list[str]
+    failed: list[str]
+    canceled: list[str]
+
+
+def requeue_stale_jobs(
+    *,
+    is_dead_claim: Callable[[str], bool] | None = None,
+    enqueue: Callable[[str, str], None] | None = None,
+) -> SweepResult:
+    """Give back running jobs whose worker stopped answering.
+
+    A running job whose heartbeat is older than ``job_heartbeat_timeout_s`` (or whose
+    ``claimed_by`` the optional ``is_dead_claim`` recognises as a dead process) goes back to
+    ``queued`` and is enqueued again, unless it has used ``job_max_attempts`` attempts: then it
+    fails with ``max_attempts``; a job with a pending cancel ends ``canceled``. Each change is a
+    compare-and-set on the claim token, so sweepers in several workers can run at once.
+    """
+    settings = get_settings()
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.job_heartbeat_timeout_s)
+    outcome = SweepResult([], [], [])
+    with session_scope() as session:
+        rows = session.execute(
+            select(
+                Job.id,
+                Job.claim_token,
+                Job.claimed_by,
+                Job.heartbeat_at,
+                Job.attempts,
+                Job.cancel_requested,
+                Job.queue,
+            ).where(Job.status == RUNNING)
+        ).all()
+    for row in rows:
+        stale = row.heartbeat_at is None or row.heartbeat_at < cutoff
+        dead = bool(row.claimed_by) and is_dead_claim is not None and is_dead_claim(row.claimed_by)
+        if not (stale or dead):
+            continue
+        guard = [Job.id == row.id, Job.status == RUNNING]
+        guard.append(
+            Job.claim_token == row.claim_token
+            if row.claim_token is not None
+            else Job.claim_token.is_(None)
+        )
+        if not dead:
+            guard.append(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+        why = "its worker process died" if dead else "its worker stopped sending heartbeats"
+        with session_scope() as session:
+            if row.cancel_requested:
+                values: dict[str, Any] = {"status": CANCELED, "phase": CANCELED}
+                kind, message, level = CANCELED, f"job canceled ({why})", "info"
+            elif row.attempts >= settings.job_max_attempts:
+                values = {
+                    "status": FAILED,
+                    "phase": FAILED,
+                    "error": {
+                        "code": "max_attempts",
+                        "message": f"the job was interrupted {row.attempts} times ({why}); "
+                        f"giving up after {settings.job_max_attempts} attempts",
+                    },
+                }
+                kind, message, level = FAILED, values["error"]["message"], "error"
+            else:
+                values = {"status": QUEUED, "phase": QUEUED, "heartbeat_at": None}
+                kind = "requeued"
+                message = f"job requeued because {why} (attempt {row.attempts} of "
+                message += f"{settings.job_max_attempts})"
+                level = "warning"
+            if kind != "requeued":
+                values["finished_at"] = now
+            values.update(claim_token=None, claimed_by=None)
+            result = session.execute(
+                update(Job)
+                .where(*guard)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                session.rollback()
+                continue
+            add_event(session, row.id, kind, message, level=level, data={"reason": why})
+        if kind == "requeued":
+            outcome.requeued.append(row.id)
+            _enqueue(row.id, row.queue, enqueue)
+        elif kind == FAILED:
+            outcome.failed.append(row.id)
+        else:
+            outcome.canceled.append(row.id)
+    return outcome
+
+
+def requeue_lost_queued_jobs(
+    older_than_s: float,
+    *,
+    depth: Callable[[str], int] | None = None,
+    enqueue: Callable[[str, str], None] | None = None,
+) -> list[str]:
+    """Publish again queued jobs the broker may have lost (a publish that failed, a message file
+    lost with a crashed worker); :func:`claim_job` makes the duplicates harmless.
+
+    Only jobs queued for longer than ``older_than_s`` qualify, and only as many of them (oldest
+    first) as the queue's broker depth (``depth(queue)``, default
+    :func:`cake_shared.queue.queue_depth`) falls short of the number of queued jobs, so jobs
+    simply waiting behind a long one are not published again and again.
+    """
+    if depth is None:
+        from cake_shared.queue import queue_depth as depth
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with session_scope() as session:
+        rows = session.execute(
+            select(Job.id, Job.queue, Job.updated_at)
+            .where(Job.status == QUEUED)
+            .order_by(Job.created_at)
+        ).all()
+    total: dict[str, int] = {}
+    old: dict[str, list[str]] = {}
+    for row in rows:
+        queue = row.queue if row.queue in ("gpu", "cpu") else "cpu"
+        total[queue] = total.get(queue, 0) + 1
+        if row.updated_at < cutoff:
+            old.setdefault(queue, []).append(row.id)
+    published: list[str] = []
+    for queue, ids in old.items():
+        try:
+            waiting = depth(queue)
+        except Exception as exc:  # broker down: try again next sweep
+            log.warning("cannot read the depth of queue %s: %s", queue, exc)
+            continue
+        # Every queued job should have a message waiting; the shortfall is what was lost.
+        deficit = min(len(ids), total[queue] - waiting)
+        if deficit <= 0:
+            continue
+        # Messages are consumed in order, so the oldest jobs still queued are the likeliest to
+        # have lost theirs; the next sweep takes the next ones if the shortfall remains.
+        for job_id in ids[:deficit]:
+            with session_scope() as session:
+                # Touch updated_at so that the next sweep waits ``older_than_s`` again.
+                result = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == QUEUED)
+                    .values(updated_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount != 1:
+                    continue
+            _enqueue(job_id, queue, enqueue)
+            published.append(job_id)
+    return published

@@ -1,0 +1,63 @@
+"""The Celery app of the worker, with the ``cake.run_job`` task registered.
+
+Start a worker with ``celery -A worker.app worker -Q cpu,gpu`` or ``cake worker``. The task
+only carries a job id; :func:`worker.runner.process_job` does the work.
+
+At shutdown (the first SIGTERM or Ctrl-C) the running job is handed back to the queue at its
+next step with its checkpoints kept, so it resumes on the next start rather than holding the
+shutdown up for the rest of the job. That works for the ``solo`` pool, where the job runs in
+the process that gets the signal; a ``prefork`` child finishes its job first (warm shutdown).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import signals
+from celery.exceptions import Reject
+
+from cake_shared.queue import TASK_NAME, celery_app
+from worker.runner import process_job
+from worker.sweeper import Sweeper
+
+app = celery_app()
+
+#: Set when the worker begins to shut down; the running job then stops at its next step.
+SHUTDOWN = threading.Event()
+_sweeper = Sweeper()
+
+
+@app.task(name=TASK_NAME, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def run_job_task(job_id: str) -> str:
+    """Run one job (claim first, so a duplicate message does nothing).
+
+    A message taken while the worker is already shutting down goes back to the broker
+    untouched, for the next worker to take.
+    """
+    if SHUTDOWN.is_set():
+        raise Reject("worker shutting down", requeue=True)
+    return process_job(job_id, shutdown=SHUTDOWN)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    _sweeper.start()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    SHUTDOWN.set()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    _sweeper.stop()
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """A prefork child must not reuse database connections inherited from its parent."""
+    from cake_shared.db import get_engine
+
+    get_engine().dispose(close=False)

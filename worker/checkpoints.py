@@ -1,0 +1,83 @@
+"""Pipeline checkpoints kept in the object store, so any worker can resume a job.
+
+A worker that dies mid-job leaves its last finished synthesis chunk and training epoch under
+``jobs/<id>/checkpoints/``; whichever worker claims the job next (maybe on another machine, with
+S3) loads them and carries on instead of starting over.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cake_shared.storage import ObjectNotFound, ObjectStore
+
+
+def checkpoint_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/checkpoints/"
+
+
+class ObjectStoreCheckpoints:
+    """A :class:`cake_core.pipeline.CheckpointStore` on an :class:`ObjectStore`.
+
+    ``save`` writes to a local temp file and uploads it whole (the store's writes are atomic,
+    so a reader never sees half a checkpoint); ``load`` reads with ``weights_only=True``: a
+    checkpoint holds tensors and plain containers, never pickled code.
+    """
+
+    def __init__(self, store: ObjectStore, job_id: str, scratch: str | Path | None = None) -> None:
+        self.store = store
+        self.prefix = checkpoint_prefix(job_id)
+        self.scratch = Path(scratch) if scratch is not None else None
+        self.saved: list[str] = []
+        self.loaded: list[str] = []
+
+    def object_key(self, key: str) -> str:
+        parts = [p for p in key.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise ValueError(f"invalid checkpoint key {key!r}")
+        return f"{self.prefix}{'/'.join(parts)}.pt"
+
+    def _tempfile(self) -> str:
+        fd, path = tempfile.mkstemp(suffix=".pt", dir=self.scratch)
+        os.close(fd)
+        return path
+
+    def save(self, key: str, state: dict[str, Any]) -> None:
+        path = self._tempfile()
+        try:
+            torch.save(state, path)
+            self.store.put_file(self.object_key(key), path)
+        finally:
+            os.unlink(path)
+        self.saved.append(key)
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        path = self._tempfile()
+        try:
+            try:
+                self.store.get_file(self.object_key(key), path)
+            except ObjectNotFound:
+                return None
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        finally:
+            os.unlink(path)
+        self.loaded.append(key)
+        return state
+
+    def keys(self) -> list[str]:
+        """Checkpoint keys present in the store (``synthesis/000000``, ``training``...)."""
+        return [
+            key[len(self.prefix) : -len(".pt")]
+            for key in self.store.list(self.prefix)
+            if key.endswith(".pt")
+        ]
+
+    def clear(self) -> None:
+        """Delete every checkpoint of the job (after it ended for good)."""
+        for key in self.store.list(self.prefix):
+            self.store.delete(key)

@@ -1,0 +1,104 @@
+"""The sweeper: a thread in every worker that repairs what crashes leave behind.
+
+- Running jobs whose heartbeat is older than ``job_heartbeat_timeout_s`` (or whose claiming
+  process on this host is gone) go back to the queue, or fail with ``max_attempts``.
+- Queued jobs that the broker may have lost (a publish that failed while the broker was down, a
+  message consumed by a worker that died before acknowledging it) are published again.
+- The filesystem broker's processed message files are pruned.
+
+Every change is a compare-and-set in the database, so sweepers in several workers can run at the
+same time; duplicate messages are harmless because a job is claimed before it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from cake_shared import jobs
+from cake_shared.queue import filesystem_folders
+from cake_shared.settings import get_settings
+from worker.runner import claim_is_dead
+
+log = logging.getLogger("cake.worker.sweeper")
+
+#: Processed message files of the filesystem broker older than this are deleted (seconds).
+PROCESSED_MESSAGE_TTL_S = 3600.0
+
+
+def default_interval_s() -> float:
+    return get_settings().sweep_interval_s
+
+
+def default_lost_after_s() -> float:
+    """How long a job may sit queued before the sweeper checks that the broker still has it."""
+    return get_settings().lost_job_after_s
+
+
+def prune_processed_messages(max_age_s: float = PROCESSED_MESSAGE_TTL_S) -> int:
+    settings = get_settings()
+    if not settings.resolved_broker_url().startswith("filesystem"):
+        return 0
+    folder = filesystem_folders(settings)["processed"]
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for path in folder.glob("*.msg") if folder.is_dir() else ():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def sweep_once(lost_after_s: float | None = None) -> jobs.SweepResult:
+    """One pass; returns what changed (requeued ids include lost queued jobs re-published)."""
+    result = jobs.requeue_stale_jobs(is_dead_claim=claim_is_dead)
+    for job_id in result.requeued:
+        log.warning("job %s: worker gone; requeued", job_id)
+    for job_id in result.failed:
+        log.warning("job %s: failed after too many attempts", job_id)
+    lost = jobs.requeue_lost_queued_jobs(
+        default_lost_after_s() if lost_after_s is None else lost_after_s
+    )
+    for job_id in lost:
+        log.info("job %s: queued but not in the broker; published again", job_id)
+    result.requeued.extend(lost)
+    prune_processed_messages()
+    return result
+
+
+class Sweeper:
+    """Runs :func:`sweep_once` now and then every ``interval_s`` on a daemon thread."""
+
+    def __init__(self, interval_s: float | None = None) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        interval = self.interval_s or default_interval_s()
+        while True:
+            try:
+                sweep_once()
+            except Exception as exc:  # the database or broker may be down; try again later
+                reason = getattr(exc, "orig", None) or exc
+                log.warning("sweep failed (%s: %s); retrying in %.0f s",
+                            type(exc).__name__, reason, interval)  # fmt: skip
+            if self._stop.wait(interval):
+                return
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cake-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
