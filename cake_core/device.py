@@ -47,7 +47,12 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def default_runtime(requested: str | None = None) -> Runtime:
-    """bf16 autocast, channels-last and TF32 on CUDA; plain fp32 on the CPU."""
+    """bf16 autocast, channels-last and TF32 on CUDA; fp32 with channels-last on the CPU.
+
+    Channels-last only applies to image inputs and leaves fp32 results unchanged; on the CPU it
+    was 1.8-2.1x faster for conv teachers (bench/synthesis). bf16 stays off on the CPU: it is
+    fast only where the CPU has native bf16 instructions.
+    """
     device = pick_device(requested)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -55,7 +60,7 @@ def default_runtime(requested: str | None = None) -> Runtime:
         torch.backends.cudnn.benchmark = True
         return Runtime(device=device, autocast="bf16", channels_last=True)
     configure_cpu_threads()
-    return Runtime(device=device)
+    return Runtime(device=device, channels_last=True)
 
 
 def configure_cpu_threads() -> int:

@@ -234,19 +234,29 @@ def test_initial_batch_depends_on_seed_and_batch_only() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "langevin"])
 @pytest.mark.parametrize("chunk_batches", [2, 3, 5])
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_batched_matches_reference(
     request: pytest.FixtureRequest, model: str, optimizer: str, chunk_batches: int
 ) -> None:
-    """chunk_batches 2 and 3 leave an uneven last chunk (5 mini-batches in all)."""
+    """chunk_batches 2 and 3 leave an uneven last chunk (5 mini-batches in all).
+
+    Langevin noise comes from one generator per mini-batch, so it matches exactly too.
+    """
     teacher = request.getfixturevalue(model)
     if model == "mlp":
         spec, shape, classes = _spec(num_samples=50), MLP_SHAPE, MLP_CLASSES
     else:
         spec, shape, classes = _cnn_spec(num_samples=60), CNN_SHAPE, CNN_CLASSES
-    spec = replace(spec, optimizer=optimizer, chunk_batches=chunk_batches)
+    langevin = optimizer == "langevin"
+    spec = replace(
+        spec,
+        optimizer="sgd" if langevin else optimizer,
+        langevin=langevin,
+        noise=min(spec.noise, 1e-3) if langevin else spec.noise,
+        chunk_batches=chunk_batches,
+    )
     chunks = _run(teacher, spec, shape, classes, seed=4)
     assert [c.num_batches for c in chunks] == [
         min(chunk_batches, 5 - i * chunk_batches) for i in range(math.ceil(5 / chunk_batches))
