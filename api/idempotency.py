@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, conflict, validation_error
@@ -109,3 +110,28 @@ def replay_after_race(session: Session, req: IdemRequest | None, ttl_s: int) -> 
     if response is None:
         raise ApiError(409, "conflict", "a concurrent request with this Idempotency-Key failed")
     return response
+
+
+def commit_created(
+    session: Session,
+    req: IdemRequest | None,
+    ttl_s: int,
+    status_code: int,
+    body: dict[str, Any],
+) -> JSONResponse | None:
+    """Record the response under the key, commit, and return None when the caller's write won.
+
+    When a concurrent request with the same key committed first, the unique key makes this
+    commit fail and the first request's response is returned instead (the caller must not act
+    on its own write then, e.g. must not enqueue).
+    """
+    remember(session, req, status_code, body, ttl_s)
+    try:
+        session.commit()
+    except IntegrityError:
+        return replay_after_race(session, req, ttl_s)
+    return None
+
+
+def created_response(status_code: int, body: dict[str, Any], location: str) -> JSONResponse:
+    return JSONResponse(body, status_code=status_code, headers={"Location": location})

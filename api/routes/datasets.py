@@ -8,7 +8,6 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from api import idempotency, service
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
@@ -61,12 +60,10 @@ def _create_from_form(
         session.add(row)
         session.flush()
         body = service.dataset_out(row)
-        idempotency.remember(session, idem, 201, body, ttl)
-        try:
-            session.commit()
-        except IntegrityError:
-            return idempotency.replay_after_race(session, idem, ttl)
-    return JSONResponse(body, status_code=201, headers={"Location": f"/v1/datasets/{row.id}"})
+        replayed = idempotency.commit_created(session, idem, ttl, 201, body)
+        if replayed is not None:
+            return replayed
+    return idempotency.created_response(201, body, f"/v1/datasets/{row.id}")
 
 
 @router.post(

@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from api import idempotency, service
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
@@ -105,13 +104,11 @@ def _create_json(
         plan = service.plan_job(session, tenant, teacher, body, ["body"])
         job = service.insert_job(ctx, session, tenant, teacher.id, plan)
         out = service.job_out(job)
-        idempotency.remember(session, idem, 202, out, ttl)
-        try:
-            session.commit()
-        except IntegrityError:
-            return idempotency.replay_after_race(session, idem, ttl)
+        replayed = idempotency.commit_created(session, idem, ttl, 202, out)
+        if replayed is not None:
+            return replayed
         service.enqueue(session, job)
-    return JSONResponse(out, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return idempotency.created_response(202, out, f"/v1/jobs/{job.id}")
 
 
 def _create_one_shot(
@@ -149,13 +146,11 @@ def _create_one_shot(
         teacher = service.store_teacher(ctx, session, tenant, upload, facts, name)
         job = service.insert_job(ctx, session, tenant, teacher.id, plan)
         out = service.job_out(job)
-        idempotency.remember(session, idem, 202, out, ttl)
-        try:
-            session.commit()
-        except IntegrityError:
-            return idempotency.replay_after_race(session, idem, ttl)
+        replayed = idempotency.commit_created(session, idem, ttl, 202, out)
+        if replayed is not None:
+            return replayed
         service.enqueue(session, job)
-    return JSONResponse(out, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return idempotency.created_response(202, out, f"/v1/jobs/{job.id}")
 
 
 @router.post(

@@ -59,12 +59,10 @@ def _create_from_form(
         )
         row = service.store_teacher(ctx, session, tenant, upload, facts, name)
         body = service.teacher_out(row)
-        idempotency.remember(session, idem, 201, body, ttl)
-        try:
-            session.commit()
-        except IntegrityError:
-            return idempotency.replay_after_race(session, idem, ttl)
-    return JSONResponse(body, status_code=201, headers={"Location": f"/v1/teachers/{row.id}"})
+        replayed = idempotency.commit_created(session, idem, ttl, 201, body)
+        if replayed is not None:
+            return replayed
+    return idempotency.created_response(201, body, f"/v1/teachers/{row.id}")
 
 
 @router.post(
