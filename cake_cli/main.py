@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cake_cli import service
+from cake_cli import remote, service
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
     service.add_parsers(sub)
+    remote.add_parsers(sub)
     return parser
 
 
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return _distill(args)
     if args.command in service.COMMANDS:
         return service.dispatch(args)
+    if args.command in remote.COMMANDS:
+        return remote.dispatch(args)
     return EXIT_BAD_INPUT
 
 

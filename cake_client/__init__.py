@@ -1,0 +1,70 @@
+"""Python client of the cake-distill REST API: ``from cake_client import Client``.
+
+Only ``httpx`` is needed (no torch, nothing else of this project), so pipelines can install the
+client without the engine. See :mod:`cake_client.client` for an example.
+"""
+
+from cake_client.client import Client, Datasets, Jobs, Teachers, build_spec, shape_list
+from cake_client.errors import (
+    CakeAPIError,
+    CakeError,
+    ChecksumMismatch,
+    Conflict,
+    DatasetInvalid,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    RateLimited,
+    ServerError,
+    ServiceUnreachable,
+    TeacherInvalid,
+    Unauthorized,
+    ValidationError,
+    WaitTimeout,
+)
+from cake_client.models import (
+    FINISHED_STATUSES,
+    Architecture,
+    Artifact,
+    Dataset,
+    Job,
+    JobError,
+    JobEvent,
+    JobProgress,
+    Page,
+    Teacher,
+)
+
+__all__ = [
+    "FINISHED_STATUSES",
+    "Architecture",
+    "Artifact",
+    "CakeAPIError",
+    "CakeError",
+    "ChecksumMismatch",
+    "Client",
+    "Conflict",
+    "Dataset",
+    "DatasetInvalid",
+    "Datasets",
+    "Job",
+    "JobError",
+    "JobEvent",
+    "JobProgress",
+    "Jobs",
+    "NotFound",
+    "NotReady",
+    "Page",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ServerError",
+    "ServiceUnreachable",
+    "Teacher",
+    "TeacherInvalid",
+    "Teachers",
+    "Unauthorized",
+    "ValidationError",
+    "WaitTimeout",
+    "build_spec",
+    "shape_list",
+]

@@ -1,0 +1,325 @@
+"""The client against a scripted loopback server: retries and backoff, ``Retry-After``,
+idempotency keys on retried creates, typed problems, SSE parsing, the polling fallback of
+``wait``, and downloads that are resumed or refused on a checksum mismatch.
+
+A healthy service never answers 503 on purpose, so these cases need a server that does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from client_support import (
+    Reply,
+    ScriptedServer,
+    Seen,
+    free_port,
+    job_json,
+    one_line_error,
+    problem,
+    run_cli,
+    teacher_json,
+)
+
+from cake_client import (
+    ChecksumMismatch,
+    Client,
+    JobProgress,
+    NotFound,
+    NotReady,
+    RateLimited,
+    ServerError,
+    ServiceUnreachable,
+    Unauthorized,
+    ValidationError,
+)
+from cake_client._http import parse_retry_after, parse_sse
+
+
+def fast_client(url: str, retries: int = 4) -> Client:
+    """Backoff of a few milliseconds, so a test measures the retries and not the sleeping."""
+    return Client(url, max_retries=retries, backoff_base=0.01, backoff_max=0.05, timeout=10)
+
+
+def test_503_twice_then_success_is_retried() -> None:
+    with ScriptedServer() as server:
+        server.add(
+            "GET",
+            "/v1/teachers/tch_1",
+            problem(503, "not_ready", "database down"),
+            problem(503, "not_ready", "database down"),
+            Reply(200, teacher_json()),
+        )
+        with fast_client(server.url) as client:
+            teacher = client.teachers.get("tch_1")
+            assert client.transport.retries_made == 2
+    assert teacher.id == "tch_1" and teacher.input_shape == (13,)
+    assert teacher.raw["future_field"] == "kept in raw"
+    assert len(server.requests("GET", "/v1/teachers/tch_1")) == 3
+
+
+def test_429_waits_as_long_as_retry_after_says() -> None:
+    with ScriptedServer() as server:
+        server.add(
+            "GET",
+            "/v1/jobs/job_1",
+            problem(429, "rate_limited", "slow down", **{"Retry-After": "1"}),
+            Reply(200, job_json()),
+        )
+        with fast_client(server.url) as client:
+            job = client.jobs.get("job_1")
+    first, second = server.requests("GET", "/v1/jobs/job_1")
+    assert job.status == "running"
+    # The computed backoff is ~10 ms; only Retry-After explains a full second.
+    assert second.at - first.at >= 0.95
+
+
+def test_rate_limit_that_outlasts_the_retries_is_raised_with_its_hint() -> None:
+    with ScriptedServer() as server:
+        server.add("GET", "/v1/jobs", problem(429, "rate_limited", "slow", **{"Retry-After": "0"}))
+        with fast_client(server.url, retries=2) as client, pytest.raises(RateLimited) as info:
+            list(client.jobs.list())
+    assert info.value.status == 429 and info.value.retry_after == 0.0
+    assert len(server.requests("GET", "/v1/jobs")) == 3
+
+
+def test_a_retried_create_sends_the_same_idempotency_key() -> None:
+    with ScriptedServer() as server:
+        server.add(
+            "POST",
+            "/v1/jobs",
+            problem(503, "not_ready", "broker down"),
+            Reply(502, "bad gateway", content_type="text/html"),
+            Reply(202, job_json(status="queued")),
+        )
+        with fast_client(server.url) as client:
+            job = client.jobs.create("tch_1", preset="fast", seed=3)
+    posts = server.requests("POST", "/v1/jobs")
+    keys = {p.headers["idempotency-key"] for p in posts}
+    assert len(posts) == 3 and len(keys) == 1
+    assert next(iter(keys)).startswith("cake-client-")
+    assert json.loads(posts[0].body) == {"preset": "fast", "seed": 3, "teacher_id": "tch_1"}
+    assert job.status == "queued"
+
+
+def test_persistent_5xx_raises_server_error_after_max_retries() -> None:
+    with ScriptedServer() as server:
+        server.add("GET", "/v1/jobs/job_1", problem(500, "internal", "boom"))
+        with fast_client(server.url, retries=3) as client, pytest.raises(ServerError) as info:
+            client.jobs.get("job_1")
+    assert info.value.code == "internal" and info.value.detail == "boom"
+    assert len(server.requests("GET", "/v1/jobs/job_1")) == 4
+
+
+def test_client_errors_are_typed_and_not_retried() -> None:
+    errors = [{"loc": ["body", "synthesis", "bogus"], "msg": "unknown field"}]
+    body = {"type": "x", "title": "Unprocessable", "status": 422, "code": "validation_error"}
+    body |= {"detail": "synthesis.bogus: unknown field", "errors": errors}
+    with ScriptedServer() as server:
+        server.add("POST", "/v1/jobs", Reply(422, body, content_type="application/problem+json"))
+        server.add("GET", "/v1/jobs/job_x", problem(404, "not_found", "no job with id 'job_x'"))
+        server.add("GET", "/v1/teachers", problem(401, "unauthorized", "bad key"))
+        server.add("GET", "/readyz", problem(503, "not_ready", "store: unavailable"))
+        with fast_client(server.url, retries=1) as client:
+            with pytest.raises(ValidationError) as invalid:
+                client.jobs.create("tch_1", spec={"synthesis": {"bogus": 1}})
+            with pytest.raises(NotFound):
+                client.jobs.get("job_x")
+            with pytest.raises(Unauthorized):
+                list(client.teachers.list())
+            with pytest.raises(NotReady):
+                client.ready()
+    assert invalid.value.code == "validation_error" and invalid.value.errors == errors
+    assert len(server.requests("POST", "/v1/jobs")) == 1
+    assert len(server.requests("GET", "/v1/jobs/job_x")) == 1
+
+
+def test_api_key_is_sent_as_bearer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAKE_API_KEY", "sk-test")
+    with ScriptedServer() as server:
+        server.add("GET", "/v1/teachers/tch_1", Reply(200, teacher_json()))
+        with fast_client(server.url) as client:
+            client.teachers.get("tch_1")
+    assert server.seen[0].headers["authorization"] == "Bearer sk-test"
+
+
+def test_refused_connection_is_service_unreachable() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with fast_client(url, retries=2) as client, pytest.raises(ServiceUnreachable) as info:
+        client.jobs.get("job_1")
+    assert "3 attempts" in str(info.value)
+    assert time.monotonic() - start < 5
+
+
+def test_pagination_follows_next_after() -> None:
+    pages = {
+        None: {"data": [teacher_json("tch_3"), teacher_json("tch_2")], "has_more": True},
+        "tch_2": {"data": [teacher_json("tch_1")], "has_more": False, "next_after": None},
+    }
+    pages[None]["next_after"] = "tch_2"
+
+    def answer(seen: Seen) -> Reply:
+        after = seen.query.get("after", [None])[0]
+        return Reply(200, {"object": "list", **pages[after]})
+
+    with ScriptedServer() as server:
+        server.route("GET", "/v1/teachers", answer)
+        with fast_client(server.url) as client:
+            ids = [t.id for t in client.teachers.list(limit=2)]
+    assert ids == ["tch_3", "tch_2", "tch_1"]
+    assert [s.query.get("limit") for s in server.seen] == [["2"], ["2"]]
+
+
+def test_sse_parser() -> None:
+    lines = [
+        "retry: 2000",
+        "",
+        "id: evt_1",
+        "event: phase",
+        'data: {"a":',
+        "data: 1}",
+        "",
+        ": keep-alive",
+        "",
+        "event: end",
+        'data: {"status": "succeeded"}',
+        "",
+    ]
+    messages = list(parse_sse(lines))
+    assert messages[1] is None  # the heartbeat comment
+    first, end = messages[0], messages[2]
+    assert first is not None and end is not None
+    assert (first.id, first.event, json.loads(first.data), first.retry_ms) == (
+        "evt_1",
+        "phase",
+        {"a": 1},
+        2000,
+    )
+    assert end.event == "end" and json.loads(end.data) == {"status": "succeeded"}
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None
+
+
+def test_wait_falls_back_to_polling_when_the_stream_fails() -> None:
+    states = [job_json(progress=0.2), job_json(progress=0.6), job_json(status="succeeded")]
+
+    def job(seen: Seen) -> Reply:
+        return Reply(200, states.pop(0) if len(states) > 1 else states[0])
+
+    with ScriptedServer() as server:
+        server.route("GET", "/v1/jobs/job_1", job)
+        server.add("GET", "/v1/jobs/job_1/events", problem(500, "internal", "no streams today"))
+        reports: list[JobProgress] = []
+        with fast_client(server.url, retries=1) as client:
+            final = client.jobs.wait("job_1", poll_interval=0.05, on_progress=reports.append)
+    assert final.status == "succeeded"
+    progress = [r.progress for r in reports]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert len(server.requests("GET", "/v1/jobs/job_1/events")) >= 2  # tried, then gave up
+
+
+def test_wait_follows_the_event_stream() -> None:
+    events = [
+        {"id": "evt_1", "type": "phase", "message": "training", "level": "info",
+         "data": {"phase": "training", "progress": 0.6}, "created_at": "2024-01-01T00:00:00Z"},
+        {"id": "evt_2", "type": "metrics", "message": "epoch 1/1", "level": "info",
+         "data": {"phase": "training", "progress": 0.9, "phase_progress": 1.0}},
+        {"id": "evt_3", "type": "succeeded", "message": "done", "level": "info", "data": {}},
+    ]  # fmt: skip
+    stream = "retry: 2000\n\n" + "".join(
+        f"id: {e['id']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n: keep-alive\n\n"
+        for e in events
+    )
+    stream += 'event: end\ndata: {"status": "succeeded"}\n\n'
+    states = [job_json(progress=0.0), job_json(status="succeeded")]
+    with ScriptedServer() as server:
+        server.add("GET", "/v1/jobs/job_1", *(Reply(200, s) for s in states))
+        server.add(
+            "GET", "/v1/jobs/job_1/events", Reply(200, stream, content_type="text/event-stream")
+        )
+        reports: list[JobProgress] = []
+        with fast_client(server.url) as client:
+            final = client.jobs.wait("job_1", on_progress=reports.append)
+    assert final.status == "succeeded"
+    assert [r.event.id for r in reports if r.event] == ["evt_1", "evt_2", "evt_3"]
+    assert [r.progress for r in reports] == [0.0, 0.6, 0.9, 1.0, 1.0]
+    assert server.requests("GET", "/v1/jobs/job_1/events")[0].headers["accept"] == (
+        "text/event-stream"
+    )
+
+
+def _artifact_routes(server: ScriptedServer, payload: bytes, listed_sha: str) -> None:
+    listing = {
+        "object": "list",
+        "data": [{"name": "student.pt", "size_bytes": len(payload), "sha256": listed_sha}],
+        "has_more": False,
+        "next_after": None,
+    }
+    server.add("GET", "/v1/jobs/job_1/artifacts", Reply(200, listing))
+
+
+def test_download_resumes_a_broken_transfer_with_range(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 40
+    sha = hashlib.sha256(payload).hexdigest()
+    etag = f'"{sha}"'
+
+    def download(seen: Seen) -> Reply:
+        wanted = seen.headers.get("range")
+        if wanted is None:
+            return Reply(200, payload, {"ETag": etag}, cut_after=3000)
+        start = int(wanted.removeprefix("bytes=").rstrip("-"))
+        assert seen.headers.get("if-range") == etag
+        size = len(payload)
+        headers = {"ETag": etag, "Content-Range": f"bytes {start}-{size - 1}/{size}"}
+        return Reply(206, payload[start:], headers)
+
+    with ScriptedServer() as server:
+        _artifact_routes(server, payload, sha)
+        server.route("GET", "/v1/jobs/job_1/artifacts/student.pt", download)
+        with fast_client(server.url) as client:
+            path = client.jobs.download_student("job_1", tmp_path / "out" / "student.pt")
+    assert path.read_bytes() == payload
+    ranges = [s.headers.get("range") for s in server.requests("GET", path_of_student())]
+    assert ranges == [None, "bytes=3000-"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["student.pt"]
+
+
+def path_of_student() -> str:
+    return "/v1/jobs/job_1/artifacts/student.pt"
+
+
+def test_download_with_a_wrong_checksum_leaves_nothing(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        _artifact_routes(server, b"student bytes", "f" * 64)
+        server.add("GET", path_of_student(), Reply(200, b"student bytes"))
+        with fast_client(server.url) as client, pytest.raises(ChecksumMismatch):
+            client.jobs.download_student("job_1", tmp_path / "student.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exit_codes_for_unauthorized_and_failed_jobs(tmp_path: Path) -> None:
+    failed = job_json(
+        status="failed", error={"code": "synthesis_diverged", "message": "lower the noise"}
+    )
+    with ScriptedServer() as server:
+        server.add("GET", "/v1/jobs", problem(401, "unauthorized", "missing API key"))
+        server.add("GET", "/v1/jobs/job_1", Reply(200, failed))
+        denied = run_cli("jobs", "list", url=server.url, cwd=tmp_path)
+        waited = run_cli("jobs", "wait", "job_1", url=server.url, cwd=tmp_path)
+        waited_json = run_cli("jobs", "wait", "job_1", "--json", url=server.url, cwd=tmp_path)
+    assert denied.returncode == 6
+    assert "missing API key" in one_line_error(denied)
+    assert waited.returncode == 3
+    assert "lower the noise" in one_line_error(waited)
+    assert waited_json.returncode == 3
+    assert json.loads(waited_json.stdout)["job"]["status"] == "failed"
+    assert json.loads(one_line_error(waited_json))["error"]["exit_code"] == 3
