@@ -24,6 +24,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY cake_core ./cake_core
 COPY cake_shared ./cake_shared
 COPY cake_cli ./cake_cli
+COPY cake_client ./cake_client
 COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
