@@ -6,11 +6,12 @@ globals, so tests can run several apps with different settings in one process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,13 +31,32 @@ class AppContext:
     store: ObjectStore
     sse_poll_s: float = 0.5
     sse_heartbeat_s: float = 10.0
+    #: Requests that may hold a session from ``get_db`` at once, and threads that may run
+    #: short reads with a session of their own (``db_limiter``): the pool's ``pool_size`` (10),
+    #: so that none waits on the pool and none opens an overflow connection that is closed
+    #: again on return (under load that was a PostgreSQL connect per request).
+    db_slots: int = 10
+    _db_slots: anyio.Semaphore | None = field(default=None, repr=False)
+    _db_limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+
+    def db_semaphore(self) -> anyio.Semaphore:
+        if self._db_slots is None:
+            self._db_slots = anyio.Semaphore(self.db_slots)
+        return self._db_slots
+
+    def db_limiter(self) -> anyio.CapacityLimiter:
+        """Threads for short reads that open and close their own session: no more at once
+        than the pool keeps connections, so none waits on the pool or opens a throw-away one."""
+        if self._db_limiter is None:
+            self._db_limiter = anyio.CapacityLimiter(self.db_slots)
+        return self._db_limiter
 
     @property
     def upload_dir(self) -> Path:
         return (self.settings.data_dir / "uploads").resolve()
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -44,16 +64,25 @@ def get_ctx(request: Request) -> AppContext:
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 
-def get_db(ctx: CtxDep) -> Iterator[Session]:
-    """One session per request; rolled back if the handler did not commit."""
-    session = ctx.sessionmaker()
-    try:
-        yield session
-    finally:
-        session.close()
+async def get_db(ctx: CtxDep) -> AsyncIterator[Session]:
+    """One session per request; rolled back if the handler did not commit.
+
+    A request holds its session, and after its first query a pooled connection, across several
+    thread-pool hops (the endpoint, then response validation). Without a limit, a burst of more
+    requests than the pool has connections fills every thread-pool token with endpoints blocked
+    on the pool while the holders wait for a token to finish: a deadlock until the pool times
+    out (30 s, then 500s). The slot is taken in the event loop, so waiting holds no thread.
+    """
+    async with ctx.db_semaphore():
+        session = ctx.sessionmaker()
+        try:
+            yield session
+        finally:
+            # its own limiter: closing must never wait for a thread-pool token
+            await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
 
 
-def current_tenant(request: Request) -> str:
+async def current_tenant(request: Request) -> str:
     """The tenant the request acts for.
 
     Single-user local mode for now: every request is tenant ``local``. API keys

@@ -221,9 +221,19 @@ def list_jobs(
     return service.page([service.job_out(r) for r in rows], has_more)
 
 
+def _read_job(ctx: AppContext, tenant: str, job_id: str) -> dict[str, Any]:
+    with ctx.sessionmaker() as session:
+        return service.job_out(service.get_job(session, tenant, job_id))
+
+
 @router.get("/{id}", response_model=Job, summary="Get a job", responses=problem_responses(404))
-def get_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return service.job_out(service.get_job(session, tenant, job_id))
+async def get_job(request: Request, job_id: JobId, tenant: TenantDep) -> JSONResponse:
+    """The polling path: one thread-pool hop that opens, reads and closes its own session (no
+    connection held while waiting for the event loop), and ``job_out`` already validated the
+    body, so it goes out as is."""
+    ctx: AppContext = request.app.state.ctx
+    out = await anyio.to_thread.run_sync(_read_job, ctx, tenant, job_id, limiter=ctx.db_limiter())
+    return JSONResponse(out)
 
 
 @router.post(
