@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cake distill examples/digits_cnn.pt --input-shape 1,8,8 --student lenet5 --width 0.5 \
+"${PYTHON:-python3}" -m cake_cli.main distill examples/digits_cnn.pt --input-shape 1,8,8 --student lenet5 --width 0.5 \
     --preset fast --eval examples/digits_cnn_test.npz -o out/student.pt "$@"
