@@ -8,7 +8,6 @@ stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from cake_cli import remote, service
+from cake_cli.spec_args import SpecFileError, add_spec_arguments, read_spec_file
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -41,15 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Distil a TorchScript teacher into a student without any training data.",
     )
     distill.add_argument("teacher", type=Path, help="TorchScript archive of the teacher")
-    distill.add_argument(
-        "--input-shape", required=True, help="shape of one input without batch, e.g. 1,28,28"
-    )
-    distill.add_argument("--student", help="student architecture (default: by input rank)")
-    distill.add_argument("--width", type=float, help="student width multiplier (0.5 = 'Half')")
-    distill.add_argument("--preset", help="named settings: fast, default, reference")
-    distill.add_argument("--spec", type=Path, help="JSON job spec; flags override it")
-    distill.add_argument("--eval", type=Path, help=".npz with x and y to report accuracy")
-    distill.add_argument("--seed", type=int, help="random seed")
+    add_spec_arguments(distill, "student architecture (default: by input rank)")
     distill.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if present)")
     distill.add_argument("-o", "--output", type=Path, default=Path("student.pt"))
     distill.add_argument(
@@ -64,16 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    if args.spec is not None:
-        try:
-            spec = json.loads(args.spec.read_text())
-        except FileNotFoundError:
-            raise _BadInput(f"spec file not found: {args.spec}") from None
-        except json.JSONDecodeError as exc:
-            raise _BadInput(f"spec file {args.spec} is not valid JSON: {exc.msg}") from None
-        if not isinstance(spec, dict):
-            raise _BadInput(f"spec file {args.spec} must hold a JSON object")
+    try:
+        spec = read_spec_file(args.spec)
+    except SpecFileError as exc:
+        raise _BadInput(str(exc)) from None
     if args.preset is not None:
         spec["preset"] = args.preset
     if args.seed is not None:

@@ -46,6 +46,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cake_cli.spec_args import SpecFileError, add_spec_arguments, read_spec_file
+
 if TYPE_CHECKING:
     from cake_client import Client, Job, JobProgress
 
@@ -198,15 +200,7 @@ def add_parsers(sub: Any) -> None:
         "5 service unreachable, 6 unauthorized, 130 interrupted (job left running).",
     )
     submit.add_argument("teacher", type=Path, help="TorchScript archive of the teacher")
-    submit.add_argument(
-        "--input-shape", required=True, help="shape of one input without batch, e.g. 1,28,28"
-    )
-    submit.add_argument("--student", help="student architecture (see `cake architectures`)")
-    submit.add_argument("--width", type=float, help="student width multiplier (0.5 = 'Half')")
-    submit.add_argument("--preset", help="named settings: fast, default, reference")
-    submit.add_argument("--spec", type=Path, help="JSON job spec; flags override it")
-    submit.add_argument("--eval", type=Path, help=".npz with x and y to report accuracy")
-    submit.add_argument("--seed", type=int, help="random seed")
+    add_spec_arguments(submit, "student architecture (see `cake architectures`)")
     submit.add_argument("--name", help="a label for the teacher")
     submit.add_argument("--metadata", help="JSON object stored with the job")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
@@ -375,16 +369,10 @@ def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The spec file (if any) with the flags laid over it; bad files are bad input."""
     from cake_client import build_spec
 
-    spec: dict[str, Any] = {}
-    if args.spec is not None:
-        try:
-            spec = json.loads(args.spec.read_text())
-        except FileNotFoundError:
-            raise _bad_input(f"spec file not found: {args.spec}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _bad_input(f"spec file {args.spec} is not valid JSON: {exc}") from None
-        if not isinstance(spec, dict):
-            raise _bad_input(f"spec file {args.spec} must hold a JSON object")
+    try:
+        spec = read_spec_file(args.spec)
+    except SpecFileError as exc:
+        raise _bad_input(str(exc)) from None
     student: dict[str, Any] = {}
     if args.student is not None:
         student["arch"] = args.student
