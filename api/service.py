@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api import broker, catalog, schemas
 from api.deps import AppContext
 from api.errors import ApiError, not_found, spec_error, validation_error
+from api.npz import DatasetFacts
 from api.uploads import TeacherFacts, UploadedFile
 from cake_core.config import resolve_spec
 from cake_core.errors import SpecError
@@ -167,6 +168,40 @@ def add_event(
 # --------------------------------------------------------------------------------------------
 
 
+def store_by_content(ctx: AppContext, kind: str, upload: UploadedFile) -> str:
+    """Store an upload under ``<kind>/<sha256>`` unless that object is already there."""
+    key = f"{kind}/{upload.sha256}"
+    if not ctx.store.exists(key):
+        ctx.store.put_file(key, upload.path)
+    return key
+
+
+def store_dataset(
+    ctx: AppContext,
+    session: Session,
+    tenant: str,
+    upload: UploadedFile,
+    facts: DatasetFacts,
+    name: str | None,
+) -> Dataset:
+    """Put the file in the store under ``datasets/<sha256>`` (once) and add the row."""
+    row = Dataset(
+        id=new_id("dataset"),
+        tenant=tenant,
+        name=name,
+        sha256=upload.sha256,
+        size_bytes=upload.size,
+        num_examples=facts.num_examples,
+        input_shape=facts.input_shape,
+        num_classes=facts.num_classes,
+        storage_key=store_by_content(ctx, "datasets", upload),
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def store_teacher(
     ctx: AppContext,
     session: Session,
@@ -176,9 +211,7 @@ def store_teacher(
     name: str | None,
 ) -> Teacher:
     """Put the file in the store under ``teachers/<sha256>`` (once) and add the row."""
-    key = f"teachers/{upload.sha256}"
-    if not ctx.store.exists(key):
-        ctx.store.put_file(key, upload.path)
+    key = store_by_content(ctx, "teachers", upload)
     row = Teacher(
         id=new_id("teacher"),
         tenant=tenant,

@@ -14,9 +14,7 @@ from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.npz import inspect_npz
 from api.schemas import Dataset, DatasetList, problem_responses
 from api.uploads import MultipartForm, parse_name_field, read_multipart
-from cake_shared.ids import new_id
 from cake_shared.models import Dataset as DatasetRow
-from cake_shared.models import utcnow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -42,23 +40,7 @@ def _create_from_form(
         if replayed is not None:
             return replayed
         facts = inspect_npz(upload.path)
-        key = f"datasets/{upload.sha256}"
-        if not ctx.store.exists(key):
-            ctx.store.put_file(key, upload.path)
-        row = DatasetRow(
-            id=new_id("dataset"),
-            tenant=tenant,
-            name=name,
-            sha256=upload.sha256,
-            size_bytes=upload.size,
-            num_examples=facts.num_examples,
-            input_shape=facts.input_shape,
-            num_classes=facts.num_classes,
-            storage_key=key,
-            created_at=utcnow(),
-        )
-        session.add(row)
-        session.flush()
+        row = service.store_dataset(ctx, session, tenant, upload, facts, name)
         body = service.dataset_out(row)
         replayed = idempotency.commit_created(session, idem, ttl, 201, body)
         if replayed is not None:
