@@ -10,7 +10,7 @@ import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-PREFIXES = {"teacher": "tch", "job": "job", "dataset": "ds", "event": "evt"}
+PREFIXES = {"teacher": "tch", "job": "job", "dataset": "ds", "event": "evt", "api_key": "key"}
 
 
 def _encode(value: int, length: int) -> str:

@@ -15,7 +15,16 @@ from cake_shared.db import make_engine
 from cake_shared.models import Base
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-TABLES = {"teachers", "datasets", "jobs", "job_events", "artifacts", "idempotency_keys"}
+TABLES = {
+    "teachers",
+    "datasets",
+    "jobs",
+    "job_events",
+    "artifacts",
+    "idempotency_keys",
+    "tenants",
+    "api_keys",
+}
 
 
 @pytest.fixture
