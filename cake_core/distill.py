@@ -120,11 +120,18 @@ def _toward_disagreement(
     where the student is still wrong, so training spends its effort where it matters.
     """
     half = x[: max(1, len(x) // 2)].detach().requires_grad_(True)
-    with torch.enable_grad():
-        teacher_log_p = F.log_softmax(teacher(half).float(), dim=1)
-        student_log_p = F.log_softmax(student(half).float(), dim=1)
-        kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
-        (grad,) = torch.autograd.grad(kl, half)
+    # The student answers in eval mode here: the search must not move BatchNorm's running
+    # statistics, and train-mode BatchNorm cannot take the one sample a batch of 2 or 3 gives.
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.enable_grad():
+            teacher_log_p = F.log_softmax(teacher(half).float(), dim=1)
+            student_log_p = F.log_softmax(student(half).float(), dim=1)
+            kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, half)
+    finally:
+        student.train(was_training)
     moved = (half + step * grad.sign()).detach()
     return torch.cat([moved, x[len(half) :]])
 

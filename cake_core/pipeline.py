@@ -29,6 +29,7 @@ from cake_core.export import (
     write_manifest,
     write_sample_grid,
 )
+from cake_core.report import write_curves, write_report
 from cake_core.students import build_student, default_arch
 from cake_core.synthesis import SyntheticChunk, plan_synthesis, synthesize
 from cake_core.teacher import TeacherInfo, inspect_teacher
@@ -126,7 +127,11 @@ def run_job(
     should_cancel: Callable[[], bool] | None = None,
     checkpoints: CheckpointStore | None = None,
 ) -> JobResult:
-    """Run a distillation job end to end; write ``student.pt``, ``manifest.json``, ``samples.png``.
+    """Run a distillation job end to end; write its artifacts into ``out_dir``.
+
+    Artifacts: ``student.pt``, ``manifest.json``, ``curves.png`` (loss and agreement per epoch,
+    synthesis loss per chunk), ``report.md`` (metrics, timings, spec, both images linked) and,
+    for image inputs, ``samples.png``.
 
     Raises :class:`~cake_core.errors.CakeError` subclasses for anything the user can fix
     (invalid teacher, spec or data set; divergence) and :class:`JobCanceled` when canceled.
@@ -195,6 +200,7 @@ def run_job(
     training_seconds = time.perf_counter() - train_started
 
     report("evaluating", 0.0, "evaluating the student")
+    evaluation_started = time.perf_counter()
     student.eval()
     metrics: dict[str, float] = {
         "agreement_synthetic": history[-1]["agreement_synthetic"] if history else float("nan"),
@@ -211,30 +217,43 @@ def run_job(
             metrics["teacher_accuracy"], 1e-12
         )
     report("evaluating", 1.0, "evaluated", metrics)
+    evaluation_seconds = time.perf_counter() - evaluation_started
 
     if stop():
         raise JobCanceled("canceled")
     report("exporting", 0.0, "exporting the student")
+    export_started = time.perf_counter()
     artifacts = {"student.pt": out / "student.pt", "manifest.json": out / "manifest.json"}
     exported = export_student(student, artifacts["student.pt"], info.input_shape, info.num_classes)
     if write_sample_grid(out / "samples.png", data.x, data.labels, info.num_classes):
         artifacts["samples.png"] = out / "samples.png"
-    metrics["total_seconds"] = time.perf_counter() - started
-    write_manifest(
-        artifacts["manifest.json"],
-        {
-            "teacher": info.to_dict(),
-            "input_shape": list(info.input_shape),
-            "num_classes": info.num_classes,
-            "spec": spec.to_dict(),
-            "metrics": metrics,
-            "student": {"arch": arch, "width": spec.student.width, **exported},
-            "history": history,
-            "synthesis": synthesis_log,
-            "versions": library_versions(),
-            "device": str(runtime.device),
-        },
+    write_curves(
+        out / "curves.png", history, synthesis_log, agreement_eval=metrics.get("agreement_eval")
     )
+    artifacts["curves.png"] = out / "curves.png"
+    metrics["total_seconds"] = time.perf_counter() - started
+    manifest = {
+        "teacher": info.to_dict(),
+        "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes,
+        "spec": spec.to_dict(),
+        "metrics": metrics,
+        "student": {"arch": arch, "width": spec.student.width, **exported},
+        "history": history,
+        "synthesis": synthesis_log,
+        "versions": library_versions(),
+        "device": str(runtime.device),
+    }
+    write_manifest(artifacts["manifest.json"], manifest)
+    timings = {
+        "synthesis": synthesis_seconds,
+        "training": training_seconds,
+        "evaluation": evaluation_seconds,
+        "export": time.perf_counter() - export_started,
+        "total": metrics["total_seconds"],
+    }
+    artifacts["report.md"] = out / "report.md"
+    write_report(artifacts["report.md"], manifest, timings, images=list(artifacts))
     report("exporting", 1.0, "done", metrics)
     return JobResult(spec, info, metrics, artifacts, history, synthesis_log)
 

@@ -28,8 +28,10 @@ import hashlib
 import os
 import re
 import stat
+import struct
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +68,31 @@ _MAX_REASON_CHARS = 300
 # number, pickled as a LONG1 opcode: 0x1950a86a20f9469cfc6c.
 _LEGACY_TORCH_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
-# A TorchScript archive is read from memory by the C++ reader; its members are stored
-# uncompressed, so declared sizes far beyond the file size mean a zip bomb.
+# A TorchScript archive is read from memory by the C++ reader. torch.jit.save stores tensors and
+# pickles uncompressed and deflates only the code files (about 2-4x), so declared sizes far
+# beyond the file size mean a zip bomb: both the total and each compressed member are bounded.
 _MAX_EXPANSION = 64
 _MAX_EXPANSION_FLOOR = 64 << 20
+_MAX_MEMBER_RATIO = 100
+_MAX_MEMBER_RATIO_FLOOR = 1 << 20
+# Python's zipfile builds one object per central-directory entry (~0.5 KB each); a real
+# TorchScript archive has a few per tensor and code file, far below this.
+_MAX_ENTRIES = 100_000
+
+# TorchScript operators that touch the file system: ``torch.from_file`` maps any readable file
+# into a tensor (whose bytes a model could raise as its error message, i.e. hand back to the
+# uploader), ``torch.save`` writes a file anywhere. A classifier needs neither. The source of an
+# archive is scanned for them before loading (``__setstate__`` code runs during the load), and
+# the loaded graph after. TorchScript has no sockets, subprocesses or imports at all.
+_FORBIDDEN_OPS = frozenset({"aten::from_file", "aten::save", "debugprims::load_tensor"})
+_FORBIDDEN_SOURCE = re.compile(r"\bfrom_file\b|\bload_tensor\b|\b(?:torch|aten)\s*\.\s*save\b")
+_MAX_CODE_BYTES = 16 << 20
+
+# Protocol 0/1 pickles (no PROTO opcode) start with a GLOBAL, MARK or EMPTY_* opcode; protocol 0
+# is plain ASCII, so without this check it would be called "a text file".
+_OLD_PICKLE = re.compile(
+    rb"^(?:c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n|\((?:dp|lp|t|S'|V|I\d)|[}\]]q\x00)"
+)
 
 
 @dataclass(frozen=True)
@@ -208,14 +231,30 @@ def sniff_archive(path: str | os.PathLike[str]) -> None:
     if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         raise TeacherInvalidError(_describe_non_zip(head))
 
+    corrupt = TeacherInvalidError(
+        "the file starts like a zip archive but is truncated or corrupt (its central "
+        "directory cannot be read); upload the complete file written by torch.jit.save"
+    )
+    try:
+        with open(path, "rb") as fh:
+            # The end record is read first, so an archive declaring millions of entries is
+            # refused before zipfile builds an object for each of them.
+            endrec = zipfile._EndRecData(fh)  # type: ignore[attr-defined]
+    except (OSError, ValueError, EOFError, struct.error):
+        raise corrupt from None
+    if endrec is None:
+        raise corrupt
+    entries = int(endrec[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+    if entries > _MAX_ENTRIES:
+        raise TeacherInvalidError(
+            f"the archive declares {entries} entries; a TorchScript archive has far fewer "
+            f"(at most {_MAX_ENTRIES} are accepted), so the file is corrupt or malicious"
+        )
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
-        raise TeacherInvalidError(
-            "the file starts like a zip archive but is truncated or corrupt (its central "
-            "directory cannot be read); upload the complete file written by torch.jit.save"
-        ) from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error):
+        raise corrupt from None
     _check_zip_entries(infos, size)
 
 
@@ -228,6 +267,11 @@ def _describe_non_zip(head: bytes) -> str:
                 f"archive: load the model in Python, then {_EXPORT_HINT}"
             )
         return f"file is a pickle, not a TorchScript archive: {_EXPORT_HINT}"
+    if _OLD_PICKLE.match(head):
+        return (
+            "file is a pickle (protocol 0 or 1), not a TorchScript archive; pickles are never "
+            f"loaded because they can run code: {_EXPORT_HINT}"
+        )
     if len(head) >= 262 and head[257:262] == b"ustar":
         return (
             "file is a tar archive (a legacy torch.save checkpoint?), not a TorchScript "
@@ -269,6 +313,7 @@ def _check_zip_entries(infos: list[zipfile.ZipInfo], size: int) -> None:
             f"file is an empty zip archive, not a TorchScript archive: {_EXPORT_HINT}"
         )
     names = [info.filename for info in infos]
+    _check_member_names(infos)
     prefix = names[0].split("/", 1)[0] + "/" if "/" in names[0] else ""
     members = {n[len(prefix) :] for n in names if prefix and n.startswith(prefix)}
     has_data = "data.pkl" in members
@@ -305,12 +350,64 @@ def _check_zip_entries(infos: list[zipfile.ZipInfo], size: int) -> None:
                 "the archive is corrupt: an entry extends past the end of the file (truncated "
                 "upload?)"
             )
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise TeacherInvalidError(
+                f"the archive is corrupt or malicious: the stored entry {_member(info)} declares "
+                f"{info.file_size} bytes but holds {info.compress_size}"
+            )
+        if info.file_size > max(
+            _MAX_MEMBER_RATIO * max(info.compress_size, 1), _MAX_MEMBER_RATIO_FLOOR
+        ):
+            raise TeacherInvalidError(
+                f"the archive entry {_member(info)} expands from {info.compress_size} to "
+                f"{info.file_size} bytes (a zip bomb?); TorchScript archives compress at most "
+                "a few times, so the file is corrupt or malicious"
+            )
         declared += info.file_size
     if declared > max(_MAX_EXPANSION * size, _MAX_EXPANSION_FLOOR):
         raise TeacherInvalidError(
             f"the archive declares {declared} bytes of uncompressed data in a {size}-byte file; "
             "TorchScript archives are stored uncompressed, so the file is corrupt or malicious"
         )
+
+
+def _member(info: zipfile.ZipInfo) -> str:
+    """An entry's name for a message: quoted, printable, at most 60 characters."""
+    name = info.filename if len(info.filename) <= 60 else info.filename[:57] + "..."
+    return ascii(name)
+
+
+def _check_member_names(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse names that no torch.jit.save writes and that would escape an extraction folder.
+
+    Torch reads members by name from memory and never extracts them, but the archive is also
+    stored and may be unpacked by other tools; and a name like ``../x`` only ever comes from a
+    crafted file. Names are checked on the raw central-directory name, before zipfile's
+    normalisation.
+    """
+    seen: set[str] = set()
+    for info in infos:
+        raw = getattr(info, "orig_filename", info.filename)
+        parts = raw.replace("\\", "/").split("/")
+        bad = (
+            raw.startswith(("/", "\\"))
+            or re.match(r"^[A-Za-z]:", raw) is not None
+            or ".." in parts
+            or "\\" in raw
+            or any(ord(ch) < 32 for ch in raw)
+        )
+        if bad:
+            raise TeacherInvalidError(
+                f"the archive contains an unsafe entry name {raw[:60]!a} (absolute, with "
+                "'..', a backslash or control characters); torch.jit.save never writes such "
+                "names, so the file is corrupt or malicious"
+            )
+        if raw in seen:
+            raise TeacherInvalidError(
+                f"the archive contains the entry {raw[:60]!a} twice; the file is corrupt "
+                "or malicious"
+            )
+        seen.add(raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,21 +432,82 @@ def load_teacher(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {dev} requested but CUDA is not available")
     sniff_archive(path)
+    _scan_code(path)
     try:
         with warnings.catch_warnings():
             # torch.jit.* emits deprecation warnings on every call; they are noise for the user.
             warnings.simplefilter("ignore")
             module = torch.jit.load(os.fspath(path), map_location=dev)
     except Exception as exc:
+        # Includes pickled payloads that TorchScript's restricted unpickler refuses (a global
+        # outside its allow-list): nothing in them ran.
         raise TeacherInvalidError(
-            "the TorchScript archive could not be loaded: " + _short_reason(exc, path)
+            "the TorchScript archive could not be loaded ("
+            + _short_reason(exc, path).rstrip(" :")
+            + f"); {_EXPORT_HINT}"
         ) from None
     if not isinstance(module, torch.jit.ScriptModule) or not _has_forward(module):
         raise TeacherInvalidError(f"the archive has no forward() method to call: {_EXPORT_HINT}")
+    _check_ops(module)
     module.eval()
     for param in module.parameters():
         param.requires_grad_(False)
     return module
+
+
+def _file_access_error(what: str) -> TeacherInvalidError:
+    return TeacherInvalidError(
+        f"the model's code accesses files ({what}); a teacher may only compute on its input, "
+        "so torch.from_file, torch.save and the like are refused"
+    )
+
+
+def _scan_code(path: str | os.PathLike[str]) -> None:
+    """Refuse an archive whose TorchScript source calls a file-system operator.
+
+    Runs before :func:`torch.jit.load`, which compiles this source and runs any
+    ``__setstate__`` in it. Only the ``code/`` members are read (sizes were bounded by
+    :func:`sniff_archive`; all of them together at most ``_MAX_CODE_BYTES``).
+    """
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            parts = info.filename.split("/")
+            if "code" not in parts[:2] or not info.filename.endswith(".py"):
+                continue
+            total += info.file_size
+            if total > _MAX_CODE_BYTES:
+                raise TeacherInvalidError(
+                    f"the archive holds more than {_MAX_CODE_BYTES >> 20} MiB of TorchScript "
+                    "code; the file is corrupt or malicious"
+                )
+            try:
+                text = zf.read(info).decode("utf-8", "replace")
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):
+                raise TeacherInvalidError(
+                    f"the archive entry {_member(info)} is corrupt (truncated upload?)"
+                ) from None
+            match = _FORBIDDEN_SOURCE.search(text)
+            if match:
+                raise _file_access_error(re.sub(r"\s+", "", match.group(0)))
+
+
+def _check_ops(module: torch.jit.ScriptModule) -> None:
+    """Refuse a loaded module whose forward graph (calls inlined, forks included) uses a
+    file-system operator: the second line behind :func:`_scan_code`."""
+    try:
+        graph = module.inlined_graph
+    except Exception:  # pragma: no cover - every scripted module with forward has one
+        return
+    stack = [graph]
+    while stack:
+        block = stack.pop()
+        for node in block.nodes():
+            if node.kind() in _FORBIDDEN_OPS:
+                raise _file_access_error(node.kind())
+            stack.extend(node.blocks())
+            if node.hasAttribute("Subgraph"):
+                stack.append(node.g("Subgraph"))
 
 
 def _has_forward(module: torch.jit.ScriptModule) -> bool:
@@ -589,6 +747,7 @@ def _short_reason(exc: BaseException, path: str | os.PathLike[str] | None = None
     if not reason:
         reason = lines[0] if lines else ""
     reason = _ABS_PATH.sub("<path>", reason).strip()
+    reason = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in reason)
     if not reason:
         reason = type(exc).__name__
     if len(reason) > _MAX_REASON_CHARS:

@@ -9,12 +9,17 @@ from typing import Any
 import pytest
 
 from cake_core.config import (
+    LIMITS,
     PRESETS,
     JobSpec,
     LossWeights,
     StudentSpec,
     SynthesisSpec,
     TrainingSpec,
+    WorkLimitError,
+    WorkLimits,
+    check_work,
+    job_work,
     presets,
     resolve_spec,
 )
@@ -370,3 +375,78 @@ def test_every_dataclass_field_is_limited_or_chosen() -> None:
         cursor[name] = huge
         assert _field_error(data).field == key
     assert len(fields(JobSpec)) == 5
+
+
+# --------------------------------------------------------------------------------------------
+# absurd values and total work
+# --------------------------------------------------------------------------------------------
+
+
+def _nest(path: str, value: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    node = data
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize("path", sorted(LIMITS))
+def test_every_limited_field_refuses_absurd_values(path: str) -> None:
+    """Below the range, far above it, a huge integer, a string, NaN and Infinity: each is an
+    error naming the field, never an exception of another kind (10**400 once overflowed the
+    message formatting)."""
+    low, high = LIMITS[path]
+    for value in (low - 1, high * 10 + 1, 10**400, -(10**400), "1", float("nan"), float("inf")):
+        err = _field_error(_nest(path, value))
+        assert err.field == path, (value, err)
+
+
+def test_huge_integer_is_named_in_the_message() -> None:
+    err = _field_error({"synthesis": {"steps": 10**400}})
+    assert "(401 digits)" in err.reason
+
+
+def test_job_work_counts_the_products() -> None:
+    spec = resolve_spec({"preset": "fast", "synthesis": {"snapshots": 2}})
+    work = job_work(spec, (1, 8, 8))
+    assert work == {
+        "synthesis_steps": 6400 * 100,
+        "training_samples": 6400 * 2 * 60,
+        "synthetic_bytes": 6400 * 2 * 64 * 4,
+    }
+
+
+@pytest.mark.parametrize(
+    ("limits", "fields", "setting"),
+    [
+        (
+            WorkLimits(synthesis_steps=640_000 - 1),
+            ("synthesis.num_samples", "synthesis.steps"),
+            "CAKE_MAX_JOB_SYNTHESIS_STEPS",
+        ),
+        (
+            WorkLimits(training_samples=768_000 - 1),
+            ("synthesis.num_samples", "synthesis.snapshots", "training.epochs"),
+            "CAKE_MAX_JOB_TRAINING_SAMPLES",
+        ),
+        (
+            WorkLimits(synthetic_bytes=3_276_800 - 1),
+            ("synthesis.num_samples", "synthesis.snapshots"),
+            "CAKE_MAX_JOB_SYNTHETIC_BYTES",
+        ),
+    ],
+)
+def test_work_limits_name_the_fields_and_the_setting(
+    limits: WorkLimits, fields: tuple[str, ...], setting: str
+) -> None:
+    spec = resolve_spec({"preset": "fast", "synthesis": {"snapshots": 2}})
+    check_work(spec, (1, 8, 8), WorkLimits())  # no caps: anything goes
+    check_work(spec, (1, 8, 8), WorkLimits(10**9, 10**9, 1 << 30))
+    with pytest.raises(WorkLimitError) as info:
+        check_work(spec, (1, 8, 8), limits)
+    err = info.value
+    assert err.fields == fields and err.field == fields[0] and err.setting == setting
+    assert setting in err.message and all(f in err.message for f in fields)
+    assert err.code == "validation_error"

@@ -151,3 +151,17 @@ def test_exploding_learning_rate_is_reported():
             seed=0,
             num_classes=3,
         )
+
+
+def test_adversarial_step_with_a_final_batch_of_two_and_batchnorm():
+    """A last batch of 2 leaves one sample to move: BatchNorm must not see it in train mode."""
+    teacher = _linear_teacher()
+    student = build_student("mlp", (4,), 3, 0.25)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in student.modules())
+    torch.manual_seed(0)
+    train = SyntheticSet(torch.randn(10, 4), torch.randint(0, 3, (10,)))
+    held = SyntheticSet(torch.randn(4, 4), torch.randint(0, 3, (4,)))
+    spec = TrainingSpec(epochs=2, batch_size=8, lr=0.01, relabel=True, adversarial=0.1)
+    history = train_student(student, teacher, train, held, spec, CPU, seed=0, num_classes=3)
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    assert student.training is False  # left in eval mode after training, as before

@@ -55,7 +55,13 @@ def test_artifacts_manifest_and_clean_reload(digits_teacher, tmp_path):
         eval_path=digits_teacher.eval_path,
         runtime=default_runtime("cpu"),
     )
-    assert set(result.artifacts) == {"student.pt", "manifest.json", "samples.png"}
+    assert set(result.artifacts) == {
+        "student.pt",
+        "manifest.json",
+        "samples.png",
+        "curves.png",
+        "report.md",
+    }
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["teacher"]["sha256"] == result.teacher.sha256
     assert manifest["input_shape"] == [1, 8, 8] and manifest["num_classes"] == 10
@@ -75,6 +81,9 @@ def test_artifacts_manifest_and_clean_reload(digits_teacher, tmp_path):
         assert key in manifest["metrics"], key
     assert {"torch", "cake_core", "python"} <= set(manifest["versions"])
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "report.md").read_text()
+    assert "![samples](samples.png)" in report and "![curves](curves.png)" in report
 
     # The student runs in a Python that has only torch: nothing of this project importable.
     code = (

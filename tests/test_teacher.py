@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from broken_teachers_support import IntOut, NaNOut, TupleOut, WrongShape
 from torch import nn
 
 from cake_core.errors import SpecError, TeacherInvalidError
 from cake_core.teacher import (
     TeacherInfo,
+    _check_ops,
     _short_reason,
     check_teacher,
     file_sha256,
@@ -73,16 +75,6 @@ class SoftmaxMLP(nn.Module):
         return torch.softmax(self.fc(x), dim=1)
 
 
-class TupleOut(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(13, 3)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.fc(x)
-        return y, y
-
-
 class DictOut(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -92,24 +84,6 @@ class DictOut(nn.Module):
         return {"logits": self.fc(x)}
 
 
-class IntOut(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(13, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x).long()
-
-
-class ThreeD(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(13, 6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x).reshape(x.shape[0], 3, 2)
-
-
 class OneClass(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -117,15 +91,6 @@ class OneClass(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
-
-
-class NaNOut(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(13, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x) * float("nan")
 
 
 class LogNegative(nn.Module):
@@ -430,7 +395,7 @@ def test_zip_bomb_is_rejected_before_loading(tmp_path: Path) -> None:
         zf.writestr("m/data.pkl", b"\x00" * (80 << 20))
         zf.writestr("m/constants.pkl", b"")
         zf.writestr("m/code/__torch__.py", b"")
-    _assert_invalid(lambda: sniff_archive(path), "uncompressed data", tmp_path)
+    _assert_invalid(lambda: sniff_archive(path), "corrupt or malicious", tmp_path)
 
 
 def test_torchscript_zip_with_broken_member_fails_cleanly(tmp_path: Path) -> None:
@@ -444,6 +409,7 @@ def test_torchscript_zip_with_broken_member_fails_cleanly(tmp_path: Path) -> Non
     sniff_archive(path)
     err = _assert_invalid(lambda: load_teacher(path), "could not be loaded", tmp_path)
     assert len(err.message) < 400
+    assert "torch.jit.save" in err.message
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +423,7 @@ def test_torchscript_zip_with_broken_member_fails_cleanly(tmp_path: Path) -> Non
         (TupleOut(), "model returned a tuple, expected a tensor of logits"),
         (DictOut(), "model returned a dict, expected a tensor of logits"),
         (IntOut(), "logits are int64, expected a floating-point tensor"),
-        (ThreeD(), "output has shape [4, 3, 2], expected [batch, classes]"),
+        (WrongShape(), "output has shape [4, 3, 2], expected [batch, classes]"),
         (OneClass(), "the model has 1 output class; a classifier needs at least 2"),
         (NaNOut(), "logits contain NaN for a standard-normal input of shape [4, 13]"),
         (LogNegative(), "logits contain NaN for a standard-normal input of shape [4, 13]"),
@@ -605,3 +571,138 @@ def test_parse_input_shape_bad(value: object, phrase: str) -> None:
 def test_inspect_teacher_rejects_bad_shape_before_loading(tmp_path: Path) -> None:
     with pytest.raises(SpecError):
         inspect_teacher(tmp_path / "does-not-matter.pt", "0,0")
+
+
+# --------------------------------------------------------------------------------------------
+# hostile archives (the API-level counterparts are in tests/api/test_api_hostile.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _shaped_zip(path: Path, extra: dict[str, bytes], deflate: bool = False) -> Path:
+    """A zip with the members of a TorchScript archive plus ``extra`` (a '#' suffix is cut, so
+    the same name can be added twice)."""
+    method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with zipfile.ZipFile(path, "w", compression=method) as zf:
+            for name in ("m/data.pkl", "m/constants.pkl", "m/code/__torch__.py"):
+                zf.writestr(name, b"")
+            for name, data in extra.items():
+                zf.writestr(name.split("#", 1)[0], data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        ({"../evil": b"x"}, "unsafe entry name '../evil'"),
+        ({"m/../../evil": b"x"}, "unsafe entry name"),
+        ({"/etc/passwd": b"x"}, "unsafe entry name '/etc/passwd'"),
+        ({"C:/evil.dll": b"x"}, "unsafe entry name"),
+        ({"m\\..\\evil": b"x"}, "unsafe entry name"),
+        ({"m/a\x01b": b"x"}, "unsafe entry name"),
+        ({"m/data.pkl#again": b"x"}, "contains the entry 'm/data.pkl' twice"),
+    ],
+)
+def test_unsafe_member_names(tmp_path: Path, extra: dict[str, bytes], phrase: str) -> None:
+    path = _shaped_zip(tmp_path / "names.pt", extra)
+    _assert_invalid(lambda: sniff_archive(path), phrase, tmp_path)
+
+
+def test_member_with_a_high_compression_ratio_is_a_bomb(tmp_path: Path) -> None:
+    path = _shaped_zip(tmp_path / "bomb.pt", {"m/data/0": bytes(4 << 20)}, deflate=True)
+    _assert_invalid(lambda: sniff_archive(path), "(a zip bomb?)", tmp_path)
+    # a small member compresses well without being a bomb (the ratio has a 1 MiB floor)
+    sniff_archive(_shaped_zip(tmp_path / "ok.pt", {"m/data/0": bytes(1 << 19)}, deflate=True))
+
+
+def test_stored_member_whose_sizes_disagree(tmp_path: Path) -> None:
+    good = _save_scripted(MLP(), tmp_path / "good.pt").read_bytes()
+    pos = good.find(b"PK\x01\x02")  # first central-directory record: a stored tensor
+    data = bytearray(good)
+    data[pos + 24 : pos + 28] = (1 << 30).to_bytes(4, "little")  # uncompressed size
+    path = _write(tmp_path / "lie.pt", bytes(data))
+    _assert_invalid(lambda: sniff_archive(path), f"declares {1 << 30} bytes but holds", tmp_path)
+
+
+def test_declared_entry_count_is_checked_before_parsing(tmp_path: Path) -> None:
+    good = _save_scripted(MLP(), tmp_path / "good.pt").read_bytes()
+    pos = good.rfind(b"PK\x06\x06")  # torch.jit.save writes a zip64 end record
+    data = bytearray(good)
+    data[pos + 24 : pos + 40] = (5_000_000).to_bytes(8, "little") * 2
+    path = _write(tmp_path / "many.pt", bytes(data))
+    _assert_invalid(lambda: sniff_archive(path), "declares 5000000 entries", tmp_path)
+
+
+def test_protocol_0_pickle_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path / "p0.pkl", pickle.dumps(os.getcwd, protocol=0))
+    err = _assert_invalid(lambda: load_teacher(path), "pickle (protocol 0 or 1)", tmp_path)
+    assert "torch.jit.save" in err.message
+
+
+def test_malicious_data_pkl_is_refused_by_torchs_unpickler(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Shell:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    good = _save_scripted(MLP(), tmp_path / "good.pt")
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            evil = pickle.dumps(Shell(), protocol=2)  # the protocol torch's unpickler reads
+            data = evil if info.filename.endswith("/data.pkl") else zin.read(info)
+            zout.writestr(info.filename, data)
+    err = _assert_invalid(lambda: load_teacher(path), "could not be loaded", tmp_path)
+    assert "Unknown type name 'posix.system'" in err.message
+    assert "torch.jit.save" in err.message
+    assert not marker.exists()
+
+
+class ReadsFile(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.from_file("/etc/hostname", False, 1, dtype=torch.uint8)
+        return x[:, :3] + t.float()
+
+
+class WritesFile(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.save(x, "/tmp/written-by-a-teacher.pt")
+        return x[:, :3]
+
+
+class SaveMethod(nn.Module):
+    """Names that merely contain the operators' names are fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(13, 3)
+
+    @torch.jit.export
+    def save_copy(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from_file_count = 1
+        return self.fc(self.save_copy(x)) * from_file_count
+
+
+@pytest.mark.parametrize(
+    ("model", "op", "source"),
+    [(ReadsFile(), "from_file", "from_file"), (WritesFile(), "save", "torch.save")],
+)
+def test_models_that_touch_files_are_refused(
+    tmp_path: Path, model: nn.Module, op: str, source: str
+) -> None:
+    scripted = _script(model)
+    with pytest.raises(TeacherInvalidError, match=f"accesses files \\(aten::{op}\\)"):
+        _check_ops(scripted)  # the loaded graph
+    path = _save(scripted, tmp_path / "files.pt")
+    _assert_invalid(lambda: load_teacher(path), f"accesses files ({source})", tmp_path)
+
+
+def test_names_like_file_ops_are_not_refused(tmp_path: Path) -> None:
+    path = _save_scripted(SaveMethod(), tmp_path / "save_method.pt")
+    _, info = inspect_teacher(path, [13])
+    assert info.num_classes == 3
