@@ -13,10 +13,11 @@ from typing import Annotated
 
 import anyio
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from cake_shared.models import LOCAL_TENANT
+from api.auth import Authenticator, Principal
 from cake_shared.settings import Settings
 from cake_shared.storage import ObjectStore
 
@@ -36,8 +37,12 @@ class AppContext:
     #: so that none waits on the pool and none opens an overflow connection that is closed
     #: again on return (under load that was a PostgreSQL connect per request).
     db_slots: int = 10
+    auth: Authenticator = field(init=False)
     _db_slots: anyio.Semaphore | None = field(default=None, repr=False)
     _db_limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.auth = Authenticator(self.settings, self.sessionmaker)
 
     def db_semaphore(self) -> anyio.Semaphore:
         if self._db_slots is None:
@@ -54,6 +59,12 @@ class AppContext:
     @property
     def upload_dir(self) -> Path:
         return (self.settings.data_dir / "uploads").resolve()
+
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API key (`cake keys create --tenant NAME`); not needed in local mode.",
+)
 
 
 async def get_ctx(request: Request) -> AppContext:
@@ -82,14 +93,28 @@ async def get_db(ctx: CtxDep) -> AsyncIterator[Session]:
             await anyio.to_thread.run_sync(session.close, limiter=anyio.CapacityLimiter(1))
 
 
-async def current_tenant(request: Request) -> str:
-    """The tenant the request acts for.
+async def current_principal(
+    request: Request,
+    ctx: CtxDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """Who the request acts for (see ``api.auth``); 401 without a valid key once keys exist,
+    429 over the key's request rate. Cached answers cost no thread hop."""
+    secret = credentials.credentials if credentials is not None else None
+    principal = ctx.auth.cached(secret)
+    if principal is None:
+        principal = await anyio.to_thread.run_sync(
+            ctx.auth.resolve, secret, limiter=ctx.db_limiter()
+        )
+    ctx.auth.check_rate(principal)
+    request.state.tenant = principal.tenant
+    return principal
 
-    Single-user local mode for now: every request is tenant ``local``. API keys
-    (``Authorization: Bearer``) will resolve to their tenant here, and every query already
-    filters by this value, so other tenants' objects answer 404.
-    """
-    return LOCAL_TENANT
+
+async def current_tenant(principal: Annotated[Principal, Depends(current_principal)]) -> str:
+    """The tenant the request acts for: every query filters by it, so other tenants' objects
+    answer 404, exactly like unknown ids."""
+    return principal.tenant
 
 
 SessionDep = Annotated[Session, Depends(get_db)]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -20,20 +22,33 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import sessionmaker
 
 from api import catalog, sandbox, schemas
-from api.deps import AppContext
-from api.errors import install_handlers
+from api.deps import AppContext, current_principal
+from api.errors import install_handlers, problem
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import architectures, artifacts, datasets, jobs, ops, teachers
+from api.routes import (
+    architectures,
+    artifacts,
+    dashboard,
+    datasets,
+    jobs,
+    ops,
+    teachers,
+    webhooks,
+)
+from api.uploads import upload_owner
 from cake_core import __version__
-from cake_shared.db import make_engine
+from cake_shared.db import is_unavailable, make_engine
 from cake_shared.settings import Settings
-from cake_shared.storage import store_from_url
+from cake_shared.storage import retry_from_settings, store_from_url
 
 log = logging.getLogger("cake.api")
 
@@ -63,13 +78,65 @@ def _warm_up() -> None:
         log.warning("warm-up of the torch sandbox failed; it is retried on first use")
 
 
-def _remove_stale_uploads(folder: Path, max_age_s: float = 24 * 3600) -> None:
-    """Temporary upload files normally go with their request; a crash can leave some behind."""
+def _remove_stale_uploads(folder: Path, max_age_s: float = 24 * 3600) -> int:
+    """Temporary upload files normally go with their request; a crash can leave some behind.
+
+    At start-up, a file whose writer (named in it, ``api.uploads.upload_prefix``) was a process
+    on this host that no longer runs goes at once: it can only be half of an upload that died
+    with its API process (kill -9, out of memory, a power cut). So does one named after this
+    very process (a container restarted with the same pid: nothing of ours is in flight yet).
+    Files of live processes (other uvicorn workers sharing the folder) stay; files of other
+    hosts or without an owner go after ``max_age_s``. Returns how many were removed.
+    """
     cutoff = time.time() - max_age_s
+    host = socket.gethostname()
+    removed = 0
     for path in folder.glob("upload-*"):
+        owner = upload_owner(path.name)
         with contextlib.suppress(OSError):
-            if path.stat().st_mtime < cutoff:
+            if owner is not None and owner[0] == host:
+                stale = owner[1] == os.getpid() or not _process_exists(owner[1])
+            else:
+                stale = path.stat().st_mtime < cutoff
+            if stale:
                 path.unlink()
+                removed += 1
+    if removed:
+        log.info("removed %d temporary upload file(s) left by a stopped API process", removed)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    """A database that cannot be reached is a 503 the client may retry (``Retry-After``), not
+    a 500: ``cake_client`` and well-behaved clients back off and come back. Other database
+    errors stay 500s (logged, nothing of the internals in the answer)."""
+    if not is_unavailable(exc):
+        log.error("database error in %s %s", request.method, request.url.path, exc_info=exc)
+        return problem(
+            500,
+            "internal",
+            "an internal error occurred; the server log has the details",
+            instance=request.url.path,
+        )
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+    log.warning("database unavailable in %s %s: %s", request.method, request.url.path, reason)
+    return problem(
+        503,
+        "not_ready",
+        "the database is unavailable; try again shortly",
+        instance=request.url.path,
+        headers={"Retry-After": "2"},
+    )
 
 
 def _install_openapi(app: FastAPI) -> None:
@@ -98,10 +165,13 @@ def _install_openapi(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` defaults to the ``CAKE_*`` environment."""
     settings = settings or Settings()
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), settings.db_connect_timeout_s)
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
     store = store_from_url(
-        settings.resolved_store_url(), settings.s3_endpoint_url, settings.s3_region
+        settings.resolved_store_url(),
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        retry_from_settings(settings),
     )
     ctx = AppContext(settings=settings, engine=engine, sessionmaker=sessions, store=store)
     ctx.upload_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "artifacts", "description": "The outputs of a succeeded job."},
             {"name": "datasets", "description": "Evaluation data sets (reporting only)."},
             {"name": "catalogue", "description": "Student architectures."},
+            {"name": "webhooks", "description": "Signing secret of job callbacks."},
             {"name": "operations", "description": "Health, readiness and metrics."},
         ],
     )
@@ -131,8 +202,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.metrics = metrics
     install_handlers(app)
+    for database_error in (DBAPIError, PoolTimeout):
+        app.add_exception_handler(database_error, _database_unavailable)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for module in (teachers, jobs, artifacts, datasets, architectures, ops):
-        app.include_router(module.router)
+    # Every /v1 route needs a valid key once keys exist (api.auth); operations stay open.
+    for module in (teachers, jobs, artifacts, datasets, architectures, webhooks):
+        app.include_router(module.router, dependencies=[Depends(current_principal)])
+    app.include_router(ops.router)
+    app.include_router(dashboard.router)  # public: the pages hold no data
     _install_openapi(app)
     return app

@@ -3,12 +3,15 @@
 ``np.load`` would read both arrays whole (a 1 GiB upload = 1 GiB of RSS in the API). Instead
 each member's ``.npy`` header is read for dtype and shape, and the data is streamed through in
 4 MiB blocks to check that ``x`` is finite and to find ``y``'s range. Object arrays (pickles) are
-refused from the header alone, as ``allow_pickle=False`` would.
+refused from the header alone, as ``allow_pickle=False`` would. This runs in the API process, so
+a zip bomb (a ``savez_compressed`` member that inflates a thousandfold) is refused from the
+central directory before any member is read: streaming it would cost minutes of CPU.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,10 @@ from cake_core.errors import DatasetInvalidError
 
 _BLOCK = 4 << 20
 MAX_RANK = 4
+MAX_RATIO = 100
+"""Largest accepted expansion of the whole archive (real data compresses ~2-10x)."""
+_RATIO_FLOOR = 64 << 20
+MAX_ENTRIES = 64
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,23 @@ def _blocks(fh: IO[bytes], dtype: Any, count: int, name: str) -> Any:
         yield np.frombuffer(data, dtype=dtype)
 
 
+def _check_entry_count(path: str | Path) -> None:
+    """Refuse an archive that declares many entries before zipfile builds an object per entry
+    (~0.5 KB each: a 1 GiB upload of empty entries would take gigabytes of the API's memory)."""
+    try:
+        with open(path, "rb") as fh:
+            endrec = zipfile._EndRecData(fh)  # type: ignore[attr-defined]
+    except (OSError, ValueError, EOFError, struct.error):
+        endrec = None
+    if endrec is None:
+        return  # not a zip: ZipFile says so next
+    entries = int(endrec[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+    if entries > MAX_ENTRIES:
+        raise DatasetInvalidError(
+            f"the .npz declares {entries} entries; it must hold only the arrays x and y"
+        )
+
+
 def inspect_npz(path: str | Path) -> DatasetFacts:
     """Check the ``.npz`` and describe it.
 
@@ -72,6 +96,7 @@ def inspect_npz(path: str | Path) -> DatasetFacts:
     """
     import numpy as np
 
+    _check_entry_count(path)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError):
@@ -79,6 +104,13 @@ def inspect_npz(path: str | Path) -> DatasetFacts:
             "not an .npz file (np.savez(path, x=x, y=y) writes one)"
         ) from None
     with zf:
+        size = Path(path).stat().st_size
+        declared = sum(info.file_size for info in zf.infolist())
+        if declared > max(MAX_RATIO * size, _RATIO_FLOOR):
+            raise DatasetInvalidError(
+                f"the .npz declares {declared} bytes of arrays in a {size}-byte file (more than "
+                f"{MAX_RATIO}x compression: a zip bomb?); save it with np.savez, uncompressed"
+            )
         names = set(zf.namelist())
         if "x.npy" not in names or "y.npy" not in names:
             raise DatasetInvalidError("the .npz must contain arrays named 'x' and 'y'")

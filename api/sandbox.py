@@ -1,4 +1,4 @@
-"""Run torch code for the API in a child process, with a wall-clock timeout and a memory cap.
+"""Run torch code for the API in a child process, with wall-clock, CPU-time and memory limits.
 
 Why a child: the API process must not import torch (~200 MB of RSS each), and an uploaded model
 is untrusted: its forward pass may loop forever, crash the interpreter or eat all memory. None of
@@ -6,9 +6,18 @@ that may hang or kill the API.
 
 Why a fork server: importing torch takes ~2 s. Children are forked from a server process that
 imported torch once (``multiprocessing``'s forkserver with a preload), so each check starts in
-~0.1 s. The server itself never runs a model, so forking it is safe (no thread pools yet). The
-child sets ``RLIMIT_AS`` before touching the file, silences stdout/stderr (TorchScript ``print``
-would spam the API log), and reports its progress stages through a pipe.
+~0.1 s. The server itself never runs a model, so forking it is safe (no thread pools yet).
+Before touching the file the child
+
+* caps its address space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``: a second line behind the
+  parent's wall-clock timeout, for a model that spins several threads), the size of
+  any file it writes (``RLIMIT_FSIZE`` 64 MiB) and core dumps;
+* moves into a new, empty network namespace where the kernel allows it (root, or unprivileged
+  user namespaces): no interface but a down loopback, so nothing can be reached. TorchScript has
+  no socket operations at all, so this is defence in depth; where the kernel refuses (an
+  unprivileged container) the check still runs and ``SandboxResult.network_isolated`` says so;
+* silences stdout/stderr (TorchScript ``print`` would spam the API log), and reports its
+  progress stages through a pipe.
 
 As with any ``multiprocessing`` start method other than fork, the parent's ``__main__`` module is
 imported in the children, so a script that creates the app must guard its own code with
@@ -18,12 +27,16 @@ imported in the children, so a script that creates the app must guard its own co
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import importlib
 import logging
+import math
 import multiprocessing
 import os
 import resource
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -70,19 +83,62 @@ class SandboxResult:
     stage: str | None = None
     exitcode: int | None = None
     seconds: float = 0.0
+    network_isolated: bool | None = None
+
+
+_MAX_FILE_BYTES = 64 << 20
+"""No file the child writes may grow past this (torch probes the temp folder with a tiny file)."""
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+def _isolate_network() -> bool:
+    """Move this (single-threaded, freshly forked) process into a new network namespace.
+
+    Tried as is first (root or CAP_SYS_ADMIN), then together with a new user namespace (allowed
+    to unprivileged users on most distributions). Python 3.11 has no ``os.unshare``, hence libc.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        unshare = libc.unshare
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return False
+    for flags in (_CLONE_NEWNET, _CLONE_NEWUSER | _CLONE_NEWNET):
+        if unshare(ctypes.c_int(flags)) == 0:
+            return True
+    return False
+
+
+def _set_limits(memory_bytes: int | None, cpu_seconds: int | None) -> None:
+    """Resource limits of the child; each is best effort (a platform may lack one)."""
+    limits: list[tuple[int, int, int]] = [
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_FSIZE, _MAX_FILE_BYTES, _MAX_FILE_BYTES),
+    ]
+    if memory_bytes:
+        limits.append((resource.RLIMIT_AS, memory_bytes, memory_bytes))
+    if cpu_seconds:
+        # SIGXCPU at the soft limit, SIGKILL one second later at the hard one.
+        limits.append((resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1))
+    for which, soft, hard in limits:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(which, (soft, hard))
 
 
 def _child_main(
-    conn: Connection, target: str, args: tuple[Any, ...], memory_bytes: int | None
+    conn: Connection,
+    target: str,
+    args: tuple[Any, ...],
+    memory_bytes: int | None,
+    cpu_seconds: int | None = None,
 ) -> None:
-    """Entry point in the child: cap memory, silence output, run ``target``, send the result."""
+    """Entry point in the child: isolate, limit, silence output, run ``target``, send the result."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    if memory_bytes:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    conn.send(("isolation", _isolate_network()))
+    _set_limits(memory_bytes, cpu_seconds)
 
     def report(stage: str) -> None:
         conn.send(("stage", stage))
@@ -105,17 +161,24 @@ def run(
     *args: Any,
     timeout_s: float,
     memory_bytes: int | None = None,
+    cpu_seconds: int | None = None,
 ) -> SandboxResult:
     """Run ``module:function(*args, report=...)`` in a child; blocking (call from a thread).
 
-    The timeout counts from the child's start; on expiry the child is SIGKILLed. A child that
-    dies without answering (segfault, abort, OOM killer) gives ``crashed`` with its exit code.
-    Exceptions in the child come back as ``("error", class name)`` values, not tracebacks.
+    The timeout counts from the child's start; on expiry the child is SIGKILLed. CPU time is
+    capped at ``cpu_seconds`` (default: the timeout rounded up, plus one second), so a child
+    burning several cores dies of SIGXCPU even before the wall clock runs out. A child that dies
+    without answering (segfault, abort, OOM killer, CPU limit) gives ``crashed`` with its exit
+    code. Exceptions in the child come back as ``("error", class name)`` values, not tracebacks.
     """
+    if cpu_seconds is None:
+        cpu_seconds = math.ceil(timeout_s) + 1
     ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     process = ctx.Process(
-        target=_child_main, args=(child_conn, target, args, memory_bytes), daemon=True
+        target=_child_main,
+        args=(child_conn, target, args, memory_bytes, cpu_seconds),
+        daemon=True,
     )
     try:
         process.start()
@@ -128,40 +191,43 @@ def run(
     started = time.monotonic()
     deadline = started + timeout_s
     stage: str | None = None
+    isolated: bool | None = None
+
+    def result(outcome: Literal["ok", "timeout", "crashed"], **kw: Any) -> SandboxResult:
+        return SandboxResult(
+            outcome,
+            stage=stage,
+            seconds=time.monotonic() - started,
+            network_isolated=isolated,
+            **kw,
+        )
+
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return SandboxResult("timeout", stage=stage, seconds=time.monotonic() - started)
+                return result("timeout")
             try:
                 if not parent_conn.poll(min(remaining, 0.5)):
                     if not process.is_alive() and not parent_conn.poll(0):
                         process.join(1)
-                        return SandboxResult(
-                            "crashed",
-                            stage=stage,
-                            exitcode=process.exitcode,
-                            seconds=time.monotonic() - started,
-                        )
+                        return result("crashed", exitcode=process.exitcode)
                     continue
                 kind, value = parent_conn.recv()
             except (EOFError, OSError):
                 process.join(1)
-                return SandboxResult(
-                    "crashed",
-                    stage=stage,
-                    exitcode=process.exitcode,
-                    seconds=time.monotonic() - started,
-                )
+                return result("crashed", exitcode=process.exitcode)
             if kind == "stage":
                 stage = value
                 continue
-            seconds = time.monotonic() - started
+            if kind == "isolation":
+                isolated = bool(value)
+                continue
             if kind == "result":
-                return SandboxResult("ok", value=value, stage=stage, seconds=seconds)
+                return result("ok", value=value)
             if kind == "memory":
-                return SandboxResult("crashed", value="memory", stage=stage, seconds=seconds)
-            return SandboxResult("crashed", value=value, stage=stage, seconds=seconds)
+                return result("crashed", value="memory")
+            return result("crashed", value=value)
     finally:
         if process.is_alive():
             with contextlib.suppress(Exception):
@@ -180,3 +246,19 @@ def signal_name(exitcode: int | None) -> str | None:
         return signal.Signals(-exitcode).name
     except ValueError:
         return f"signal {-exitcode}"
+
+
+def probe_isolation(host: str, port: int, report: Any = None) -> dict[str, Any]:
+    """What a sandboxed child can do: its resource limits and whether ``host:port`` is reachable.
+
+    Run through :func:`run` (``"api.sandbox:probe_isolation"``) by the tests and by an operator
+    who wants to see the sandbox of a given deployment.
+    """
+    names = {"as": resource.RLIMIT_AS, "cpu": resource.RLIMIT_CPU, "fsize": resource.RLIMIT_FSIZE}
+    limits = {name: list(resource.getrlimit(which)) for name, which in names.items()}
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            connect = "connected"
+    except OSError as exc:
+        connect = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return {"limits": limits, "connect": connect}

@@ -12,7 +12,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cake_core.config import (
     CHOICES,
@@ -25,6 +25,7 @@ from cake_core.config import (
     TrainOptimizer,
     TrainSchedule,
 )
+from cake_shared.webhooks import MAX_URL_LENGTH, CallbackURLError, validate_callback_url
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 FINISHED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "canceled")
@@ -227,6 +228,27 @@ class JobSpecIn(_SpecPart):
         description="Free-form JSON object stored with the job and returned as is (16 KiB max).",
         examples=[{"pipeline": "nightly"}],
     )
+    callback_url: str | None = Field(
+        None,
+        max_length=MAX_URL_LENGTH,
+        description=(
+            "When the job ends (succeeded, failed or canceled), POST the job object here, "
+            "signed with the tenant's webhook secret (header Cake-Signature, see GET "
+            "/v1/webhooks/secret); retried with backoff until a 2xx. An http(s) URL of at "
+            "most 2048 characters, without credentials or #fragment."
+        ),
+        examples=["https://ci.example.com/hooks/cake"],
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate_callback_url(value)
+        except CallbackURLError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class JobCreate(JobSpecIn):
@@ -343,6 +365,20 @@ class JobError(BaseModel):
     message: str = Field(..., description="What went wrong and what to change.")
 
 
+class JobWebhook(BaseModel):
+    status: Literal["waiting", "pending", "delivered", "failed"] = Field(
+        ...,
+        description=(
+            "waiting: the job has not ended; pending: being delivered or retried; delivered: "
+            "the receiver answered 2xx; failed: given up after the bounded retries."
+        ),
+    )
+    attempts: int = Field(..., description="Delivery attempts made so far.")
+    next_attempt_at: datetime | None = Field(
+        None, description="While pending: when the next attempt is due."
+    )
+
+
 class Job(BaseModel):
     id: str = Field(..., description="job_… identifier.")
     object: Literal["job"] = Field("job", description="Always 'job'.")
@@ -383,6 +419,10 @@ class Job(BaseModel):
     created_at: datetime = Field(..., description="ISO 8601 UTC.")
     started_at: datetime | None = Field(None, description="When a worker started it.")
     finished_at: datetime | None = Field(None, description="When it ended.")
+    callback_url: str | None = Field(None, description="Where the job is POSTed when it ends.")
+    webhook: JobWebhook | None = Field(
+        None, description="The callback's delivery; null without callback_url."
+    )
 
 
 class Event(BaseModel):
@@ -473,6 +513,24 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"] = Field("ready", description="Every dependency answered.")
     checks: dict[str, str] = Field(..., description="database, store, broker: 'ok'.")
+
+
+ANY_CLIENT_ERROR: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "model": Problem,
+        "description": (
+            "Any other client error, as a problem document: unauthorized (401), "
+            "unsupported_media_type (415), validation_error (422), rate_limited (429), ..."
+        ),
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+}
+"""Router-wide ``responses`` of every /v1 router: documents that each operation may answer any
+4xx as ``application/problem+json`` (auth, rate limits and validation apply everywhere), and
+stops FastAPI from documenting its own ``HTTPValidationError`` JSON body for 422, which this
+API never sends."""
 
 
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -15,17 +15,20 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
-from api import broker, catalog, schemas
+from api import broker, catalog, quotas, schemas
 from api.deps import AppContext
 from api.errors import ApiError, not_found, spec_error, validation_error
 from api.npz import DatasetFacts
 from api.uploads import TeacherFacts, UploadedFile
-from cake_core.config import resolve_spec
+from cake_core.config import JobSpec, WorkLimitError, WorkLimits, check_work, resolve_spec
 from cake_core.errors import SpecError
 from cake_shared.ids import new_id
+from cake_shared.job_view import job_json
 from cake_shared.jobs import add_event as shared_add_event
 from cake_shared.jobs import request_cancel
 from cake_shared.models import Artifact, Dataset, Job, JobEvent, Teacher, utcnow
+from cake_shared.settings import Settings
+from cake_shared.webhooks import CallbackURLError, check_callback_url
 
 log = logging.getLogger("cake.api")
 
@@ -65,28 +68,9 @@ def dataset_out(row: Dataset) -> dict[str, Any]:
 
 
 def job_out(row: Job) -> dict[str, Any]:
-    error = row.error if isinstance(row.error, dict) else None
-    return schemas.Job(
-        id=row.id,
-        status=row.status,  # type: ignore[arg-type]
-        phase=row.phase,
-        progress=min(1.0, max(0.0, float(row.progress or 0.0))),
-        teacher_id=row.teacher_id,
-        eval_dataset_id=row.eval_dataset_id,
-        spec=row.spec or {},
-        metrics=row.metrics or {},
-        error=schemas.JobError(
-            code=str(error.get("code", "internal")), message=str(error.get("message", ""))
-        )
-        if error
-        else None,
-        attempts=row.attempts or 0,
-        metadata=row.job_metadata or {},
-        cancel_requested=bool(row.cancel_requested),
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-    ).model_dump(mode="json")
+    """The Job object: the shared serializer (the webhook body is the same), checked against
+    the documented response model."""
+    return schemas.Job.model_validate(job_json(row)).model_dump(mode="json")
 
 
 def event_out(row: JobEvent) -> dict[str, Any]:
@@ -185,6 +169,7 @@ def store_dataset(
     name: str | None,
 ) -> Dataset:
     """Put the file in the store under ``datasets/<sha256>`` (once) and add the row."""
+    quotas.check_storage(session, ctx.settings, tenant, upload.size)
     row = Dataset(
         id=new_id("dataset"),
         tenant=tenant,
@@ -211,6 +196,7 @@ def store_teacher(
     name: str | None,
 ) -> Teacher:
     """Put the file in the store under ``teachers/<sha256>`` (once) and add the row."""
+    quotas.check_storage(session, ctx.settings, tenant, upload.size)
     key = store_by_content(ctx, "teachers", upload)
     row = Teacher(
         id=new_id("teacher"),
@@ -277,6 +263,7 @@ class JobPlan:
     spec: dict[str, Any]
     eval_dataset_id: str | None
     metadata: dict[str, Any]
+    callback_url: str | None = None
 
 
 def plan_job(
@@ -285,11 +272,13 @@ def plan_job(
     teacher: Teacher | TeacherFacts,
     body: schemas.JobSpecIn,
     loc: list[str | int],
+    settings: Settings | None = None,
 ) -> JobPlan:
     """Resolve and check a job spec against its teacher (and eval data set).
 
     ``loc`` prefixes error locations (``["body"]`` for JSON, ``["body", "spec"]`` for the
-    one-shot form). Raises ApiError 422/404 naming the field.
+    one-shot form). With ``settings``, the job's total work is checked against the
+    ``CAKE_MAX_JOB_*`` caps. Raises ApiError 422/404 naming the field(s).
     """
     spec_dict = body.model_dump(
         exclude_none=True, include={"student", "synthesis", "training", "preset", "seed"}
@@ -300,6 +289,8 @@ def plan_job(
         raise spec_error(exc, loc) from None
 
     shape = list(teacher.input_shape)
+    if settings is not None:
+        _check_work(spec, shape, settings, loc)
     rank = len(shape)
     arch_loc = [*loc, "student", "arch"]
     if spec.student.arch is None:
@@ -349,13 +340,45 @@ def plan_job(
                 f"data set {dataset.id} has labels up to {dataset.num_classes - 1} but the "
                 f"teacher has {teacher.num_classes} classes (0..{teacher.num_classes - 1})",
             )
-    return JobPlan(spec=spec.to_dict(), eval_dataset_id=body.eval_dataset_id, metadata=metadata)
+    return JobPlan(
+        spec=spec.to_dict(),
+        eval_dataset_id=body.eval_dataset_id,
+        metadata=metadata,
+        callback_url=body.callback_url,
+    )
+
+
+def check_callback(ctx: AppContext, url: str | None, loc: list[str | int]) -> None:
+    """422 for a callback the deployment will not call (``webhook_allow_private`` off and the
+    host resolves to an internal address); the syntax was checked by the request model."""
+    if url is None:
+        return
+    try:
+        check_callback_url(url, ctx.settings)
+    except CallbackURLError as exc:
+        raise validation_error(loc, str(exc)) from None
+
+
+def _check_work(spec: JobSpec, shape: list[int], settings: Settings, loc: list[str | int]) -> None:
+    """422 naming every field of a product that exceeds a ``CAKE_MAX_JOB_*`` cap."""
+    limits = WorkLimits(
+        synthesis_steps=settings.max_job_synthesis_steps,
+        training_samples=settings.max_job_training_samples,
+        synthetic_bytes=settings.max_job_synthetic_bytes,
+    )
+    try:
+        check_work(spec, shape, limits)
+    except WorkLimitError as exc:
+        errors = [{"loc": [*loc, *f.split(".")], "msg": exc.message} for f in exc.fields]
+        raise ApiError(422, "validation_error", exc.message, errors=errors) from None
 
 
 def insert_job(
     ctx: AppContext, session: Session, tenant: str, teacher_id: str, plan: JobPlan
 ) -> Job:
-    """Add the queued job and its first event (not committed)."""
+    """Add the queued job and its first event (not committed); 429 when the tenant's queue is
+    full."""
+    quotas.check_queued_jobs(session, ctx.settings, tenant)
     queue = queue_for(ctx)
     now = utcnow()
     job = Job(
@@ -375,6 +398,7 @@ def insert_job(
         cancel_requested=False,
         created_at=now,
         updated_at=now,
+        callback_url=plan.callback_url,
     )
     session.add(job)
     session.flush()

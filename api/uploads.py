@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import socket
 import tempfile
 import threading
 from collections.abc import Collection
@@ -34,6 +36,7 @@ log = logging.getLogger("cake.api")
 
 FLUSH_BYTES = 1 << 20
 MAX_TEXT_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
 _MULTIPART_SLACK = 1 << 20  # headers, boundaries and text parts on top of the file cap
 
 
@@ -43,6 +46,23 @@ def _fmt_bytes(n: int) -> str:
             return f"{n:g} {unit}" if unit == "B" else f"{n:.3g} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"  # pragma: no cover
+
+
+def upload_prefix() -> str:
+    """``upload-<host>-<pid>-``: names the process writing a temporary upload file, so that a
+    restarted API can delete at once what a crashed one left half-written (``api.main``)."""
+    return f"upload-{socket.gethostname()}-{os.getpid()}-"
+
+
+def upload_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a temporary upload file named by :func:`upload_prefix`, else None."""
+    parts = name.rsplit("-", 2)
+    if len(parts) != 3 or not name.startswith("upload-"):
+        return None
+    host, pid = parts[0].removeprefix("upload-"), parts[1]
+    if not host or not pid.isdigit() or not parts[2]:
+        return None
+    return host, int(pid)
 
 
 def too_large(max_bytes: int, what: str = "the upload") -> ApiError:
@@ -190,7 +210,7 @@ class _Collector:
         if any(p.name == name for p in self.parts):
             raise validation_error(["body", name], "form part given more than once")
         if name in self.file_fields:
-            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=upload_prefix())
             part: _FilePart | _TextPart = _FilePart(
                 name, filename, Path(tmp), self.max_file_bytes, os.fdopen(fd, "wb")
             )
@@ -314,6 +334,59 @@ async def read_multipart(
 # --------------------------------------------------------------------------------------------
 
 
+class _NonFinite:
+    """Stands in for NaN/Infinity while parsing, so the error can name where it was."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def load_json(raw: str | bytes, loc: list[str | int]) -> Any:
+    """``json.loads`` refusing ``NaN``, ``Infinity``, ``-Infinity`` and ``1e999``, naming the field.
+
+    Python's json accepts them although JSON has no such values; a NaN would pass range checks
+    (every comparison is false), and one in stored metadata would make every later response
+    that echoes it unserialisable. Raises ``json.JSONDecodeError``/``UnicodeDecodeError`` for
+    malformed input (the caller words that), ApiError 422 naming the field for a non-finite
+    number, and for nesting past ``MAX_JSON_DEPTH`` or the parser's recursion limit.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_NonFinite, parse_float=_parse_float)
+    except RecursionError:
+        raise validation_error(loc, "the JSON is nested too deeply") from None
+    found = _find_non_finite(value, [])
+    if found is not None:
+        problem, where = found
+        raise validation_error([*loc, *where], problem)
+    return value
+
+
+def _parse_float(token: str) -> float | _NonFinite:
+    """A JSON number; one beyond a float's range (``1e999``) would silently become Infinity."""
+    value = float(token)
+    return value if math.isfinite(value) else _NonFinite(token[:30])
+
+
+def _find_non_finite(value: Any, where: list[str | int]) -> tuple[str, list[str | int]] | None:
+    """The first NaN/Infinity, or nesting past ``MAX_JSON_DEPTH``, and where it is.
+
+    The depth cap keeps stored metadata echoable: a document nested nearly as deep as the
+    parser allows would overflow the encoder's recursion limit when a response embeds it.
+    """
+    stack: list[tuple[Any, list[str | int]]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _NonFinite):
+            return f"{item.token} is not a finite number", path
+        if len(path) > MAX_JSON_DEPTH and isinstance(item, dict | list):
+            return f"nested more than {MAX_JSON_DEPTH} levels deep", path[:MAX_JSON_DEPTH]
+        if isinstance(item, dict):
+            stack.extend((v, [*path, k]) for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, [*path, i]) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
 def parse_input_shape_field(text: str, loc: list[str | int]) -> list[int]:
     """Syntax of the ``input_shape`` part: a JSON array of positive ints, or ``1,28,28``.
 
@@ -371,6 +444,7 @@ def parse_name_field(text: str | None, loc: list[str | int]) -> str | None:
 _MEMORY_MARKERS = ("bad_alloc", "can't allocate memory", "out of memory")
 _CHECK_SLOTS = threading.BoundedSemaphore(2)
 """At most two checks at once: each child may use up to the memory cap."""
+_WARNED_NETWORK = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -402,6 +476,13 @@ def check_teacher(
             num_classes,
             timeout_s=timeout,
             memory_bytes=settings.teacher_check_memory_bytes,
+        )
+    if result.network_isolated is False and not _WARNED_NETWORK.is_set():
+        _WARNED_NETWORK.set()
+        log.warning(
+            "the teacher check runs without network isolation: this kernel refused a new "
+            "network namespace (TorchScript has no socket operations, so this is defence in "
+            "depth only)"
         )
     probe = "[" + ", ".join(str(d) for d in [4, *input_shape]) + "]"
     doing = {
@@ -436,7 +517,12 @@ def check_teacher(
         )
     if result.outcome == "crashed":
         sig = sandbox.signal_name(result.exitcode)
-        if result.value == "memory" or sig == "SIGKILL":
+        if sig == "SIGXCPU":
+            msg = (
+                f"the teacher used more than {math.ceil(timeout) + 1} s of CPU time while "
+                f"{doing}: forward() must return promptly on the CPU (does it loop forever?)"
+            )
+        elif result.value == "memory" or sig == "SIGKILL":
             msg = f"the teacher needs more than {memory} of memory while {doing}"
         elif sig:
             msg = f"the teacher check crashed ({sig}) while {doing}: the file or model is broken"

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cake_cli import remote, service
+from cake_cli import admin, remote, service
 from cake_cli.spec_args import SpecFileError, add_spec_arguments, read_spec_file
 
 EXIT_OK = 0
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
     service.add_parsers(sub)
+    admin.add_parsers(sub)
     remote.add_parsers(sub)
     return parser
 
@@ -157,12 +158,21 @@ _INPUT_CODES = {"validation_error", "teacher_invalid", "dataset_invalid"}
 
 
 def _place_artifacts(artifacts: dict[str, Path], output: Path) -> list[Path]:
-    """``student.pt`` goes to ``output``; the others beside it, prefixed with its stem."""
+    """``student.pt`` goes to ``output``; the others beside it, prefixed with its stem.
+
+    ``report.md`` links its images by name, so its links follow them to their new names.
+    """
+    from cake_core.report import relink_report
+
     written = []
+    renames = {}
     for name, path in artifacts.items():
         target = output if name == "student.pt" else output.with_name(f"{output.stem}.{name}")
         shutil.move(str(path), target)
         written.append(target)
+        renames[name] = target.name
+    if "report.md" in artifacts:
+        relink_report(output.with_name(renames["report.md"]), renames)
     return written
 
 
@@ -188,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return _distill(args)
     if args.command in service.COMMANDS:
         return service.dispatch(args)
+    if args.command in admin.COMMANDS:
+        return admin.dispatch(args)
     if args.command in remote.COMMANDS:
         return remote.dispatch(args)
     return EXIT_BAD_INPUT

@@ -47,6 +47,7 @@ from rich.progress import (
 from rich.table import Table
 
 from cake_cli.spec_args import SpecFileError, add_spec_arguments, read_spec_file
+from cake_client._http import DEFAULT_MAX_RETRIES
 
 if TYPE_CHECKING:
     from cake_client import Client, Job, JobProgress
@@ -180,8 +181,8 @@ def _common() -> argparse.ArgumentParser:
     group.add_argument(
         "--retries",
         type=int,
-        default=4,
-        help="retries on connection errors, 429 and 5xx (default 4)",
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries on connection errors, 429 and 5xx (default {DEFAULT_MAX_RETRIES})",
     )
     return common
 
@@ -203,6 +204,9 @@ def add_parsers(sub: Any) -> None:
     add_spec_arguments(submit, "student architecture (see `cake architectures`)")
     submit.add_argument("--name", help="a label for the teacher")
     submit.add_argument("--metadata", help="JSON object stored with the job")
+    submit.add_argument(
+        "--callback-url", help="the service POSTs the job here, signed, when it ends"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument("-o", "--output", type=Path, help="with --wait: where to write student.pt")
     submit.add_argument(
@@ -317,7 +321,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return out.error(f"cannot load the client ({exc}); reinstall: pip install -e .", 1)
     try:
         handler = _handler(args)
-        retries = max(0, int(getattr(args, "retries", 4)))
+        retries = max(0, int(getattr(args, "retries", DEFAULT_MAX_RETRIES)))
         with Client(getattr(args, "url", None), max_retries=retries) as client:
             return handler(client, args, out)
     except CliError as exc:
@@ -425,7 +429,7 @@ def _submit(client: Client, args: argparse.Namespace, out: Output) -> int:
             dataset = client.datasets.upload(args.eval, name=args.eval.name, on_progress=progress)
         out.info(f"evaluation set {dataset.id}: {dataset.num_examples} examples")
         spec["eval_dataset_id"] = dataset.id
-    job = client.jobs.create(teacher.id, spec=spec)
+    job = client.jobs.create(teacher.id, spec=spec, callback_url=args.callback_url)
     document: dict[str, Any] = {
         "teacher": teacher.raw,
         "dataset": dataset.raw if dataset else None,

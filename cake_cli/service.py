@@ -200,6 +200,20 @@ def _watch_worker(proc: subprocess.Popen[bytes], stopping: threading.Event) -> N
         )
 
 
+def _keys_configured(url: str) -> bool:
+    from sqlalchemy.orm import Session
+
+    from cake_shared.db import make_engine
+    from cake_shared.tenants import keys_configured
+
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            return keys_configured(session)
+    finally:
+        engine.dispose()
+
+
 class _Terminate(Exception):
     """Raised by the SIGTERM handler so ``cake serve`` unwinds through its ``finally``."""
 
@@ -222,14 +236,6 @@ def serve(
     """Run the API (and, unless ``with_worker`` is False, one worker process)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     [%(name)s] %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    if not allow_remote and not is_loopback(host):
-        print(
-            f"error: refusing to listen on {host}: the service listens on loopback only unless "
-            "--allow-remote is given (configure API keys first: without them it is single-user "
-            "and anyone who can reach the port can use it)",
-            file=sys.stderr,
-        )
-        return 2
     _use_data_dir(data_dir)
     try:
         import uvicorn
@@ -245,6 +251,15 @@ def serve(
     url = settings.resolved_database_url()
     log.info("database %s: applying migrations", _shown_url(url))
     upgrade_database()
+    if not is_loopback(host) and not allow_remote and not _keys_configured(url):
+        print(
+            f"error: refusing to listen on {host}: no API keys are configured, so the service "
+            "is in single-user local mode and anyone who can reach the port could use it. "
+            "Create a key first (cake keys create --tenant NAME), or pass --allow-remote to "
+            "listen anyway",
+            file=sys.stderr,
+        )
+        return 2
 
     worker: subprocess.Popen[bytes] | None = None
     stopping = threading.Event()
@@ -312,7 +327,7 @@ def add_parsers(sub: Any) -> None:
     serve_p.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a non-loopback --host (configure API keys first)",
+        help="listen on a non-loopback --host even with no API keys configured",
     )
     serve_p.add_argument(
         "--queues", default="cpu,gpu", help="queues the embedded worker serves (gpu,cpu)"

@@ -34,6 +34,7 @@ from cake_client.models import (
     Page,
     Teacher,
 )
+from cake_client.webhooks import verify_signature
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -67,4 +68,5 @@ __all__ = [
     "WaitTimeout",
     "build_spec",
     "shape_list",
+    "verify_signature",
 ]

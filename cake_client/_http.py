@@ -33,6 +33,9 @@ from cake_client.errors import CakeAPIError, ServiceUnreachable, error_class
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Retries after the first attempt: the backoff (0.5 s doubling, capped at 30 s, half jittered)
+#: then spans 16 to 32 s, longer than an API restart, so callers never see one.
+DEFAULT_MAX_RETRIES = 6
 SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: The longest ``Retry-After`` the client will sleep for; longer hints are cut to this.
 MAX_RETRY_AFTER_S = 120.0
@@ -206,7 +209,7 @@ class Transport:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 30.0,
-        max_retries: int = 4,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         *,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,

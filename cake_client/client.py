@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import httpx
 
 from cake_client._http import (
+    DEFAULT_MAX_RETRIES,
     FilePart,
     MultipartBody,
     ProgressCallback,
@@ -310,15 +311,20 @@ class Jobs(_Resource):
         seed: int | None = None,
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Create a job for an uploaded teacher.
 
         ``spec`` is the JSON job spec of API.md (without ``teacher_id``); the keyword arguments
         override its fields. ``student`` is an architecture name or ``{"arch", "width"}``.
+        ``callback_url``: the service POSTs the job there when it ends, signed (see
+        ``Client.webhook_secret`` and ``cake_client.webhooks.verify_signature``).
         Raises ``ValidationError`` (with ``errors`` naming the field) for a bad spec.
         """
         body = build_spec(spec, preset, student, eval_dataset_id, seed, metadata)
         body["teacher_id"] = teacher_id
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         return self._job(self._t.json("POST", "/v1/jobs", json_body=body, headers=headers))
 
@@ -649,6 +655,8 @@ class Client:
         timeout: seconds for connect/read/write of ordinary requests (uploads and event
             streams get longer read timeouts).
         max_retries: retries after the first attempt for connection errors, 429 and 5xx.
+            The default 6 waits about 16 to 32 s in all before giving up: enough to ride
+            through a restart of the API (about 10 s on a loaded machine).
         backoff_base, backoff_max: the exponential backoff's first delay and cap (seconds).
         transport: an ``httpx`` transport (tests, proxies, custom TLS).
     """
@@ -658,7 +666,7 @@ class Client:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 30.0,
-        max_retries: int = 4,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         *,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -693,6 +701,14 @@ class Client:
     def ready(self) -> dict[str, Any]:
         """``GET /readyz``: database, broker and store answer (``NotReady`` otherwise)."""
         return dict(self.transport.json("GET", "/readyz"))
+
+    def webhook_secret(self) -> str:
+        """The tenant's secret that signs job callbacks (``Cake-Signature``)."""
+        return str(self.transport.json("GET", "/v1/webhooks/secret")["secret"])
+
+    def rotate_webhook_secret(self) -> str:
+        """Replace the signing secret; callbacks from now on are signed with the new one."""
+        return str(self.transport.json("POST", "/v1/webhooks/secret/rotate")["secret"])
 
     def close(self) -> None:
         self.transport.close()

@@ -253,6 +253,10 @@ class Job:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: Where the service POSTs the job when it ends, and that delivery's state
+    #: (``{"status", "attempts", "next_attempt_at"}``; None without a callback).
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     _client: Client | None = field(default=None, repr=False, compare=False)
 
@@ -275,6 +279,8 @@ class Job:
             created_at=parse_time(data.get("created_at")),
             started_at=parse_time(data.get("started_at")),
             finished_at=parse_time(data.get("finished_at")),
+            callback_url=data.get("callback_url"),
+            webhook=dict(webhook) if isinstance(webhook := data.get("webhook"), dict) else None,
             raw=dict(data),
             _client=client,
         )

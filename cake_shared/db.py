@@ -1,17 +1,33 @@
 """Engine and session factory. SQLite gets WAL and a busy timeout so the API and a worker
-process can share the file; PostgreSQL goes through psycopg 3."""
+process can share the file; PostgreSQL goes through psycopg 3.
+
+Database outages: pooled PostgreSQL connections are checked before use (``pool_pre_ping``), a
+connect gives up after ``CAKE_DB_CONNECT_TIMEOUT_S`` instead of hanging on an unreachable
+server, and TCP keepalives notice a peer that vanished without closing the connection.
+:func:`retrying` lets a worker's state changes (claim, finish, hand back) ride out an outage of
+about a minute (``CAKE_DB_RETRY_*``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from cake_shared.backoff import backoff_delay, call_with_retries
 from cake_shared.settings import get_settings
+
+log = logging.getLogger("cake.db")
+T = TypeVar("T")
 
 
 def normalize_url(url: str) -> str:
@@ -21,7 +37,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, connect_timeout_s: int = 5) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -39,12 +55,27 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {}
+    if url.startswith("postgresql+psycopg"):
+        connect_args = {
+            "connect_timeout": int(connect_timeout_s),
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            # Unacknowledged data (a statement sent into a dead link) fails after 30 s instead
+            # of the kernel's ~15 min of retransmissions.
+            "tcp_user_timeout": 30_000,
+        }
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+    )
 
 
 @lru_cache
 def get_engine() -> Engine:
-    return make_engine(get_settings().resolved_database_url())
+    settings = get_settings()
+    return make_engine(settings.resolved_database_url(), settings.db_connect_timeout_s)
 
 
 @lru_cache
@@ -64,3 +95,46 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be reached or dropped the connection
+    (as opposed to a bad statement or a constraint): worth trying again a bit later."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
+
+
+def retrying(
+    what: str,
+    call: Callable[[], T],
+    *,
+    attempts: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``call()``, tried again with exponential backoff while the database is unavailable.
+
+    For state changes that must not be dropped (a job's claim, its end, a hand-back). Each
+    of them is a compare-and-set on the job's claim token, so a retry after a commit whose
+    answer was lost does not apply twice: it finds the state already changed and says so.
+    """
+    settings = get_settings()
+    attempts = attempts or settings.db_retry_attempts
+
+    def log_retry(exc: BaseException, delay: float, failures: int) -> None:
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        log.warning(
+            "database unavailable during %s (%s: %s); retrying in %.1f s (try %d of %d)",
+            what, type(exc).__name__, reason, delay, failures + 1, attempts,
+        )  # fmt: skip
+
+    return call_with_retries(
+        call,
+        attempts=attempts,
+        retryable=is_unavailable,
+        delay=lambda failures: backoff_delay(
+            failures, settings.db_retry_backoff_s, settings.db_retry_backoff_max_s
+        ),
+        sleep=sleep,
+        on_retry=log_retry,
+    )

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from cake_shared.db import session_scope
 from cake_shared.ids import new_id
+from cake_shared.limits import running_slot_free
 from cake_shared.models import Artifact, Job, JobEvent, UTCDateTime, utcnow
 from cake_shared.settings import get_settings
 
@@ -78,6 +79,50 @@ def _now_param(now: datetime) -> Any:
     return literal(now, type_=UTCDateTime())
 
 
+class TenantAtCapacity(Exception):
+    """The job's tenant runs as many jobs as its limit allows: the job stays queued."""
+
+
+def defer_job(job_id: str, wait_s: float) -> bool:
+    """Note that a queued job waits for a free slot; True if the caller should publish it again.
+
+    A queued job's ``heartbeat_at`` (unused while queued) records when it last asked: only
+    one message per ``wait_s / 2`` publishes again, so duplicate messages of a waiting job die
+    out instead of multiplying, while one published by the sweeper (which touches
+    ``updated_at`` only) still counts. The first deferral adds a ``waiting`` event.
+    """
+    now = utcnow()
+    with session_scope() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == QUEUED,
+                or_(
+                    Job.heartbeat_at.is_(None),
+                    Job.heartbeat_at < now - timedelta(seconds=wait_s / 2),
+                ),
+            )
+            .values(heartbeat_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return False
+        waited = session.scalar(
+            select(func.count(JobEvent.seq)).where(
+                JobEvent.job_id == job_id, JobEvent.type == "waiting"
+            )
+        )
+        if not waited:
+            add_event(
+                session,
+                job_id,
+                "waiting",
+                "the tenant runs as many jobs as its limit allows; the job starts when one ends",
+            )
+    return True
+
+
 def claim_job(job_id: str, worker_id: str) -> str | None:
     """Atomically take ``job_id`` for ``worker_id``; the claim token, or None when refused.
 
@@ -90,6 +135,8 @@ def claim_job(job_id: str, worker_id: str) -> str | None:
     cutoff = now - timedelta(seconds=settings.job_heartbeat_timeout_s)
     token = uuid.uuid4().hex
     with session_scope() as session:
+        if not running_slot_free(session, settings, job_id):
+            raise TenantAtCapacity(job_id)
         result = session.execute(
             update(Job)
             .where(
@@ -181,6 +228,31 @@ def claim_state(job_id: str, token: str) -> ClaimState:
     return ClaimState(owned=owned, cancel_requested=bool(row.cancel_requested))
 
 
+def add_claimed_event(
+    job_id: str,
+    token: str,
+    type: str,
+    message: str,
+    level: str = "info",
+    data: Mapping[str, Any] | None = None,
+) -> bool:
+    """Append an event for the worker holding claim ``token``; False (nothing written) when it
+    no longer holds it. The job's row is locked while the event is added (``FOR UPDATE`` on
+    PostgreSQL), so a sweeper's requeue cannot slip in between the check and the insert: a
+    worker that was frozen past its heartbeat timeout cannot add its stale progress to the log
+    of the attempt that replaced it."""
+    with session_scope() as session:
+        owned = session.execute(
+            select(Job.id)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .with_for_update()
+        ).first()
+        if owned is None:
+            return False
+        add_event(session, job_id, type, message, level, data)
+    return True
+
+
 def is_cancel_requested(job_id: str) -> bool:
     """True when the job was canceled or a cancel was requested (or the job is gone)."""
     with session_scope() as session:
@@ -188,6 +260,16 @@ def is_cancel_requested(job_id: str) -> bool:
             select(Job.status, Job.cancel_requested).where(Job.id == job_id)
         ).first()
     return row is None or bool(row.cancel_requested) or row.status == CANCELED
+
+
+def _webhook_due(now: datetime) -> dict[str, Any]:
+    """Update values that schedule the job's callback, when it has one, in the same UPDATE as
+    its terminal transition, so the delivery (``cake_shared.webhooks``) cannot be lost."""
+    has_callback = Job.callback_url.is_not(None)
+    return {
+        "webhook_status": case((has_callback, literal("pending")), else_=Job.webhook_status),
+        "webhook_next_at": case((has_callback, _now_param(now)), else_=Job.webhook_next_at),
+    }
 
 
 def finish_job(
@@ -215,6 +297,7 @@ def finish_job(
         "finished_at": now,
         "heartbeat_at": now,
         "claim_token": None,
+        **_webhook_due(now),
     }
     if status == SUCCEEDED:
         values["progress"] = 1.0
@@ -318,6 +401,7 @@ def request_cancel(session: Session, job_id: str) -> str | None:
             cancel_requested=True,
             finished_at=now,
             claim_token=None,
+            **_webhook_due(now),
         )
         .execution_options(synchronize_session=False)
     )
@@ -419,6 +503,7 @@ def requeue_stale_jobs(
                 level = "warning"
             if kind != "requeued":
                 values["finished_at"] = now
+                values.update(_webhook_due(now))
             values.update(claim_token=None, claimed_by=None)
             result = session.execute(
                 update(Job)

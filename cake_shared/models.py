@@ -88,7 +88,10 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_tenant_status", "tenant", "status"),)
+    __table_args__ = (
+        Index("ix_jobs_tenant_status", "tenant", "status"),
+        Index("ix_jobs_webhook_due", "webhook_status", "webhook_next_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), default=LOCAL_TENANT, index=True)
@@ -106,6 +109,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claim_token: Mapped[str | None] = mapped_column(String(64))
+    # running: the worker's last heartbeat; queued, waiting for a slot of its tenant: when it
+    # last asked (``jobs.defer_job``)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -92,8 +92,16 @@ def build_celery(settings: Settings | None = None) -> Celery:
         result_serializer="json",
         task_ignore_result=True,
         result_backend=None,
-        # A message is acknowledged only after the task returns, and given back when the
-        # worker process dies, so a crash never silently drops a job.
+        # A message is acknowledged only after the task returns, so a crash never silently
+        # drops a job. When a prefork pool child dies, its parent gives the message back at
+        # once (reject_on_worker_lost); when the whole worker dies, Redis keeps the message
+        # unacknowledged until the visibility timeout. Neither is what resumes the job: the
+        # sweeper of any live worker requeues it from the database (at once for a dead process
+        # on its host, else after job_heartbeat_timeout_s), and the claim turns every
+        # redelivered copy into a no-op. The attempt count in the database, not the broker,
+        # ends a job that kills its worker every time (max_attempts), so no redelivery loop.
+        # One message per worker process at a time (prefetch 1): a busy worker holds no
+        # second job that an idle worker could run.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -112,7 +120,7 @@ def celery_app() -> Celery:
     return build_celery(get_settings())
 
 
-def enqueue_job(job_id: str, queue: str) -> None:
+def enqueue_job(job_id: str, queue: str, countdown: float | None = None) -> None:
     """Publish ``job_id`` to ``queue`` (``gpu`` or ``cpu``); raises when the broker is down.
 
     Call it after the job row is committed: a worker that gets the message before the row
@@ -120,7 +128,9 @@ def enqueue_job(job_id: str, queue: str) -> None:
     """
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; expected one of {', '.join(QUEUES)}")
-    celery_app().send_task(TASK_NAME, args=[job_id], queue=queue, routing_key=queue)
+    celery_app().send_task(
+        TASK_NAME, args=[job_id], queue=queue, routing_key=queue, countdown=countdown
+    )
 
 
 def ping_broker(timeout: float = 2.0) -> None:

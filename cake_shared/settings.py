@@ -36,6 +36,51 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 30.0
     lost_job_after_s: float = 60.0
 
+    # Riding out short outages of the object store and the database (cake_shared.storage,
+    # cake_shared.db.retrying): try n waits min(backoff_max_s, backoff_s * 2**(n-1)), half of
+    # it random, after try n-1 failed on a connection error; the error is raised after
+    # `*_retry_attempts` tries (defaults: about a minute of outage).
+    store_retry_attempts: int = Field(7, ge=1, description="tries of one object-store call")
+    store_retry_backoff_s: float = Field(1.0, ge=0)
+    store_retry_backoff_max_s: float = Field(20.0, ge=0)
+    db_retry_attempts: int = Field(8, ge=1, description="tries of a worker's state change")
+    db_retry_backoff_s: float = Field(0.5, ge=0)
+    db_retry_backoff_max_s: float = Field(15.0, ge=0)
+    db_connect_timeout_s: int = Field(5, ge=1, description="PostgreSQL connect timeout")
+
+    # Caps on one job's total work, checked when it is created (cake_core.config.WorkLimits;
+    # 0 = no cap). The defaults leave ~100x room over the "default" preset on 3x32x32 inputs.
+    max_job_synthesis_steps: int = Field(
+        10**9, description="synthesis.num_samples x synthesis.steps"
+    )
+    max_job_training_samples: int = Field(
+        10**9, description="synthesis.num_samples x synthesis.snapshots x training.epochs"
+    )
+    max_job_synthetic_bytes: int = Field(
+        16 << 30, description="synthetic set size: num_samples x snapshots x input elements x 4"
+    )
+
+    # Access and per-tenant limits (a tenant's row may override the last four; 0 = no limit).
+    auth_cache_s: float = Field(5.0, description="how long a checked API key is trusted")
+    rate_limit_per_minute: int = Field(1200, description="requests per minute per API key")
+    tenant_max_running_jobs: int = 2
+    tenant_max_queued_jobs: int = 100
+    tenant_max_stored_bytes: int = 20 << 30
+
+    # Job webhooks (cake_shared.webhooks): attempt n waits backoff_s * 2**(n-1) (capped, +20%
+    # jitter) after attempt n-1; given up after max_attempts, or when the next attempt would
+    # come more than max_age_s after the job ended.
+    webhook_timeout_s: float = Field(10.0, description="time limit of one delivery attempt")
+    webhook_max_attempts: int = Field(10, ge=1)
+    webhook_backoff_s: float = Field(10.0, ge=0)
+    webhook_backoff_max_s: float = Field(1800.0, ge=0)
+    webhook_max_age_s: float = Field(24 * 3600.0, ge=0)
+    webhook_poll_s: float = Field(2.0, gt=0, description="how often workers look for due ones")
+    webhook_concurrency: int = Field(4, ge=1, description="attempts one worker sends at once")
+    #: True suits local mode (receivers on loopback); a managed deployment sets it false so that
+    #: callbacks to loopback, private and link-local addresses are refused (SSRF).
+    webhook_allow_private: bool = True
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -2,20 +2,79 @@
 
 Keys are ``/``-separated paths (``teachers/<sha256>``, ``jobs/<id>/artifacts/student.pt``).
 Writes are whole-object and atomic on both backends, so a reader never sees half a file.
+
+S3 calls ride out short outages of the store (a restart, a dropped link): a call that fails on a
+connection error, a timeout or a 5xx is tried again with exponential backoff (:class:`Retry`,
+``CAKE_STORE_RETRY_*``; about a minute by default) before the error reaches the caller. A
+download cut mid-stream resumes from the byte it stopped at. What is never retried: a missing
+object, a refused request (4xx), and :meth:`ObjectStore.ping` (readiness must answer at once).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from cake_shared.backoff import backoff_delay, call_with_retries
+
 CHUNK = 1 << 20
+log = logging.getLogger("cake.store")
+T = TypeVar("T")
+#: S3 error codes that mean "try again later" rather than "this request is wrong".
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often and how patiently a store call is tried (``CAKE_STORE_RETRY_*``).
+
+    Try ``n`` (n >= 2) waits ``min(backoff_max_s, backoff_s * 2**(n-2))``, half fixed and half
+    random, so workers that lost the store together do not come back together.
+    """
+
+    attempts: int = 7
+    backoff_s: float = 1.0
+    backoff_max_s: float = 20.0
+
+    def delay(self, failures: int) -> float:
+        return backoff_delay(failures, self.backoff_s, self.backoff_max_s)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that say nothing about the request itself: the store could not be
+    reached, the connection broke or timed out, or it answered 5xx / "slow down"."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # upload/download errors wrap it
+        seen.add(id(current))
+        if isinstance(current, BotoConnectionError | HTTPClientError | ConnectionError):
+            return True
+        if isinstance(current, TimeoutError):
+            return True
+        if isinstance(current, ClientError):
+            status = current.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = current.response.get("Error", {}).get("Code")
+            return int(status) >= 500 or code in _TRANSIENT_CODES
+        if type(current).__name__ == "RetriesExceededError":  # s3transfer, download streams
+            return True
+        current = (
+            current.__cause__ or current.__context__ or getattr(current, "last_exception", None)
+        )
+    return False
 
 
 class ObjectNotFound(KeyError):
@@ -129,36 +188,73 @@ class LocalStore(ObjectStore):
 
 
 class S3Store(ObjectStore):
+    """S3 or an S3-compatible server. Every call but :meth:`ping` goes through :meth:`_retry`.
+
+    botocore's own retries are kept short (3 tries, 5 s connect timeout): the backoff that
+    rides out a longer outage is :class:`Retry`'s, which is configurable and logged.
+    """
+
     def __init__(
         self,
         bucket: str,
         prefix: str = "",
         endpoint_url: str | None = None,
         region: str | None = None,
+        retry: Retry | None = None,
     ) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.retry = retry or Retry()
+        self.sleep: Callable[[float], None] = time.sleep
         self.client: Any = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
             region_name=region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+            ),
         )
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, tried again after transient failures until the attempts run out."""
+
+        def log_retry(exc: BaseException, delay: float, failures: int) -> None:
+            log.warning(
+                "object store: %s failed (%s: %s); retrying in %.1f s (try %d of %d)",
+                what, type(exc).__name__, exc, delay, failures + 1, self.retry.attempts,
+            )  # fmt: skip
+
+        return call_with_retries(
+            call,
+            attempts=self.retry.attempts,
+            retryable=is_transient,
+            delay=self.retry.delay,
+            sleep=self.sleep,
+            on_retry=log_retry,
+        )
+
     def put_file(self, key: str, path: str | Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key))
+        self._retry(
+            f"upload of {key}",
+            lambda: self.client.upload_file(str(path), self.bucket, self._key(key)),
+        )
 
     def get_file(self, key: str, path: str | Path) -> None:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
+            self._retry(
+                f"download of {key}",
+                lambda: self.client.download_file(self.bucket, self._key(key), str(path)),
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 raise ObjectNotFound(key) from None
@@ -168,49 +264,83 @@ class S3Store(ObjectStore):
         from botocore.exceptions import ClientError
 
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            head = self._retry(
+                f"size of {key}",
+                lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)),
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
         return int(head["ContentLength"])
 
-    def iter_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def _open(self, key: str, start: int, end: int | None) -> Any:
         from botocore.exceptions import ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end}"
         try:
-            body = self.client.get_object(**kwargs)["Body"]
+            return self._retry(f"read of {key}", lambda: self.client.get_object(**kwargs)["Body"])
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 raise ObjectNotFound(key) from None
             raise
-        yield from body.iter_chunks(CHUNK)
+
+    def iter_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Stream the range; a connection lost mid-stream reopens it at the next byte."""
+        position, failures = start, 0
+        body = self._open(key, start, end)
+        while True:
+            try:
+                for block in body.iter_chunks(CHUNK):
+                    position += len(block)
+                    yield block
+                return
+            except Exception as exc:
+                failures += 1
+                if failures >= self.retry.attempts or not is_transient(exc):
+                    raise
+                log.warning("object store: read of %s broke at byte %d (%s); resuming",
+                            key, position, type(exc).__name__)  # fmt: skip
+                self.sleep(self.retry.delay(failures))
+                if end is not None and position > end:
+                    return
+                body = self._open(key, position, end)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self._retry(
+            f"delete of {key}",
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+        )
 
     def list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
-        return sorted(keys)
+        def listing() -> list[str]:
+            keys: list[str] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            strip = len(self.prefix) + 1 if self.prefix else 0
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+            return sorted(keys)
+
+        return self._retry(f"list of {prefix}", listing)
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
 
 
 def store_from_url(
-    url: str, endpoint_url: str | None = None, region: str | None = None
+    url: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    retry: Retry | None = None,
 ) -> ObjectStore:
     """``file:///abs/path`` or a plain path -> :class:`LocalStore`; ``s3://bucket/prefix`` -> S3."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region)
+        return S3Store(
+            parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region, retry=retry
+        )
     if parsed.scheme in ("file", ""):
         return LocalStore(parsed.path if parsed.scheme == "file" else url)
     raise ValueError(f"unsupported store URL scheme {parsed.scheme!r}; use file:// or s3://")
@@ -221,5 +351,17 @@ def get_store() -> ObjectStore:
 
     settings = get_settings()
     return store_from_url(
-        settings.resolved_store_url(), settings.s3_endpoint_url, settings.s3_region
+        settings.resolved_store_url(),
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        retry_from_settings(settings),
+    )
+
+
+def retry_from_settings(settings: Any) -> Retry:
+    """The :class:`Retry` of ``CAKE_STORE_RETRY_*`` (a :class:`~cake_shared.settings.Settings`)."""
+    return Retry(
+        attempts=settings.store_retry_attempts,
+        backoff_s=settings.store_retry_backoff_s,
+        backoff_max_s=settings.store_retry_backoff_max_s,
     )

@@ -93,8 +93,12 @@ def revoke_key(session: Session, key_id_or_prefix: str) -> ApiKey | None:
 
 
 def keys_configured(session: Session) -> bool:
-    """True once any key that is not revoked exists: the service then requires keys."""
-    return session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
+    """True once any key was ever created: the service then requires keys.
+
+    Revoked keys count too, so revoking every key locks the service rather than opening it
+    to anyone as single-user local mode would.
+    """
+    return session.scalar(select(ApiKey.id).limit(1)) is not None
 
 
 def tenant_for_secret(session: Session, secret: str) -> ApiKey | None:

@@ -11,3 +11,15 @@ if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
 fi
 echo "== installing cake-distill"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# The dashboard's browser test drives Debian's chromium through Playwright (never
+# `playwright install`, which downloads a browser build of its own).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing chromium (browser tests)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq chromium >/dev/null
+    else
+        echo "== note: /usr/bin/chromium is missing; tests/browser needs it (apt-get install chromium)"
+    fi
+fi

@@ -58,6 +58,11 @@ def test_distill_writes_student_manifest_and_samples(digits_teacher, tmp_path):
     assert manifest["spec"]["synthesis"]["num_samples"] == 600
     assert manifest["student"]["width"] == 0.5
     assert (out.parent / "student.samples.png").exists()
+    assert (out.parent / "student.curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out.parent / "student.report.md").read_text()
+    # The report's image links follow the files to their prefixed names.
+    assert "![curves](student.curves.png)" in report
+    assert "![samples](student.samples.png)" in report
     student = torch.jit.load(str(out))
     assert student(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith("cake-")]

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from postgres_support import fresh_database
 from sqlalchemy import inspect
 
 from cake_cli.service import downgrade_database, upgrade_database
 from cake_shared.db import make_engine
 from cake_shared.models import Base
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = {
     "teachers",
     "datasets",
@@ -35,19 +34,8 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, uniquely named database on the local PostgreSQL, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"cake_migrate_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not running on 127.0.0.1:5432: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("cake_migrate", missing="skip") as url:
+        yield url
 
 
 def _diff(url: str) -> list:

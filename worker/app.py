@@ -20,12 +20,14 @@ from celery.exceptions import Reject
 from cake_shared.queue import TASK_NAME, celery_app
 from worker.runner import process_job
 from worker.sweeper import Sweeper
+from worker.webhooks import WebhookDeliverer
 
 app = celery_app()
 
 #: Set when the worker begins to shut down; the running job then stops at its next step.
 SHUTDOWN = threading.Event()
 _sweeper = Sweeper()
+_webhooks = WebhookDeliverer()
 
 
 @app.task(name=TASK_NAME, ignore_result=True, acks_late=True, reject_on_worker_lost=True)
@@ -43,6 +45,7 @@ def run_job_task(job_id: str) -> str:
 @signals.worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
     _sweeper.start()
+    _webhooks.start()
 
 
 @signals.worker_shutting_down.connect
@@ -53,6 +56,7 @@ def _on_shutting_down(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     _sweeper.stop()
+    _webhooks.stop()
 
 
 @signals.worker_process_init.connect

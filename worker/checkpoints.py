@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cake_core.errors import JobCanceled
 from cake_shared.storage import ObjectNotFound, ObjectStore
 
 
@@ -27,12 +29,25 @@ class ObjectStoreCheckpoints:
     ``save`` writes to a local temp file and uploads it whole (the store's writes are atomic,
     so a reader never sees half a checkpoint); ``load`` reads with ``weights_only=True``: a
     checkpoint holds tensors and plain containers, never pickled code.
+
+    ``guard`` (the worker's "do I still hold the job's claim?") is asked before each save; when
+    it says no, nothing is written and :class:`~cake_core.errors.JobCanceled` stops the
+    pipeline. A worker that was frozen past its heartbeat timeout, then thawed, would otherwise
+    overwrite the newer training checkpoint of the attempt that replaced it, or leave files
+    behind after that attempt finished and deleted them.
     """
 
-    def __init__(self, store: ObjectStore, job_id: str, scratch: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        job_id: str,
+        scratch: str | Path | None = None,
+        guard: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store
         self.prefix = checkpoint_prefix(job_id)
         self.scratch = Path(scratch) if scratch is not None else None
+        self.guard = guard
         self.saved: list[str] = []
         self.loaded: list[str] = []
 
@@ -48,6 +63,8 @@ class ObjectStoreCheckpoints:
         return path
 
     def save(self, key: str, state: dict[str, Any]) -> None:
+        if self.guard is not None and not self.guard():
+            raise JobCanceled("the job's claim was lost; checkpoint not written")
         path = self._tempfile()
         try:
             torch.save(state, path)

@@ -23,6 +23,7 @@ with code ``internal`` and a message that leaks no paths or traces (those go to 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
@@ -37,13 +38,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from cake_core.device import Runtime, default_runtime
 from cake_core.errors import CakeError, DatasetInvalidError, JobCanceled, TeacherInvalidError
 from cake_core.pipeline import Progress, run_job
 from cake_shared import jobs
-from cake_shared.db import session_scope
+from cake_shared.db import retrying, session_scope
 from cake_shared.models import Dataset, Job, Teacher
 from cake_shared.settings import get_settings
 from cake_shared.storage import ObjectNotFound, ObjectStore, get_store
@@ -55,11 +57,15 @@ ARTIFACT_CONTENT_TYPES = {
     "student.pt": "application/octet-stream",
     "manifest.json": "application/json",
     "samples.png": "image/png",
+    "curves.png": "image/png",
+    "report.md": "text/markdown; charset=utf-8",
 }
 #: How often the cancel flag is read from the database while a job runs (seconds).
 CANCEL_CHECK_S = 0.5
 #: A running job is written (progress or heartbeat) at least this often (seconds).
 HEARTBEAT_S = 1.0
+#: Events kept while the database is unreachable (oldest dropped beyond this).
+MAX_BUFFERED_EVENTS = 1000
 #: Fields the API may keep beside the engine's spec; the engine refuses unknown fields.
 _NON_ENGINE_FIELDS = ("teacher_id", "eval_dataset_id", "metadata")
 
@@ -139,25 +145,59 @@ class JobTracker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._events: collections.deque[tuple[str, str, str, dict[str, Any]]] = collections.deque(
+            maxlen=MAX_BUFFERED_EVENTS
+        )
+        self._events_lock = threading.RLock()
+        self._events_warned = 0.0
 
     # -- database writes ------------------------------------------------------------------
     def _write_progress(self, phase: str, fraction: float) -> None:
         try:
             if not jobs.update_progress(self.job_id, self.token, phase, fraction):
                 self.stop_reason = self.stop_reason or "lost"
+            self._pending = None
         except SQLAlchemyError as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
+            self._pending = (phase, fraction)  # the heartbeat thread writes it when it can
         self._last_write = time.monotonic()
-        self._pending = None
 
     def event(self, type: str, message: str, level: str = "info", **data: Any) -> None:
-        try:
-            with session_scope() as session:
-                jobs.add_event(
-                    session, self.job_id, type, message, level, {"attempt": self.attempt, **data}
-                )
-        except SQLAlchemyError as exc:
-            log.warning("job %s: event %s not written: %s", self.job_id, type, exc)
+        """Append to the job's log. While the database is unreachable events wait here, in
+        order, and the heartbeat thread writes them when it is back: an outage delays the
+        log, it loses nothing (up to ``MAX_BUFFERED_EVENTS``)."""
+        with self._events_lock:
+            if len(self._events) == MAX_BUFFERED_EVENTS:
+                log.warning("job %s: too many events waiting; the oldest is dropped", self.job_id)
+            self._events.append((type, message, level, {"attempt": self.attempt, **data}))
+        self.flush_events()
+
+    def flush_events(self, *, strict: bool = False) -> bool:
+        """Write the waiting events, oldest first; False (``strict``: raise) if the database
+        refused, leaving the rest for the next try."""
+        with self._events_lock:
+            while self._events:
+                type_, message, level, data = self._events[0]
+                try:
+                    # Fenced like every other write: once the claim is lost (frozen past the
+                    # heartbeat timeout, job taken over), nothing more lands in the job's log.
+                    written = jobs.add_claimed_event(
+                        self.job_id, self.token, type_, message, level, data
+                    )
+                except SQLAlchemyError as exc:
+                    if strict:
+                        raise
+                    if time.monotonic() - self._events_warned >= 5.0:  # not every 0.1 s
+                        self._events_warned = time.monotonic()
+                        log.warning("job %s: %d event(s) wait for the database: %s",
+                                    self.job_id, len(self._events), exc)  # fmt: skip
+                    return False
+                if not written:
+                    self.stop_reason = self.stop_reason or "lost"
+                    self._events.clear()
+                    return True
+                self._events.popleft()
+        return True
 
     # -- pipeline callbacks -----------------------------------------------------------------
     def on_progress(self, report: Progress) -> None:
@@ -189,6 +229,23 @@ class JobTracker:
         elif report.phase == "evaluating":
             self.event("metrics", "evaluation: " + _describe(report.metrics), **base,
                        metrics=report.metrics)  # fmt: skip
+
+    def owns(self) -> bool:
+        """Whether this worker still holds the claim; asked before writes to the object store
+        (checkpoints, artifacts) that a worker which lost the job must not make. True when the
+        database cannot be asked: an outage must not stop a job that is still ours."""
+        if self.stop_reason == "lost":
+            return False
+        try:
+            state = jobs.claim_state(self.job_id, self.token)
+        except SQLAlchemyError as exc:
+            log.warning("job %s: claim not checked: %s", self.job_id, exc)
+            return True
+        if not state.owned:
+            self.stop_reason = "lost"
+        elif state.cancel_requested and self.stop_reason is None:
+            self.stop_reason = "cancel"  # the pipeline stops at its next step
+        return state.owned
 
     def should_cancel(self) -> bool:
         if self.stop_reason is not None:
@@ -229,6 +286,8 @@ class JobTracker:
         period = max(0.1, min(HEARTBEAT_S, self.interval_s or HEARTBEAT_S) / 2)
         while not self._stop.wait(period):
             self._tick()
+            if self._events:
+                self.flush_events()
 
     def __enter__(self) -> JobTracker:
         self._thread = threading.Thread(
@@ -237,10 +296,16 @@ class JobTracker:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._events and (exc_type is None or issubclass(exc_type, Exception)):
+            # The log must be complete before the job's last event; wait out a short outage.
+            try:
+                retrying(f"event log of job {self.job_id}", lambda: self.flush_events(strict=True))
+            except SQLAlchemyError as exc:
+                log.warning("job %s: %d event(s) lost: %s", self.job_id, len(self._events), exc)
 
 
 def _describe(metrics: dict[str, Any]) -> str:
@@ -330,6 +395,27 @@ def _clear_checkpoints(checkpoints: ObjectStoreCheckpoints | None) -> None:
         log.warning("could not delete checkpoints under %s: %s", checkpoints.prefix, exc)
 
 
+#: How long a job whose tenant is at its running-jobs limit waits before it asks again.
+SLOT_WAIT_S = 5.0
+
+
+def _wait_for_slot(job_id: str) -> None:
+    """Publish the job again to be retried in ``SLOT_WAIT_S``: it stays queued, never dropped
+    (were the publish lost, the sweeper publishes queued jobs the broker no longer holds)."""
+    if not jobs.defer_job(job_id, SLOT_WAIT_S):
+        log.info("job %s: waits for a slot of its tenant (already rescheduled)", job_id)
+        return
+    from cake_shared.queue import enqueue_job
+
+    with session_scope() as session:
+        queue = session.scalar(select(Job.queue).where(Job.id == job_id)) or "cpu"
+    log.info("job %s: its tenant is at its running-jobs limit; retry in %g s", job_id, SLOT_WAIT_S)
+    try:
+        enqueue_job(job_id, queue if queue in ("gpu", "cpu") else "cpu", countdown=SLOT_WAIT_S)
+    except Exception as exc:  # the sweeper publishes it again later
+        log.warning("job %s: could not reschedule (%s); the sweeper will", job_id, exc)
+
+
 def process_job(
     job_id: str,
     *,
@@ -340,23 +426,28 @@ def process_job(
 ) -> str:
     """Run ``job_id`` if this worker can claim it; returns what happened.
 
-    One of ``skipped`` (not claimable), ``succeeded``, ``failed``, ``canceled``, ``requeued``
+    One of ``skipped`` (not claimable), ``waiting`` (its tenant is at its running-jobs limit;
+    published again for later), ``succeeded``, ``failed``, ``canceled``, ``requeued``
     (handed back for a retry or at shutdown) or ``lost`` (another worker took the job over).
     """
     settings = get_settings()
     worker_id = worker_id or worker_identity()
-    token = jobs.claim_job(job_id, worker_id)
+    try:
+        token = retrying(f"claim of job {job_id}", lambda: jobs.claim_job(job_id, worker_id))
+    except jobs.TenantAtCapacity:
+        _wait_for_slot(job_id)
+        return "waiting"
     if token is None:
         log.info("job %s: not claimable (running elsewhere, finished or unknown); skipped", job_id)
         return "skipped"
-    inputs = _load_inputs(job_id)
+    inputs = retrying(f"start of job {job_id}", lambda: _load_inputs(job_id))
     if inputs is None:  # deleted between claim and load
         return "skipped"
     tracker = JobTracker(
         job_id, token, inputs.attempt, interval_s=settings.progress_interval_s, shutdown=shutdown
     )
     if inputs.cancel_requested:
-        jobs.finish_job(job_id, token, jobs.CANCELED, message="job canceled before it started")
+        _finish(job_id, token, jobs.CANCELED, message="job canceled before it started")
         return "canceled"
 
     work = Path(tempfile.mkdtemp(prefix=f"cake-{job_id}-"))
@@ -364,7 +455,7 @@ def process_job(
     try:
         runtime = runtime or worker_runtime()
         store = store or get_store()
-        checkpoints = ObjectStoreCheckpoints(store, job_id, scratch=work)
+        checkpoints = ObjectStoreCheckpoints(store, job_id, scratch=work, guard=tracker.owns)
         tracker.event(
             "started",
             f"attempt {inputs.attempt} started on {worker_id} ({runtime.device})",
@@ -395,10 +486,13 @@ def process_job(
                 should_cancel=tracker.should_cancel,
                 checkpoints=checkpoints,
             )
-            if tracker.stop_reason == "lost":
-                raise JobCanceled("claim lost")
+            # Last check before the results land: a worker that lost the job must not
+            # overwrite its files, and a cancel that came during evaluation or export (after
+            # the pipeline's last step) still ends the job canceled, as API.md promises.
+            if not tracker.owns() or tracker.stop_reason == "cancel":
+                raise JobCanceled("claim lost or canceled")
             rows = _upload_artifacts(store, job_id, result.artifacts)
-        if not jobs.finish_job(
+        if not _finish(
             job_id,
             token,
             jobs.SUCCEEDED,
@@ -418,7 +512,7 @@ def process_job(
         if tracker.stop_reason == "lost":
             return "lost"
         log.info("job %s: failed (%s): %s", job_id, exc.code, exc.message)
-        jobs.finish_job(
+        _finish(
             job_id,
             token,
             jobs.FAILED,
@@ -432,7 +526,7 @@ def process_job(
         if tracker.stop_reason == "lost":
             return "lost"
         if inputs.attempt < settings.job_max_attempts:
-            jobs.requeue_job(
+            _requeue(
                 job_id,
                 token,
                 reason=f"internal error in attempt {inputs.attempt} of "
@@ -440,7 +534,7 @@ def process_job(
                 data={"attempt": inputs.attempt},
             )
             return "requeued"
-        jobs.finish_job(
+        _finish(
             job_id,
             token,
             jobs.FAILED,
@@ -470,6 +564,21 @@ def process_job(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _finish(job_id: str, token: str, status: str, **details: Any) -> bool:
+    """:func:`cake_shared.jobs.finish_job`, riding out a short database outage: the result of
+    a whole job is not dropped for a connection that broke at the wrong moment."""
+    return retrying(
+        f"end of job {job_id}", lambda: jobs.finish_job(job_id, token, status, **details)
+    )
+
+
+def _requeue(job_id: str, token: str, **details: Any) -> bool:
+    """:func:`cake_shared.jobs.requeue_job` with the same patience as :func:`_finish`."""
+    return retrying(
+        f"hand-back of job {job_id}", lambda: jobs.requeue_job(job_id, token, **details)
+    )
+
+
 def _stopped(
     job_id: str,
     token: str,
@@ -492,7 +601,7 @@ def _stopped(
         )
         log.info("job %s: handed back at shutdown", job_id)
         return "requeued"
-    jobs.finish_job(
+    _finish(
         job_id,
         token,
         jobs.CANCELED,

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from api import catalog
-from api.schemas import ArchitectureList, problem_responses
+from api.schemas import ANY_CLIENT_ERROR, ArchitectureList, problem_responses
 
-router = APIRouter(prefix="/v1/architectures", tags=["catalogue"])
+router = APIRouter(prefix="/v1/architectures", tags=["catalogue"], responses=ANY_CLIENT_ERROR)
 
 
 @router.get(

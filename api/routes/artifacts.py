@@ -17,11 +17,11 @@ from sqlalchemy import select
 from api import service
 from api.deps import SessionDep, TenantDep
 from api.errors import ApiError, conflict
-from api.schemas import ArtifactList, problem_responses
+from api.schemas import ANY_CLIENT_ERROR, ArtifactList, problem_responses
 from cake_shared.models import Artifact
 from cake_shared.storage import ObjectStore
 
-router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
+router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=ANY_CLIENT_ERROR)
 
 JobId = Annotated[str, Path(alias="id", description="job_… identifier")]
 ArtifactName = Annotated[str, Path(description="Artifact name, e.g. student.pt")]

@@ -12,11 +12,11 @@ from sqlalchemy import select
 from api import idempotency, service
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.npz import inspect_npz
-from api.schemas import Dataset, DatasetList, problem_responses
+from api.schemas import ANY_CLIENT_ERROR, Dataset, DatasetList, problem_responses
 from api.uploads import MultipartForm, parse_name_field, read_multipart
 from cake_shared.models import Dataset as DatasetRow
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ANY_CLIENT_ERROR)
 
 DatasetId = Annotated[str, Path(alias="id", description="ds_… identifier")]
 

@@ -24,6 +24,7 @@ from api import idempotency, service
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.errors import ApiError, validation_error
 from api.schemas import (
+    ANY_CLIENT_ERROR,
     FINISHED_STATUSES,
     EventList,
     Job,
@@ -36,6 +37,7 @@ from api.schemas import (
 from api.uploads import (
     MultipartForm,
     check_teacher,
+    load_json,
     parse_input_shape_field,
     parse_int_field,
     parse_name_field,
@@ -45,7 +47,7 @@ from cake_shared.models import Job as JobRow
 from cake_shared.models import JobEvent
 from cake_shared.models import Teacher as TeacherRow
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ANY_CLIENT_ERROR)
 
 JobId = Annotated[str, Path(alias="id", description="job_… identifier")]
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Page size, 1..100.")]
@@ -101,7 +103,8 @@ def _create_json(
                 f"no teacher with id {body.teacher_id!r}",
                 errors=[{"loc": ["body", "teacher_id"], "msg": "no such teacher"}],
             )
-        plan = service.plan_job(session, tenant, teacher, body, ["body"])
+        service.check_callback(ctx, body.callback_url, ["body", "callback_url"])
+        plan = service.plan_job(session, tenant, teacher, body, ["body"], ctx.settings)
         job = service.insert_job(ctx, session, tenant, teacher.id, plan)
         out = service.job_out(job)
         replayed = idempotency.commit_created(session, idem, ttl, 202, out)
@@ -119,7 +122,7 @@ def _create_one_shot(
     num_classes = parse_int_field(form.fields.get("num_classes"), ["body", "num_classes"], 2)
     name = parse_name_field(form.fields.get("name"), ["body", "name"])
     try:
-        spec_json = json.loads(form.fields.get("spec") or "{}")
+        spec_json = load_json(form.fields.get("spec") or "{}", ["body", "spec"])
     except json.JSONDecodeError as exc:
         raise validation_error(["body", "spec"], f"not valid JSON ({exc.msg})") from None
     if isinstance(spec_json, dict) and "teacher_id" in spec_json:
@@ -132,6 +135,7 @@ def _create_one_shot(
     except ValidationError as exc:
         raise _validation(exc, ["body", "spec"]) from None
 
+    service.check_callback(ctx, body.callback_url, ["body", "spec", "callback_url"])
     idem = idempotency.make_request(tenant, idem_key, "POST /v1/jobs", form.content_hash())
     ttl = ctx.settings.idempotency_ttl_s
     upload = form.files["teacher"]
@@ -142,7 +146,7 @@ def _create_one_shot(
         facts = check_teacher(
             upload.path, shape, num_classes, ctx.settings, ["body", "input_shape"]
         )
-        plan = service.plan_job(session, tenant, facts, body, ["body", "spec"])
+        plan = service.plan_job(session, tenant, facts, body, ["body", "spec"], ctx.settings)
         teacher = service.store_teacher(ctx, session, tenant, upload, facts, name)
         job = service.insert_job(ctx, session, tenant, teacher.id, plan)
         out = service.job_out(job)
@@ -188,7 +192,7 @@ async def create_job(
     # Any other content type is read as JSON: curl -d sends form-urlencoded by default.
     raw = await _read_capped(request, MAX_JSON_BYTES)
     try:
-        data = json.loads(raw or b"null")
+        data = load_json(raw or b"null", ["body"])
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise validation_error(
             ["body"],

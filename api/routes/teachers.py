@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from api import idempotency, service
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.errors import conflict
-from api.schemas import Teacher, TeacherList, problem_responses
+from api.schemas import ANY_CLIENT_ERROR, Teacher, TeacherList, problem_responses
 from api.uploads import (
     MultipartForm,
     check_teacher,
@@ -24,7 +24,7 @@ from api.uploads import (
 )
 from cake_shared.models import Teacher as TeacherRow
 
-router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=ANY_CLIENT_ERROR)
 
 TeacherId = Annotated[str, Path(alias="id", description="tch_… identifier")]
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Page size, 1..100.")]
@@ -78,7 +78,7 @@ def _create_from_form(
         "return finite logits [B, C], C >= 2), then stored by content."
     ),
     openapi_extra={"requestBody": TEACHER_FORM_BODY},
-    responses=problem_responses(409, 413, 422),
+    responses=problem_responses(409, 413, 422, 503),
 )
 async def create_teacher(
     request: Request, tenant: TenantDep, idem_key: IdempotencyKeyDep = None

@@ -59,9 +59,12 @@ def upgrade() -> None:
             sa.Column("webhook_attempts", sa.Integer(), nullable=False, server_default="0")
         )
         batch.add_column(sa.Column("webhook_next_at", sa.DateTime(timezone=True), nullable=True))
+    # the webhook deliverer polls for due deliveries
+    op.create_index("ix_jobs_webhook_due", "jobs", ["webhook_status", "webhook_next_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_webhook_due", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("webhook_next_at")
         batch.drop_column("webhook_attempts")

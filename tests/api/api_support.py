@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 from fastapi import FastAPI
 
 with warnings.catch_warnings():
@@ -14,6 +23,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from api.main import create_app
+from cake_shared.db import make_engine
 from cake_shared.models import Base
 from cake_shared.settings import Settings
 
@@ -100,3 +110,76 @@ def assert_no_leak(text: str) -> None:
     assert "Traceback" not in text
     assert "/tmp" not in text and "pytest-of" not in text
     assert str(ROOT) not in text
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """The API as a real uvicorn process (see :func:`live_server`)."""
+
+    url: str
+    root: Path
+    pid: int
+
+    def status_kib(self, field: str) -> int:
+        """A ``VmRSS``-like field of ``/proc/<pid>/status``, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def live_server(root: Path, **env: str) -> Iterator[LiveServer]:
+    """``uvicorn api.main:create_app`` on a free port, with a SQLite database and a local store
+    under ``root`` and ``env`` (``CAKE_*`` settings) on top of this process's environment;
+    up once ``/healthz`` answers (the test fails if it has not within 60 s), stopped on exit.
+
+    For what only a separate process shows: a blocked event loop, the server's own memory, the
+    modules it has loaded.
+    """
+    db_url = f"sqlite:///{root / 'cake.db'}"
+    engine = make_engine(db_url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    full_env = {
+        **os.environ,
+        "CAKE_DATA_DIR": str(root),
+        "CAKE_DATABASE_URL": db_url,
+        "CAKE_STORE_URL": f"file://{root / 'store'}",
+        **env,
+    }
+    port = _free_port()
+    args = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", *args],
+        cwd=ROOT,
+        env=full_env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(10)
+            pytest.fail("the API server did not start")
+        time.sleep(0.2)
+    try:
+        yield LiveServer(url, root, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

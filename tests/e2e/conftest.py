@@ -25,8 +25,8 @@ from e2e_support import (
     service_env,
     wait_for,
 )
+from postgres_support import fresh_database
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
     "AWS_SECRET_ACCESS_KEY": "test",
@@ -39,19 +39,8 @@ HOW_TO_START = "start the local services with `bash scripts/services.sh` (`.ci/r
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A fresh database of its own on the local PostgreSQL, dropped afterwards."""
-    import psycopg
-
-    name = f"cake_e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL does not answer on 127.0.0.1:5432 ({exc}); {HOW_TO_START}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("cake_e2e", missing="fail", hint=HOW_TO_START) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

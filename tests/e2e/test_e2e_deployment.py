@@ -111,7 +111,7 @@ def test_fast_job_on_postgres_redis_s3_and_a_separate_worker(
 
     # Artifacts, in S3; the student downloads with its ETag and matches its sha256.
     listed = {a["name"]: a for a in expect(client.get(f"/v1/jobs/{job_id}/artifacts"), 200)["data"]}
-    for name in ("student.pt", "manifest.json", "samples.png"):
+    for name in ("student.pt", "manifest.json", "samples.png", "curves.png", "report.md"):
         assert name in listed, listed
         assert SHA256.fullmatch(listed[name]["sha256"]) and listed[name]["size_bytes"] > 0
     assert {f"svc/jobs/{job_id}/artifacts/{n}" for n in listed} <= set(

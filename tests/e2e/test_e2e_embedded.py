@@ -1,6 +1,7 @@
 """End to end on the embedded defaults: ``cake serve`` with nothing configured (SQLite, a local
 store, the filesystem broker and a real Celery worker child), driven by the README's curl
-walk-through (``scripts/curl_walkthrough.sh``), then stopped with Ctrl-C (SIGINT)."""
+walk-through (``scripts/curl_walkthrough.sh``, which runs ``examples/curl.sh``), then stopped
+with Ctrl-C (SIGINT)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def test_curl_walkthrough_on_cake_serve_then_ctrl_c(
     shown = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\n--- cake serve:\n{server.log()}"
     assert run.returncode == 0, shown
     assert "student output shape: torch.Size([2, 3])" in run.stdout, shown
+    assert "teacher accuracy: " in run.stdout and "student accuracy: " in run.stdout, shown
     assert (tmp_path / "out" / "student.pt").stat().st_size > 0
 
     # The embedded service runs a real Celery worker as a child process.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from postgres_support import fresh_database
 from worker_support import Service, configure_service, reset_service_caches
 
 
@@ -39,20 +39,11 @@ def service(make_service: Callable[..., Service]) -> Service:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh database on the local PostgreSQL (127.0.0.1:5432), dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    admin_url = "postgresql://postgres@127.0.0.1:5432/test"
-    name = f"cake_worker_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not running on 127.0.0.1:5432: {exc}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        reset_service_caches()  # close pooled connections before the drop
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("cake_worker", missing="skip") as url:
+        try:
+            yield url
+        finally:
+            reset_service_caches()  # close pooled connections before the drop
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -69,9 +69,17 @@ def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, d
 
     with session_scope() as session:
         artifacts = {a.name: a for a in session.scalars(select(Artifact))}
-    assert set(artifacts) == {"student.pt", "manifest.json", "samples.png"}
+    assert set(artifacts) == {
+        "student.pt",
+        "manifest.json",
+        "samples.png",
+        "curves.png",
+        "report.md",
+    }
     assert artifacts["manifest.json"].content_type == "application/json"
     assert artifacts["samples.png"].content_type == "image/png"
+    assert artifacts["curves.png"].content_type == "image/png"
+    assert artifacts["report.md"].content_type == "text/markdown; charset=utf-8"
     assert artifacts["student.pt"].content_type == "application/octet-stream"
     for name, row in artifacts.items():
         data = any_service.store.get_bytes(row.storage_key)

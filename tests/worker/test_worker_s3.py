@@ -66,5 +66,5 @@ def test_job_on_s3_uploads_artifacts_and_clears_checkpoints(
     names = sorted(obj["Key"] for obj in keys.get("Contents", []))
     assert names == [
         f"{PREFIX}/jobs/{job_id}/artifacts/{name}"
-        for name in ("manifest.json", "samples.png", "student.pt")
+        for name in ("curves.png", "manifest.json", "report.md", "samples.png", "student.pt")
     ]

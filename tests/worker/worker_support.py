@@ -120,6 +120,9 @@ def configure_service(monkeypatch: pytest.MonkeyPatch, data_dir: Path, **env: st
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CAKE_DATA_DIR", str(data_dir))
     monkeypatch.setenv("CAKE_PROGRESS_INTERVAL_S", "0.05")
+    # These tests claim several jobs of one tenant by hand; the running-jobs limit has tests
+    # of its own (test_worker_limits), which set it.
+    monkeypatch.setenv("CAKE_TENANT_MAX_RUNNING_JOBS", "0")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     reset_service_caches()

@@ -1,0 +1,82 @@
+"""Webhooks: the tenant's signing secret for job callbacks (``callback_url`` on a job).
+
+Each tenant has one secret, created on first use. Every callback is signed with the secret
+current at the moment of the attempt, so after a rotation even retries of older deliveries
+carry the new signature.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from api.deps import SessionDep, TenantDep
+from api.schemas import ANY_CLIENT_ERROR
+from cake_shared.tenants import get_or_create_tenant, new_webhook_secret
+from cake_shared.webhooks import (
+    ALGORITHM,
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+)
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ANY_CLIENT_ERROR)
+
+SIGNATURE_FORMAT = "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, '<t>.' + raw body)>"
+
+
+class WebhookSecret(BaseModel):
+    """How to check that a callback came from this service."""
+
+    object: Literal["webhook_secret"] = Field(
+        "webhook_secret", description="Always 'webhook_secret'."
+    )
+    secret: str = Field(..., description="The tenant's signing secret (whsec_…); keep it private.")
+    signature_header: str = Field(SIGNATURE_HEADER, description="Header carrying the signature.")
+    algorithm: str = Field(ALGORITHM, description="HMAC with SHA-256.")
+    signature_format: str = Field(
+        SIGNATURE_FORMAT,
+        description=(
+            "Recompute the HMAC over the timestamp, a dot and the raw body; compare in constant "
+            "time; refuse timestamps more than a few minutes old. cake_client.webhooks."
+            "verify_signature does all three."
+        ),
+    )
+    event_header: str = Field(
+        EVENT_HEADER, description="Carries job.succeeded, job.failed or job.canceled."
+    )
+    delivery_header: str = Field(
+        DELIVERY_HEADER, description="The same on every retry of one delivery: drop repeats."
+    )
+
+
+def _out(secret: str) -> WebhookSecret:
+    return WebhookSecret(secret=secret)
+
+
+@router.get(
+    "/secret",
+    response_model=WebhookSecret,
+    summary="The webhook signing secret",
+    description="The caller's tenant's secret for job callbacks, created on first use.",
+)
+def get_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecret:
+    return _out(get_or_create_tenant(session, tenant).webhook_secret)
+
+
+@router.post(
+    "/secret/rotate",
+    response_model=WebhookSecret,
+    summary="Replace the webhook signing secret",
+    description=(
+        "A new secret takes effect at once: every callback attempt from now on, retries of "
+        "earlier deliveries included, is signed with it."
+    ),
+)
+def rotate_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecret:
+    row = get_or_create_tenant(session, tenant)
+    row.webhook_secret = new_webhook_secret()
+    session.commit()
+    return _out(row.webhook_secret)
