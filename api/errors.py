@@ -186,7 +186,25 @@ async def _handle_dataset(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """Log everything server-side; tell the client nothing about the internals."""
+    """Log everything server-side; tell the client nothing about the internals.
+
+    An object store that stayed unreachable through its retries is a 503 the client may retry,
+    like an unreachable database, not a 500.
+    """
+    from cake_shared.storage import is_transient
+
+    if is_transient(exc):
+        log.warning(
+            "object store unavailable in %s %s: %s: %s",
+            request.method, request.url.path, type(exc).__name__, exc,
+        )  # fmt: skip
+        return problem(
+            503,
+            "not_ready",
+            "the object store is unavailable; try again shortly",
+            instance=request.url.path,
+            headers={"Retry-After": "5"},
+        )
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return problem(
         500,
