@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
-from cake_shared.models import LOCAL_TENANT, ApiKey, Tenant, utcnow
+from cake_shared.limits import limits_for
+from cake_shared.models import LOCAL_TENANT, utcnow
 from cake_shared.settings import Settings
-from cake_shared.tenants import hash_key, keys_configured
+from cake_shared.tenants import hash_key, keys_configured, tenant_for_secret
 
 #: How often ``last_used_at`` is written for a key in use (it is informational).
 LAST_USED_EVERY_S = 60.0
@@ -124,7 +125,7 @@ class Authenticator:
             if secret is None:
                 raise missing_key()
             digest = hash_key(secret)
-            principal = self._lookup(session, digest)
+            principal = self._lookup(session, secret)
         with self._lock:
             self._cache[digest] = (principal, now + ttl)
             if len(self._cache) > 10_000:  # bound memory under a flood of random keys
@@ -133,14 +134,11 @@ class Authenticator:
             raise unauthorized("the API key is not valid (unknown or revoked)")
         return principal
 
-    def _lookup(self, session: Session, digest: str) -> Principal | None:
-        key = session.query(ApiKey).filter(ApiKey.key_hash == digest).one_or_none()
-        if key is None or key.revoked_at is not None:
+    def _lookup(self, session: Session, secret: str) -> Principal | None:
+        key = tenant_for_secret(session, secret)
+        if key is None:
             return None
-        tenant = session.get(Tenant, key.tenant)
-        rate = self.settings.rate_limit_per_minute
-        if tenant is not None and tenant.requests_per_minute is not None:
-            rate = tenant.requests_per_minute
+        rate = limits_for(session, self.settings, key.tenant).requests_per_minute
         last = key.last_used_at
         if last is None or (utcnow() - last).total_seconds() > LAST_USED_EVERY_S:
             key.last_used_at = utcnow()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -113,23 +114,14 @@ def _tenants(args: argparse.Namespace) -> int:
             names = [args.tenant]
         else:
             names = [args.tenant] if args.tenant else list(session.scalars(select(Tenant.name)))
-        out = []
-        for name in names:
-            row = session.get(Tenant, name)
-            limits = limits_for(session, settings, name)
-            rate = settings.rate_limit_per_minute
-            if row is not None and row.requests_per_minute is not None:
-                rate = row.requests_per_minute
-            out.append(
-                {
-                    "tenant": name,
-                    "max_running_jobs": limits.max_running_jobs,
-                    "max_queued_jobs": limits.max_queued_jobs,
-                    "max_stored_bytes": limits.max_stored_bytes,
-                    "requests_per_minute": rate,
-                    "stored_bytes": stored_bytes(session, name),
-                }
-            )
+        out = [
+            {
+                "tenant": name,
+                **asdict(limits_for(session, settings, name)),
+                "stored_bytes": stored_bytes(session, name),
+            }
+            for name in names
+        ]
     if args.json:
         print(json.dumps(out))
     else:

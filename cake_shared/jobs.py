@@ -84,7 +84,8 @@ class TenantAtCapacity(Exception):
 
 
 def defer_job(job_id: str, wait_s: float) -> bool:
-    """Note that a queued job waits for a free slot; True if the caller should publish it again.
+    """Note that a queued job waits for a free slot and publish it again, to be retried in
+    ``wait_s``; False when another message of the job already did (nothing published).
 
     A queued job's ``heartbeat_at`` (unused while queued) records when it last asked: only
     one message per ``wait_s / 2`` publishes again, so duplicate messages of a waiting job die
@@ -120,6 +121,8 @@ def defer_job(job_id: str, wait_s: float) -> bool:
                 "waiting",
                 "the tenant runs as many jobs as its limit allows; the job starts when one ends",
             )
+        queue = session.scalar(select(Job.queue).where(Job.id == job_id)) or "cpu"
+    _enqueue(job_id, queue, None, countdown=wait_s)
     return True
 
 
@@ -419,11 +422,21 @@ def request_cancel(session: Session, job_id: str) -> str | None:
     return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
 
 
-def _enqueue(job_id: str, queue: str, enqueue: Callable[[str, str], None] | None) -> None:
-    """Publish after the commit; a failed publish is only logged: the job is queued in the
-    database and :func:`requeue_lost_queued_jobs` publishes it again later."""
+def _enqueue(
+    job_id: str,
+    queue: str,
+    enqueue: Callable[[str, str], None] | None,
+    countdown: float | None = None,
+) -> None:
+    """Publish after the commit (to be run in ``countdown`` seconds, if given); a failed publish
+    is only logged: the job is queued in the database and :func:`requeue_lost_queued_jobs`
+    publishes it again later."""
     if enqueue is None:
-        from cake_shared.queue import enqueue_job as enqueue
+        from cake_shared.queue import enqueue_job
+
+        def enqueue(job_id: str, queue: str) -> None:
+            enqueue_job(job_id, queue, countdown=countdown)
+
     try:
         enqueue(job_id, queue if queue in ("gpu", "cpu") else "cpu")
     except Exception as exc:  # the broker may be down; the sweeper retries

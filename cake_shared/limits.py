@@ -1,4 +1,4 @@
-"""Per-tenant limits: running jobs, queued jobs, stored bytes.
+"""Per-tenant limits: running jobs, queued jobs, stored bytes, requests per minute per key.
 
 The service-wide defaults come from the settings (``CAKE_TENANT_MAX_*``); a tenant's row may
 override each (``cake tenants set NAME --max-running-jobs N``); 0 means no limit. The API
@@ -24,6 +24,7 @@ class TenantLimits:
     max_running_jobs: int
     max_queued_jobs: int
     max_stored_bytes: int
+    requests_per_minute: int
 
 
 def limits_for(session: Session, settings: Settings, tenant: str) -> TenantLimits:
@@ -36,6 +37,7 @@ def limits_for(session: Session, settings: Settings, tenant: str) -> TenantLimit
         max_running_jobs=pick(row and row.max_running_jobs, settings.tenant_max_running_jobs),
         max_queued_jobs=pick(row and row.max_queued_jobs, settings.tenant_max_queued_jobs),
         max_stored_bytes=pick(row and row.max_stored_bytes, settings.tenant_max_stored_bytes),
+        requests_per_minute=pick(row and row.requests_per_minute, settings.rate_limit_per_minute),
     )
 
 

@@ -38,7 +38,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from cake_core.device import Runtime, default_runtime
@@ -402,18 +401,12 @@ SLOT_WAIT_S = 5.0
 def _wait_for_slot(job_id: str) -> None:
     """Publish the job again to be retried in ``SLOT_WAIT_S``: it stays queued, never dropped
     (were the publish lost, the sweeper publishes queued jobs the broker no longer holds)."""
-    if not jobs.defer_job(job_id, SLOT_WAIT_S):
+    if jobs.defer_job(job_id, SLOT_WAIT_S):
+        log.info(
+            "job %s: its tenant is at its running-jobs limit; retry in %g s", job_id, SLOT_WAIT_S
+        )
+    else:
         log.info("job %s: waits for a slot of its tenant (already rescheduled)", job_id)
-        return
-    from cake_shared.queue import enqueue_job
-
-    with session_scope() as session:
-        queue = session.scalar(select(Job.queue).where(Job.id == job_id)) or "cpu"
-    log.info("job %s: its tenant is at its running-jobs limit; retry in %g s", job_id, SLOT_WAIT_S)
-    try:
-        enqueue_job(job_id, queue if queue in ("gpu", "cpu") else "cpu", countdown=SLOT_WAIT_S)
-    except Exception as exc:  # the sweeper publishes it again later
-        log.warning("job %s: could not reschedule (%s); the sweeper will", job_id, exc)
 
 
 def process_job(
