@@ -119,6 +119,10 @@ class LossWeightsIn(_SpecPart):
     )
     tv: float | None = _spec_field("synthesis.weights.tv", "Weight of the total-variation prior")
     entropy: float | None = _spec_field("synthesis.weights.entropy", "Weight of the entropy term")
+    bn: float | None = _spec_field(
+        "synthesis.weights.bn",
+        "Weight of the BatchNorm-statistics prior (teachers with BatchNorm layers only)",
+    )
 
 
 class SynthesisIn(_SpecPart):
@@ -167,6 +171,9 @@ class SynthesisIn(_SpecPart):
         "synthesis.snapshots",
         "Also keep each sample at this many evenly spaced points of its trajectory; at most steps",
     )
+    augment: bool | None = _spec_field(
+        "synthesis.augment", "Show the teacher randomly shifted images during synthesis"
+    )
 
 
 class TrainingIn(_SpecPart):
@@ -193,6 +200,9 @@ class TrainingIn(_SpecPart):
     adversarial: float | None = _spec_field(
         "training.adversarial",
         "Step size moving half of each batch toward teacher-student disagreement",
+    )
+    adversarial_steps: int | None = _spec_field(
+        "training.adversarial_steps", "Signed-gradient steps of that search"
     )
 
 
@@ -405,7 +415,8 @@ class Job(BaseModel):
     metrics: dict[str, Any] = Field(
         ...,
         description=(
-            "When succeeded: agreement_synthetic, teacher_parameters, student_parameters, "
+            "When succeeded: agreement_synthetic, fidelity_estimate (data-free estimate of the "
+            "agreement on real data), teacher_parameters, student_parameters, "
             "synthesis_seconds, training_seconds, samples_per_second; with an eval data set "
             "also teacher_accuracy, student_accuracy, agreement_eval."
         ),

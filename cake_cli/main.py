@@ -181,7 +181,7 @@ def _metrics_table(metrics: dict[str, float], arch: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if key.endswith(("accuracy", "agreement_synthetic", "agreement_eval", "ratio")):
+        if key.endswith(("accuracy", "agreement_synthetic", "agreement_eval", "ratio", "estimate")):
             shown = f"{value:.4f}"
         elif key.endswith("parameters") or key == "num_samples":
             shown = f"{int(value):,}"

@@ -602,7 +602,9 @@ def _metrics_table(job: Job) -> Table:
     for key, value in job.metrics.items():
         if not isinstance(value, int | float):
             shown = str(value)
-        elif key.endswith(("accuracy", "agreement_synthetic", "agreement_eval", "ratio")):
+        elif key.endswith(
+            ("accuracy", "agreement_synthetic", "agreement_eval", "ratio", "estimate")
+        ):
             shown = f"{value:.4f}"
         elif key.endswith("parameters") or key == "num_samples":
             shown = f"{int(value):,}"

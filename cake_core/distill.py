@@ -113,27 +113,31 @@ def _toward_disagreement(
     student: nn.Module,
     x: torch.Tensor,
     step: float,
+    steps: int = 1,
 ) -> torch.Tensor:
-    """Move the first half of ``x`` one signed-gradient step up the teacher-student KL.
+    """Move the first half of ``x`` ``steps`` signed-gradient steps up the teacher-student KL.
 
     Synthetic samples cover the input space unevenly; this finds, around them, the inputs
-    where the student is still wrong, so training spends its effort where it matters.
+    where the student is still wrong, so training spends its effort where it matters (the
+    student-aware "hard samples" of DFAD and CSD, searched around each batch).
     """
-    half = x[: max(1, len(x) // 2)].detach().requires_grad_(True)
+    half = x[: max(1, len(x) // 2)].detach()
     # The student answers in eval mode here: the search must not move BatchNorm's running
     # statistics, and train-mode BatchNorm cannot take the one sample a batch of 2 or 3 gives.
     was_training = student.training
     student.eval()
     try:
-        with torch.enable_grad():
-            teacher_log_p = F.log_softmax(teacher(half).float(), dim=1)
-            student_log_p = F.log_softmax(student(half).float(), dim=1)
-            kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, half)
+        for _ in range(steps):
+            half.requires_grad_(True)
+            with torch.enable_grad():
+                teacher_log_p = F.log_softmax(teacher(half).float(), dim=1)
+                student_log_p = F.log_softmax(student(half).float(), dim=1)
+                kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, half)
+            half = (half + step * grad.sign()).detach()
     finally:
         student.train(was_training)
-    moved = (half + step * grad.sign()).detach()
-    return torch.cat([moved, x[len(half) :]])
+    return torch.cat([half, x[len(half) :]])
 
 
 def _targets(
@@ -156,7 +160,7 @@ def _targets(
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             x = x + spec.input_noise * noise
         if spec.adversarial > 0:
-            x = _toward_disagreement(teacher, student, x, spec.adversarial)
+            x = _toward_disagreement(teacher, student, x, spec.adversarial, spec.adversarial_steps)
         with torch.no_grad():
             probs = (teacher(x).float() / spec.temperature).softmax(dim=1)
         return x, probs

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 
 import torch
 
+from cake_core.batchnorm import tap_batchnorm
 from cake_core.config import JobSpec, resolve_spec
 from cake_core.device import Runtime, default_runtime
 from cake_core.distill import SyntheticSet, TrainingState, train_student
 from cake_core.errors import JobCanceled
-from cake_core.evaluate import evaluate_on_data, load_eval_arrays
+from cake_core.evaluate import evaluate_on_data, fidelity_estimate, load_eval_arrays
 from cake_core.export import (
     export_student,
     library_versions,
@@ -210,7 +211,9 @@ def run_job(
         "training_seconds": training_seconds,
         "samples_per_second": len(data) / synthesis_seconds if synthesis_seconds > 0 else 0.0,
         "num_samples": float(len(data)),
+        "batchnorm_layers": float(_prior_layers(teacher, spec)),
     }
+    metrics.update(fidelity_estimate(teacher, student, holdout.x, runtime.device))
     if eval_arrays is not None:
         metrics.update(evaluate_on_data(teacher, student, *eval_arrays, runtime.device))
         metrics["accuracy_ratio"] = metrics["student_accuracy"] / max(
@@ -256,6 +259,14 @@ def run_job(
     write_report(artifacts["report.md"], manifest, timings, images=list(artifacts))
     report("exporting", 1.0, "done", metrics)
     return JobResult(spec, info, metrics, artifacts, history, synthesis_log)
+
+
+def _prior_layers(teacher: torch.jit.ScriptModule, spec: JobSpec) -> int:
+    """How many BatchNorm layers the synthesis prior matched (0: off or none in the teacher)."""
+    if spec.synthesis.weights.bn <= 0:
+        return 0
+    tap = tap_batchnorm(teacher)
+    return tap.layers if tap is not None else 0
 
 
 def _synthesize_all(

@@ -33,6 +33,10 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "accuracy_ratio": "student accuracy / teacher accuracy",
     "agreement_eval": "student predicts the teacher's class, on the evaluation data",
     "agreement_synthetic": "student predicts the teacher's class, on held-out synthetic samples",
+    "fidelity_estimate": "data-free estimate of the agreement on real data (held-out synthetic "
+    "samples the teacher is confident about)",
+    "fidelity_estimate_samples": "held-out synthetic samples behind the estimate",
+    "batchnorm_layers": "teacher BatchNorm layers the synthesis prior matched",
     "teacher_parameters": "teacher parameters",
     "student_parameters": "student parameters",
     "num_samples": "synthetic samples",
@@ -42,7 +46,7 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "total_seconds": "whole job (s)",
 }
 #: Loss terms of the synthesis log drawn besides the total (weighted, as in the spec).
-_SYNTHESIS_TERMS = ("cls", "contr", "tv", "entropy")
+_SYNTHESIS_TERMS = ("cls", "contr", "tv", "entropy", "bn")
 
 
 def format_metric(key: str, value: float | None) -> str:

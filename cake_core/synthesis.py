@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cake_core.batchnorm import BatchNormTap, batchnorm_prior, tap_batchnorm
 from cake_core.config import SynthesisSpec
 from cake_core.device import Runtime
 from cake_core.errors import JobCanceled, SynthesisDivergedError
@@ -127,20 +128,32 @@ def synthesis_losses(
     spec: SynthesisSpec,
     input_shape: tuple[int, ...],
     runtime: Runtime,
+    *,
+    batchnorm: BatchNormTap | None = None,
+    shifts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Weighted loss per mini-batch ``[K]``, the weighted terms, and the logits ``[K,R,G,C]``.
 
-    ``x``: ``[K, R, G, *shape]``, ``targets``: ``[K, R, G]``.
+    ``x``: ``[K, R, G, *shape]``, ``targets``: ``[K, R, G]``. With ``batchnorm`` the teacher runs
+    through the tap and the BatchNorm prior is added; ``shifts`` ``[K, 2]`` rolls each
+    mini-batch's images before the teacher sees them (the TV term still judges ``x`` itself).
     """
     k, rows, groups = targets.shape
-    flat = x.reshape(-1, *input_shape)
+    seen = x if shifts is None else shift_images(x, shifts)
+    flat = seen.reshape(-1, *input_shape)
     if runtime.channels_last and flat.dim() == 4:
         flat = flat.contiguous(memory_format=torch.channels_last)
+    stats: list[tuple[torch.Tensor, ...]] = []
     with runtime.autocast_context():
-        logits = teacher(flat)
+        if batchnorm is not None:
+            logits, stats = batchnorm(flat)
+        else:
+            logits = teacher(flat)
     logits = logits.float().view(k, rows, groups, -1)
     w = spec.weights
     terms: dict[str, torch.Tensor] = {"cls": w.cls * classification_loss(logits, targets)}
+    if stats:
+        terms["bn"] = w.bn * batchnorm_prior(stats, k)
     if w.contr > 0:
         terms["contr"] = w.contr * contrastive_loss(logits)
     if w.tv > 0 and supports_total_variation(input_shape):
@@ -149,6 +162,23 @@ def synthesis_losses(
         terms["entropy"] = w.entropy * entropy_loss(logits)
     total = torch.stack(list(terms.values())).sum(dim=0)
     return total, terms, logits
+
+
+def max_shift(input_shape: tuple[int, ...]) -> int:
+    """Largest shift ``augment`` applies: an eighth of the shorter side, 0 for non-images."""
+    if not supports_total_variation(input_shape):
+        return 0
+    return max(1, min(input_shape[1], input_shape[2]) // 8)
+
+
+def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Roll each mini-batch ``k`` of ``x`` ``[K, ..., H, W]`` by ``shifts[k]`` = (dy, dx)."""
+    return torch.stack(
+        [
+            torch.roll(x[k], shifts=(int(dy), int(dx)), dims=(-2, -1))
+            for k, (dy, dx) in enumerate(shifts.tolist())
+        ]
+    )
 
 
 def _diverged(
@@ -204,6 +234,16 @@ def synthesize_chunk(
         if spec.langevin
         else []
     )
+    batchnorm = tap_batchnorm(teacher) if spec.weights.bn > 0 else None  # type: ignore[arg-type]
+    shift = max_shift(input_shape) if spec.augment else 0
+    shift_gens = (
+        [
+            _batch_generator(seed + 13, b, device)
+            for b in range(first_batch, first_batch + num_batches)
+        ]
+        if shift
+        else []
+    )
     use_adam = spec.optimizer == "adam"
     if use_adam:
         m1 = torch.zeros_like(x)
@@ -214,8 +254,23 @@ def synthesize_chunk(
     snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
     for step in range(1, spec.steps + 1):
         x.requires_grad_(True)
-        total, _, logits = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
+        shifts = (
+            torch.stack(
+                [
+                    torch.randint(-shift, shift + 1, (2,), generator=g, device=device)
+                    for g in shift_gens
+                ]
+            )
+            if shift
+            else None
+        )
+        total, _, logits = synthesis_losses(
+            teacher, x, targets, spec, input_shape, runtime, batchnorm=batchnorm, shifts=shifts
+        )
         if step - 1 in snapshot_at:
+            if shifts is not None:  # label the sample as stored, not as the teacher saw it
+                with torch.no_grad():
+                    _, _, logits = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
             snapshots.append((x.detach().clone(), logits.detach()))
         (grad,) = torch.autograd.grad(total.sum(), x)
         x = x.detach()
@@ -239,7 +294,9 @@ def synthesize_chunk(
                 raise JobCanceled("canceled during synthesis")
 
     with torch.no_grad():
-        total, terms, logits = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
+        total, terms, logits = synthesis_losses(
+            teacher, x, targets, spec, input_shape, runtime, batchnorm=batchnorm
+        )
     if not bool(torch.isfinite(logits).all()) or not bool(torch.isfinite(total).all()):
         raise _diverged(spec, first_batch, spec.steps, etas[0])
     summary = {name: float(value.mean()) for name, value in terms.items()}

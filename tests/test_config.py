@@ -92,7 +92,8 @@ def test_reference_preset_is_the_paper() -> None:
     assert syn.langevin is False
     assert syn.prior == "normal"
     assert syn.soft_labels is True
-    assert asdict(syn.weights) == {"cls": 1e3, "contr": 1e1, "tv": 1e5, "entropy": 0.0}
+    assert asdict(syn.weights) == {"cls": 1e3, "contr": 1e1, "tv": 1e5, "entropy": 0.0, "bn": 0.0}
+    assert syn.augment is False
     tr = spec.training
     assert (tr.optimizer, tr.schedule, tr.lr, tr.weight_decay) == ("sgd", "onecycle", 0.1, 5e-4)
     assert tr.holdout_fraction == 0.01
@@ -108,19 +109,21 @@ def test_default_and_fast_presets_differ_as_documented() -> None:
     fast = resolve_spec({"preset": "fast"})
     reference = resolve_spec({"preset": "reference"})
     for spec in (default, fast):
-        # Adam on the inputs (scale-free) with a 2-decade decay, and online relabelling
+        # Adam on the inputs (scale-free) with a 1-decade decay, a lighter TV term, the
+        # BatchNorm prior, and online relabelling
         assert spec.synthesis.optimizer == "adam"
         assert spec.synthesis.noise == 0.1
-        assert spec.synthesis.noise_decay_magnitude == 2.0
+        assert spec.synthesis.noise_decay_magnitude == 1.0
+        assert (spec.synthesis.weights.tv, spec.synthesis.weights.bn) == (1e4, 1e5)
+        assert spec.synthesis.weights.cls == reference.synthesis.weights.cls
         assert spec.training.relabel is True
         assert spec.training.mixup == 1.0
         assert spec.training.input_noise == 0.3
         assert spec.training.adversarial == 0.3
-    assert default.synthesis.num_samples == reference.synthesis.num_samples
-    assert default.synthesis.steps == reference.synthesis.steps
+        assert spec.training.holdout_fraction == 0.05
     # fast makes fewer samples with fewer steps
-    assert fast.synthesis.num_samples == 6400 < default.synthesis.num_samples
-    assert fast.synthesis.steps == 100 < default.synthesis.steps
+    assert fast.synthesis.num_samples == 3200 < default.synthesis.num_samples
+    assert fast.synthesis.steps == 200 < default.synthesis.steps
     assert default != fast != reference != default
 
 
@@ -147,8 +150,9 @@ def test_user_values_override_preset() -> None:
     assert spec.training.relabel is False
     assert spec.seed == 42
     # preset values the user did not touch stay, including siblings of nested overrides
-    assert spec.synthesis.num_samples == 6400
+    assert spec.synthesis.num_samples == 3200
     assert spec.synthesis.noise == 0.1
+    assert spec.synthesis.weights.bn == 1e5
     assert spec.synthesis.weights.cls == 1e3
     assert spec.training.mixup == 1.0
 
@@ -161,7 +165,7 @@ def test_resolve_does_not_mutate_input_or_presets() -> None:
     spec.synthesis.weights.tv = 1.0
     assert json.dumps(data, sort_keys=True) == snapshot
     assert json.dumps(PRESETS, sort_keys=True) == presets_snapshot
-    assert resolve_spec({"preset": "fast"}).synthesis.weights.tv == 1e5
+    assert resolve_spec({"preset": "fast"}).synthesis.weights.tv == 1e4
 
 
 def test_ints_accepted_for_floats_and_integral_floats_for_ints() -> None:
@@ -412,9 +416,9 @@ def test_job_work_counts_the_products() -> None:
     spec = resolve_spec({"preset": "fast", "synthesis": {"snapshots": 2}})
     work = job_work(spec, (1, 8, 8))
     assert work == {
-        "synthesis_steps": 6400 * 100,
-        "training_samples": 6400 * 2 * 60,
-        "synthetic_bytes": 6400 * 2 * 64 * 4,
+        "synthesis_steps": 3200 * 200,
+        "training_samples": 3200 * 2 * 60,
+        "synthetic_bytes": 3200 * 2 * 64 * 4,
     }
 
 
@@ -427,12 +431,12 @@ def test_job_work_counts_the_products() -> None:
             "CAKE_MAX_JOB_SYNTHESIS_STEPS",
         ),
         (
-            WorkLimits(training_samples=768_000 - 1),
+            WorkLimits(training_samples=384_000 - 1),
             ("synthesis.num_samples", "synthesis.snapshots", "training.epochs"),
             "CAKE_MAX_JOB_TRAINING_SAMPLES",
         ),
         (
-            WorkLimits(synthetic_bytes=3_276_800 - 1),
+            WorkLimits(synthetic_bytes=1_638_400 - 1),
             ("synthesis.num_samples", "synthesis.snapshots"),
             "CAKE_MAX_JOB_SYNTHETIC_BYTES",
         ),

@@ -606,3 +606,83 @@ def test_adam_reaches_the_drawn_classes(mlp: Teacher) -> None:
     # every class is reached
     reached = targets[mlp(x).argmax(dim=1) == targets]
     assert set(reached.tolist()) == set(range(MLP_CLASSES))
+
+
+# --------------------------------------------------------------------------------------------
+# beyond the reference: BatchNorm prior and shifted views
+# --------------------------------------------------------------------------------------------
+
+
+class BNCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 6 * 6, CNN_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def bn_cnn() -> torch.jit.ScriptModule:
+    """A CNN whose BatchNorm saw inputs around 0.5 with spread 0.3 (not the N(0, 1) prior)."""
+    torch.manual_seed(2)
+    model = BNCNN().train()
+    with torch.no_grad():
+        for _ in range(20):
+            model(torch.rand(64, *CNN_SHAPE) * 0.6 + 0.2)
+    return _freeze_and_script(model)
+
+
+def _bn_gap(teacher: torch.jit.ScriptModule, x: torch.Tensor) -> float:
+    from cake_core.batchnorm import batchnorm_prior, tap_batchnorm
+
+    tap = tap_batchnorm(teacher)
+    assert tap is not None
+    return float(batchnorm_prior(tap(x)[1], 1))
+
+
+def test_batchnorm_prior_pulls_statistics_toward_the_running_ones(bn_cnn: Teacher) -> None:
+    weights = LossWeights(cls=1.0, contr=0.0, tv=0.0, bn=0.0)
+    without = _run(bn_cnn, _cnn_spec(weights=weights, optimizer="adam"), CNN_SHAPE, CNN_CLASSES)
+    weights = replace(weights, bn=10.0)
+    with_prior = _run(bn_cnn, _cnn_spec(weights=weights, optimizer="adam"), CNN_SHAPE, CNN_CLASSES)
+    assert "bn" in with_prior[0].losses and "bn" not in without[0].losses
+    gap_without = _bn_gap(bn_cnn, _cat(without, "x"))
+    gap_with = _bn_gap(bn_cnn, _cat(with_prior, "x"))
+    assert gap_with < 0.5 * gap_without, (gap_with, gap_without)
+
+
+def test_batchnorm_prior_is_ignored_without_batchnorm(cnn: Teacher) -> None:
+    weights = replace(_cnn_spec().weights, bn=10.0)
+    chunks = _run(cnn, _cnn_spec(weights=weights), CNN_SHAPE, CNN_CLASSES, seed=3)
+    plain = _run(cnn, _cnn_spec(), CNN_SHAPE, CNN_CLASSES, seed=3)
+    assert "bn" not in chunks[0].losses
+    assert torch.equal(_cat(chunks, "x"), _cat(plain, "x"))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_chunking_does_not_change_results_with_prior_and_shifts(
+    bn_cnn: Teacher, augment: bool
+) -> None:
+    spec = _cnn_spec(weights=LossWeights(cls=1.0, contr=0.1, tv=1.0, bn=1.0), augment=augment)
+    one = _run(bn_cnn, replace(spec, chunk_batches=1), CNN_SHAPE, CNN_CLASSES, seed=4)
+    three = _run(bn_cnn, replace(spec, chunk_batches=3), CNN_SHAPE, CNN_CLASSES, seed=4)
+    torch.testing.assert_close(_cat(one, "x"), _cat(three, "x"), rtol=1e-4, atol=1e-5)
+
+
+def test_augment_changes_the_path_but_labels_the_stored_sample(cnn: Teacher) -> None:
+    plain = _run(cnn, _cnn_spec(), CNN_SHAPE, CNN_CLASSES, seed=5)
+    shifted = _run(cnn, _cnn_spec(augment=True, snapshots=2), CNN_SHAPE, CNN_CLASSES, seed=5)
+    x = _cat(shifted, "x")
+    assert not torch.allclose(x[: len(_cat(plain, "x"))], _cat(plain, "x"))
+    with torch.no_grad():
+        expected = cnn(x).softmax(dim=1)
+    torch.testing.assert_close(_cat(shifted, "labels"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_augment_leaves_non_images_alone(mlp: Teacher) -> None:
+    plain = _run(mlp, _spec(), seed=5)
+    augmented = _run(mlp, _spec(augment=True), seed=5)
+    assert torch.equal(_cat(plain, "x"), _cat(augmented, "x"))

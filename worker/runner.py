@@ -308,7 +308,13 @@ class JobTracker:
 
 
 def _describe(metrics: dict[str, Any]) -> str:
-    keys = ("agreement_synthetic", "student_accuracy", "teacher_accuracy", "agreement_eval")
+    keys = (
+        "agreement_synthetic",
+        "fidelity_estimate",
+        "student_accuracy",
+        "teacher_accuracy",
+        "agreement_eval",
+    )
     parts = [f"{k} {metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), float)]
     return ", ".join(parts) or "done"
 

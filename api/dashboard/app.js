@@ -251,6 +251,7 @@ function jobRow(job) {
 
 const METRIC_LABELS = {
   agreement_synthetic: "Agreement, held-out synthetic",
+  fidelity_estimate: "Fidelity estimate (data-free)",
   agreement_eval: "Agreement, eval data",
   teacher_accuracy: "Teacher accuracy",
   student_accuracy: "Student accuracy",
@@ -267,7 +268,7 @@ const METRIC_ORDER = Object.keys(METRIC_LABELS);
 
 function formatMetric(key, value) {
   if (typeof value !== "number") return typeof value === "string" ? value : JSON.stringify(value);
-  if (/accuracy|agreement/.test(key)) return `${(value * 100).toFixed(1)}%`;
+  if (/accuracy|agreement|fidelity_estimate$/.test(key)) return `${(value * 100).toFixed(1)}%`;
   if (/parameters|num_/.test(key)) return Math.round(value).toLocaleString("en-US");
   if (key.endsWith("_seconds")) return `${value.toFixed(1)} s`;
   if (Number.isInteger(value)) return value.toLocaleString("en-US");
