@@ -603,7 +603,7 @@ def test_total_work_per_job_is_capped_by_settings(
         max_job_synthetic_bytes=10_000_000,
     )
     teacher_id = upload_teacher(client, wine.path, [13]).json()["id"]
-    fast = {"teacher_id": teacher_id, "preset": "fast"}  # 6400 x 100 steps, 60 epochs
+    fast = {"teacher_id": teacher_id, "preset": "fast"}  # 3200 x 200 steps, 60 epochs
     assert client.post("/v1/jobs", json=fast).status_code == 202
 
     def refused(spec: dict[str, object], setting: str, locs: list[list[str]]) -> str:
@@ -618,9 +618,9 @@ def test_total_work_per_job_is_capped_by_settings(
         "CAKE_MAX_JOB_SYNTHESIS_STEPS",
         [["body", "synthesis", "num_samples"], ["body", "synthesis", "steps"]],
     )
-    assert "is 6,400,000 sample-steps, over this server's limit of 1,000,000" in detail
+    assert "is 3,200,000 sample-steps, over this server's limit of 1,000,000" in detail
     refused(
-        {"training": {"epochs": 10_000}},
+        {"synthesis": {"num_samples": 6400, "steps": 100}, "training": {"epochs": 10_000}},
         "CAKE_MAX_JOB_TRAINING_SAMPLES",
         [
             ["body", "synthesis", "num_samples"],
@@ -629,7 +629,7 @@ def test_total_work_per_job_is_capped_by_settings(
         ],
     )
     refused(
-        {"synthesis": {"num_samples": 6400, "snapshots": 40}},
+        {"synthesis": {"num_samples": 6400, "steps": 100, "snapshots": 40}},
         "CAKE_MAX_JOB_SYNTHETIC_BYTES",
         [["body", "synthesis", "num_samples"], ["body", "synthesis", "snapshots"]],
     )
