@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cake_core.students import build_student
+from examples.teachers import DigitsCNN
 
 FASHION_MNIST_DIR = Path(os.environ.get("CAKE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 CACHE_DIR = Path(os.environ.get("CAKE_ZOO_CACHE", Path.home() / ".cache" / "cake-zoo"))
@@ -180,23 +181,6 @@ class ResNetBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
-
-
-class DigitsCNN(nn.Module):
-    """Plain CNN (no normalisation) for 8x8 images."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 2 * 2, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
-        return self.fc(x.flatten(1))
 
 
 class PixelMLP(nn.Module):

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.zoo import DigitsCNN, ResNetBN
+from bench.zoo import ResNetBN
 from cake_core.batchnorm import batchnorm_prior, tap_batchnorm
 from cake_core.students import build_student
+from examples.teachers import DigitsCNN
 
 
 def _warmed(module: nn.Module, shape: tuple[int, ...]) -> nn.Module:
