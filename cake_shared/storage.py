@@ -53,8 +53,9 @@ class Retry:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that say nothing about the request itself: the store could not be
-    reached, the connection broke or timed out, or it answered 5xx / "slow down"."""
-    from botocore.exceptions import ClientError, HTTPClientError
+    reached, the connection broke, timed out or ended a body early, or it answered 5xx /
+    "slow down"."""
+    from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     seen: set[int] = set()
@@ -62,6 +63,10 @@ def is_transient(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:  # upload/download errors wrap it
         seen.add(id(current))
         if isinstance(current, BotoConnectionError | HTTPClientError | ConnectionError):
+            return True
+        # A body that ended before its Content-Length: the connection closed mid-stream. Newer
+        # botocore releases report a cut connection this way rather than as a streaming error.
+        if isinstance(current, IncompleteReadError):
             return True
         if isinstance(current, TimeoutError):
             return True

@@ -9,6 +9,7 @@ outage lasts exactly until the first backoff: deterministic, and no test sleeps.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,53 @@ def test_s3_stream_resumes_where_the_connection_broke(
     hook.waits.clear()
     tail = b"".join(store.iter_range("big.bin", start=CHUNK + 5, end=2 * CHUNK + 9))
     assert tail == data[CHUNK + 5 : 2 * CHUNK + 10] and hook.waits == []
+
+
+class TruncatingS3:
+    """A stand-in for boto3's S3 client whose ``get_object`` bodies are real botocore
+    ``StreamingBody`` objects: the first one ends ``cut`` bytes in although its Content-Length
+    promises the whole range (a connection closed mid-body), the later ones are whole."""
+
+    def __init__(self, data: bytes, cut: int) -> None:
+        self.data, self.cut = data, cut
+        self.ranges: list[str | None] = []
+
+    def get_object(self, Bucket: str, Key: str, Range: str | None = None) -> dict[str, Any]:
+        from botocore.response import StreamingBody
+
+        self.ranges.append(Range)
+        start, end = 0, len(self.data) - 1
+        if Range is not None:
+            first, _, last = Range.removeprefix("bytes=").partition("-")
+            start, end = int(first), int(last) if last else end
+        whole = self.data[start : end + 1]
+        sent = whole[: self.cut] if len(self.ranges) == 1 else whole
+        return {"Body": StreamingBody(io.BytesIO(sent), len(whole))}
+
+
+def test_s3_stream_resumes_after_a_body_that_ended_early(tmp_path: Path) -> None:
+    """botocore raises ``IncompleteReadError`` when a body ends before its Content-Length (how
+    newer releases report a connection cut mid-body): the read resumes at the next byte."""
+    from botocore.exceptions import IncompleteReadError
+
+    from cake_shared.storage import is_transient
+
+    assert is_transient(IncompleteReadError(actual_bytes=1, expected_bytes=2))
+    data = os.urandom(3 * CHUNK + 777)
+    cut = CHUNK + 123
+    store = S3Store(BUCKET, region="us-east-1", retry=Retry(attempts=3, backoff_s=0.01))
+    fake = TruncatingS3(data, cut)
+    store.client = fake
+    waits: list[float] = []
+    store.sleep = waits.append
+    assert b"".join(store.iter_range("obj")) == data
+    assert fake.ranges == [None, f"bytes={cut}-"] and len(waits) == 1
+
+    fake = TruncatingS3(data, 10)
+    store.client = fake
+    waits.clear()
+    assert b"".join(store.iter_range("obj", start=5, end=CHUNK)) == data[5 : CHUNK + 1]
+    assert fake.ranges == [f"bytes=5-{CHUNK}", f"bytes=15-{CHUNK}"] and len(waits) == 1
 
 
 def test_s3_errors_that_are_not_outages_are_not_retried(s3: tuple[S3Store, TcpProxy]) -> None:
