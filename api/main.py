@@ -49,6 +49,7 @@ from cake_core import __version__
 from cake_shared.db import is_unavailable, make_engine
 from cake_shared.settings import Settings
 from cake_shared.storage import retry_from_settings, store_from_url
+from cake_shared.workers import WorkerWatch
 
 log = logging.getLogger("cake.api")
 
@@ -177,10 +178,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx.upload_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_uploads(ctx.upload_dir)
 
+    # Jobs that stay queued while no live worker serves their queue get a no_worker event.
+    watch = WorkerWatch(sessions, settings)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=_warm_up, name="cake-warm-up", daemon=True).start()
+        watch.start()
         yield
+        watch.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -198,9 +204,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "operations", "description": "Health, readiness and metrics."},
         ],
     )
-    metrics = ApiMetrics(sessions)
+    metrics = ApiMetrics(sessions, settings)
     app.state.ctx = ctx
     app.state.metrics = metrics
+    app.state.worker_watch = watch
     install_handlers(app)
     for database_error in (DBAPIError, PoolTimeout):
         app.add_exception_handler(database_error, _database_unavailable)

@@ -22,7 +22,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cake_shared import workers
 from cake_shared.models import Job, utcnow
+from cake_shared.settings import Settings
 
 log = logging.getLogger("cake.api.metrics")
 
@@ -40,8 +42,9 @@ class JobsCollector(Collector):
     since the previous one, so the histogram is a proper monotone counter per process.
     """
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings | None = None) -> None:
         self.sessions = sessions
+        self.settings = settings or Settings()
         self.phase = Histogram(
             "cake_job_phase_duration_seconds",
             "Duration of job phases, for jobs finished since this process started",
@@ -104,12 +107,40 @@ class JobsCollector(Collector):
         yield jobs
         yield depth
         yield from self.phase.collect()
+        yield from self._workers()
+
+    def _workers(self) -> Iterator[Metric]:
+        live = GaugeMetricFamily(
+            "cake_live_workers",
+            "Workers with a recent heartbeat, by queue they serve",
+            labels=["queue"],
+        )
+        by_device = GaugeMetricFamily(
+            "cake_live_workers_by_device",
+            "Workers with a recent heartbeat, by device (cuda, cpu)",
+            labels=["device"],
+        )
+        try:
+            with self.sessions() as session:
+                rows = workers.live_workers(session, self.settings)
+        except Exception:
+            log.exception("worker heartbeats could not be read from the database")
+            return
+        for queue, n in sorted(workers.workers_per_queue(rows).items()):
+            live.add_metric([queue], float(n))
+        devices = {"cpu": 0, "cuda": 0}
+        for row in rows:
+            devices[row.device] = devices.get(row.device, 0) + 1
+        for device, n in sorted(devices.items()):
+            by_device.add_metric([device], float(n))
+        yield live
+        yield by_device
 
 
 class ApiMetrics:
     """The app's registry and its HTTP series."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "cake_http_requests_total",
@@ -123,7 +154,7 @@ class ApiMetrics:
             ["method", "route"],
             registry=self.registry,
         )
-        self.registry.register(JobsCollector(sessions))
+        self.registry.register(JobsCollector(sessions, settings))
 
 
 class MetricsMiddleware:

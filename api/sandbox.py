@@ -17,7 +17,10 @@ Before touching the file the child
   no socket operations at all, so this is defence in depth; where the kernel refuses (an
   unprivileged container) the check still runs and ``SandboxResult.network_isolated`` says so;
 * silences stdout/stderr (TorchScript ``print`` would spam the API log), and reports its
-  progress stages through a pipe.
+  progress stages through a pipe;
+* takes the caller's settings as absolute ``CAKE_*`` values (``env``, normally
+  ``Settings.child_env()``), so whatever it reads sees the same data folder, database and store
+  as the API, whatever the fork server's working folder and environment.
 
 As with any ``multiprocessing`` start method other than fork, the parent's ``__main__`` module is
 imported in the children, so a script that creates the app must guard its own code with
@@ -131,11 +134,13 @@ def _child_main(
     args: tuple[Any, ...],
     memory_bytes: int | None,
     cpu_seconds: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
     """Entry point in the child: isolate, limit, silence output, run ``target``, send the result."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    os.environ.update(env or {})
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     conn.send(("isolation", _isolate_network()))
     _set_limits(memory_bytes, cpu_seconds)
@@ -162,6 +167,7 @@ def run(
     timeout_s: float,
     memory_bytes: int | None = None,
     cpu_seconds: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> SandboxResult:
     """Run ``module:function(*args, report=...)`` in a child; blocking (call from a thread).
 
@@ -170,6 +176,8 @@ def run(
     burning several cores dies of SIGXCPU even before the wall clock runs out. A child that dies
     without answering (segfault, abort, OOM killer, CPU limit) gives ``crashed`` with its exit
     code. Exceptions in the child come back as ``("error", class name)`` values, not tracebacks.
+    ``env`` is set in the child's environment before ``target`` runs (the settings' absolute
+    ``CAKE_*`` locations).
     """
     if cpu_seconds is None:
         cpu_seconds = math.ceil(timeout_s) + 1
@@ -177,7 +185,7 @@ def run(
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     process = ctx.Process(
         target=_child_main,
-        args=(child_conn, target, args, memory_bytes, cpu_seconds),
+        args=(child_conn, target, args, memory_bytes, cpu_seconds, dict(env or {})),
         daemon=True,
     )
     try:

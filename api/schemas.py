@@ -521,9 +521,34 @@ class Health(BaseModel):
     status: Literal["ok"] = Field("ok", description="The process is up.")
 
 
+class LiveWorker(BaseModel):
+    id: str = Field(..., description="The worker's name (cake-<pid>@<host>).")
+    queues: list[str] = Field(..., description="The queues it serves.")
+    device: str = Field(..., description="cuda or cpu.")
+    last_seen: datetime = Field(..., description="Its last heartbeat.")
+
+
+class WorkersReport(BaseModel):
+    live: dict[str, int] = Field(..., description="Live workers per queue (gpu, cpu).")
+    missing: list[str] = Field(
+        ...,
+        description="Queues with no live worker that hold queued jobs or that new jobs go to: "
+        "their jobs stay queued (with a no_worker event) until a worker starts.",
+    )
+    queued: dict[str, int] = Field(..., description="Queued jobs per queue.")
+    default_queue: str = Field(..., description="Where a new job goes now (auto resolved).")
+    detail: str = Field(..., description="The same in words.")
+    workers: list[LiveWorker] = Field(..., description="The live workers.")
+
+
 class Ready(BaseModel):
     status: Literal["ready"] = Field("ready", description="Every dependency answered.")
     checks: dict[str, str] = Field(..., description="database, store, broker: 'ok'.")
+    workers: WorkersReport | None = Field(
+        None,
+        description="Live workers per queue from their heartbeats, and the queues missing one "
+        "(the API is ready without workers; jobs then wait). Absent when it cannot be read.",
+    )
 
 
 ANY_CLIENT_ERROR: dict[int | str, dict[str, Any]] = {

@@ -22,6 +22,7 @@ from api.npz import DatasetFacts
 from api.uploads import TeacherFacts, UploadedFile
 from cake_core.config import JobSpec, WorkLimitError, WorkLimits, check_work, resolve_spec
 from cake_core.errors import SpecError
+from cake_shared import workers
 from cake_shared.ids import new_id
 from cake_shared.job_view import job_json
 from cake_shared.jobs import add_event as shared_add_event
@@ -250,10 +251,10 @@ def delete_teacher(ctx: AppContext, session: Session, tenant: str, teacher_id: s
 # --------------------------------------------------------------------------------------------
 
 
-def queue_for(ctx: AppContext) -> str:
-    """``gpu``/``cpu`` when configured explicitly; ``auto`` routes to ``cpu`` for now."""
-    configured = (ctx.settings.default_queue or "auto").lower()
-    return configured if configured in ("gpu", "cpu") else "cpu"
+def queue_for(ctx: AppContext, session: Session) -> str:
+    """``gpu``/``cpu`` when configured explicitly; ``auto``: ``gpu`` while a live GPU worker
+    serves that queue (worker heartbeats), else ``cpu``."""
+    return workers.route_queue(session, ctx.settings)
 
 
 @dataclass
@@ -379,7 +380,7 @@ def insert_job(
     """Add the queued job and its first event (not committed); 429 when the tenant's queue is
     full."""
     quotas.check_queued_jobs(session, ctx.settings, tenant)
-    queue = queue_for(ctx)
+    queue = queue_for(ctx, session)
     now = utcnow()
     job = Job(
         id=new_id("job"),

@@ -1,10 +1,14 @@
 """``cake serve``, ``cake worker`` and ``cake db``: run and migrate the service.
 
 ``cake serve`` with no configuration runs the whole service on one machine: SQLite and a local
-store under ``CAKE_DATA_DIR`` (default ``./cake-data``), migrations applied, a real Celery worker
-process on the filesystem broker (no broker server), and the API on 127.0.0.1:8000, with the
-logs of both in one console. Ctrl-C or SIGTERM stops both: the worker hands its running job back
-to the queue (it resumes from its checkpoints on the next start) and exits.
+store under ``CAKE_DATA_DIR`` (default ``./cake-data`` of the folder it is started in),
+migrations applied, a real Celery worker process on the filesystem broker (no broker server),
+and the API on 127.0.0.1:8000, with the logs of both in one console. The data folder, database
+URL and store URL are resolved to absolute values once, when the settings are read, and handed
+to the worker (``python -m cake_cli.main worker`` of the installed package) through its
+environment, so both open the same database from any working folder. Ctrl-C or SIGTERM stops
+both: the worker hands its running job back to the queue (it resumes from its checkpoints on
+the next start) and exits.
 
 ``cake serve --no-worker`` plus ``cake worker`` on other machines split it for a deployment
 (PostgreSQL, Redis and S3 configured through ``CAKE_*`` variables).
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Where the ``migrations`` package is installed (beside this one in a checkout or a wheel).
 MIGRATIONS_DIR = ROOT / "migrations"
 QUEUE_NAMES = ("gpu", "cpu")
 COMMANDS = ("serve", "worker", "db")
@@ -91,6 +96,20 @@ def database_revisions(url: str | None = None) -> tuple[str | None, str | None]:
     return current, head
 
 
+def schema_problem(current: str | None, head: str | None, url: str) -> str | None:
+    """One line saying why a worker cannot use the database at ``current`` with code at
+    ``head``; None when they match."""
+    if current == head:
+        return None
+    where = f"the database {_shown_url(url)}"
+    if current is None:
+        return f"{where} has no schema (no migration applied); run `cake db upgrade` first"
+    return (
+        f"{where} is at migration {current} but this code expects {head}; run `cake db "
+        "upgrade` (with this code) first"
+    )
+
+
 def _shown_url(url: str) -> str:
     """The URL without its password, for messages."""
     from sqlalchemy.engine import make_url
@@ -107,6 +126,33 @@ def _use_data_dir(data_dir: Path | None) -> None:
     from cake_shared.settings import get_settings
 
     get_settings.cache_clear()
+
+
+def settings_error(exc: Exception) -> str:
+    """A settings validation error as one line (``CAKE_DEFAULT_QUEUE is 'x'; it must...``)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    parts = []
+    for item in errors():
+        msg = str(item.get("msg", "")).removeprefix("Value error, ")
+        field = ".".join(str(x) for x in item.get("loc", ()))
+        parts.append(msg if "CAKE_" in msg else f"CAKE_{field.upper()}: {msg}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def pin_settings() -> Any:
+    """Read the settings once, resolved to absolute locations, and write those into this
+    process's environment so that every child (the worker, the check sandbox) gets them.
+
+    Raises pydantic's ValidationError for invalid settings (e.g. an unknown queue name).
+    """
+    from cake_shared.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.pin_environment()
+    return settings
 
 
 def is_loopback(host: str) -> bool:
@@ -157,20 +203,44 @@ def worker_argv(queues: str, concurrency: int, loglevel: str = "INFO") -> list[s
 
 
 def _child_env() -> dict[str, str]:
-    """The worker child sees the same settings, and imports this checkout's packages."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return env
+    """The worker child's environment: this one with the settings' absolute locations."""
+    from cake_shared.settings import get_settings
+
+    return {**os.environ, **get_settings().child_env()}
+
+
+def worker_command(queues: str, concurrency: int = 1) -> list[str]:
+    """``python -m cake_cli.main worker ...`` of the package this process runs from.
+
+    ``-P`` keeps the working folder off the child's import path (a folder named ``api`` or
+    ``worker`` there must not shadow the installed packages), unless this very package is
+    imported from the working folder (a checkout run without installing).
+    """
+    safe = ["-P"] if Path.cwd().resolve() != ROOT else []
+    return [
+        sys.executable,
+        *safe,
+        "-m",
+        "cake_cli.main",
+        "worker",
+        "--queues",
+        queues,
+        "--concurrency",
+        str(concurrency),
+    ]
 
 
 def start_worker_process(queues: str = "cpu,gpu", concurrency: int = 1) -> subprocess.Popen[bytes]:
-    """A real Celery worker as a child process that writes to this console.
+    """A real Celery worker (``cake worker``) as a child process that writes to this console.
 
-    It runs in its own session so that a Ctrl-C in the terminal reaches only ``cake serve``,
-    which then stops the worker in order (see :func:`stop_worker_process`).
+    It gets the settings' absolute locations through its environment and keeps this
+    process's working folder; it needs neither ``PYTHONPATH`` nor a source checkout. It runs in
+    its own session so that a Ctrl-C in the terminal reaches only ``cake serve``, which then
+    stops the worker in order (see :func:`stop_worker_process`).
     """
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.app", *worker_argv(queues, concurrency)]
-    return subprocess.Popen(cmd, env=_child_env(), cwd=str(ROOT), start_new_session=True)
+    return subprocess.Popen(
+        worker_command(queues, concurrency), env=_child_env(), start_new_session=True
+    )
 
 
 def stop_worker_process(proc: subprocess.Popen[bytes], grace_s: float = WORKER_STOP_GRACE_S) -> int:
@@ -245,10 +315,13 @@ def serve(
         print(f"error: the API cannot be loaded: {exc}", file=sys.stderr)
         return 1
 
-    from cake_shared.settings import get_settings
-
-    settings = get_settings()
+    try:
+        settings = pin_settings()
+    except ValueError as exc:  # pydantic's ValidationError
+        print(f"error: {settings_error(exc)}", file=sys.stderr)
+        return 2
     url = settings.resolved_database_url()
+    log.info("data folder %s", settings.data_dir)
     log.info("database %s: applying migrations", _shown_url(url))
     upgrade_database()
     if not is_loopback(host) and not allow_remote and not _keys_configured(url):
@@ -290,23 +363,43 @@ def run_worker(
     data_dir: Path | None = None,
     loglevel: str = "INFO",
 ) -> int:
-    """Run a worker in this process (expects a migrated database; applies nothing)."""
+    """Run a worker in this process (expects a migrated database; applies nothing).
+
+    It refuses to start, with one line on stderr, when the database cannot be reached, has no
+    schema or is at another migration than this code. It records its heartbeat (queues,
+    device) from before the slow imports until it stops.
+    """
     _use_data_dir(data_dir)
+    try:
+        settings = pin_settings()
+    except ValueError as exc:  # pydantic's ValidationError
+        print(f"error: {settings_error(exc)}", file=sys.stderr)
+        return 2
+    url = settings.resolved_database_url()
     try:
         current, head = database_revisions()
     except Exception as exc:
-        print(f"error: cannot reach the database: {exc}", file=sys.stderr)
-        return 1
-    if current != head:
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
         print(
-            f"error: the database is at revision {current or 'none'}, the code expects {head}; "
-            "run `cake db upgrade` first",
+            f"error: cannot reach the database {_shown_url(url)} ({type(exc).__name__}: {reason})",
             file=sys.stderr,
         )
+        return 1
+    problem = schema_problem(current, head, url)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    from worker.app import app
+    from cake_shared import workers
 
-    app.worker_main(argv=worker_argv(queues, concurrency, loglevel))
+    # The device is found in the heartbeat's thread (NVML, no CUDA context before the pool
+    # forks) while the main thread imports the worker (torch).
+    workers.start_heartbeat(workers.worker_name(), queues.split(","), concurrency)
+    try:
+        from worker.app import app
+
+        app.worker_main(argv=worker_argv(queues, concurrency, loglevel))
+    finally:
+        workers.stop_heartbeat()
     return 0
 
 

@@ -195,3 +195,27 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Worker(Base):
+    """A live (or recently live) worker: its heartbeat, the queues it serves and its device.
+
+    Each worker process upserts its row every ``worker_heartbeat_s`` and deletes it when it
+    stops cleanly; a row older than ``worker_live_s`` is a worker that died (``cake_shared.
+    workers``). The API reads these rows for ``/readyz``, ``/metrics``, the ``auto`` queue and
+    the ``no_worker`` event.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: the queues it consumes, e.g. ["gpu", "cpu"]
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    #: "cuda" or "cpu"
+    device: Mapped[str] = mapped_column(String(16))
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    version: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

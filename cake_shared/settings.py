@@ -6,11 +6,57 @@ With nothing set the service runs embedded on one machine: SQLite and a local-di
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: What ``CAKE_DEFAULT_QUEUE`` may be: ``auto`` picks ``gpu`` when a live GPU worker serves it.
+QUEUE_CHOICES = ("auto", "gpu", "cpu")
+
+
+def absolute_database_url(url: str, base: Path | None = None) -> str:
+    """``url`` with a relative SQLite file made absolute (against ``base``, default the working
+    folder); other URLs (PostgreSQL, in-memory SQLite) unchanged."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy reads: leave it for the engine to refuse
+        return url
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database:
+        return url
+    if database == ":memory:" or database.startswith("file:"):
+        return url
+    path = Path(database).expanduser()
+    if path.is_absolute():
+        return url
+    resolved = (base or Path.cwd()) / path
+    return parsed.set(database=str(resolved.resolve())).render_as_string(hide_password=False)
+
+
+def absolute_store_url(url: str, base: Path | None = None) -> str:
+    """``url`` with a local store's relative path made absolute: ``file://./store``,
+    ``file:store`` or a plain path become ``file:///abs/store``; ``s3://`` is unchanged."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("file", ""):
+        return url
+    if parsed.scheme == "":
+        raw = url
+    elif parsed.netloc in ("", "localhost"):
+        raw = parsed.path
+    else:  # file://relative/path: the first part landed in the host
+        raw = parsed.netloc + parsed.path
+    if not raw:
+        return url
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return f"file://{path.resolve()}"
 
 
 class Settings(BaseSettings):
@@ -30,8 +76,18 @@ class Settings(BaseSettings):
     job_heartbeat_timeout_s: float = 300.0
     progress_interval_s: float = 1.0
     visibility_timeout_s: int = 12 * 3600
-    default_queue: str = "auto"
+    default_queue: str = Field(
+        "auto", description="auto (gpu when a live GPU worker serves it, else cpu), gpu or cpu"
+    )
     worker_device: str | None = None
+    # Worker heartbeats (cake_shared.workers): a worker records itself every
+    # worker_heartbeat_s and counts as live until worker_live_s after its last record; a job
+    # queued for no_worker_after_s while no live worker serves its queue gets a no_worker event
+    # (the API looks every worker_watch_interval_s).
+    worker_heartbeat_s: float = Field(2.0, gt=0)
+    worker_live_s: float = Field(15.0, gt=0)
+    no_worker_after_s: float = Field(3.0, ge=0)
+    worker_watch_interval_s: float = Field(1.0, gt=0)
     idempotency_ttl_s: int = 24 * 3600
     sweep_interval_s: float = 30.0
     lost_job_after_s: float = 60.0
@@ -81,6 +137,27 @@ class Settings(BaseSettings):
     #: callbacks to loopback, private and link-local addresses are refused (SSRF).
     webhook_allow_private: bool = True
 
+    @field_validator("default_queue")
+    @classmethod
+    def _known_queue(cls, value: str) -> str:
+        queue = value.strip().lower()
+        if queue not in QUEUE_CHOICES:
+            raise ValueError(
+                f"CAKE_DEFAULT_QUEUE is {value!r}; it must be one of {', '.join(QUEUE_CHOICES)}"
+            )
+        return queue
+
+    @model_validator(mode="after")
+    def _absolute_locations(self) -> Settings:
+        """Relative locations are resolved once, here, against this process's working folder;
+        children get the absolute values (:meth:`child_env`), whatever their own folder."""
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.database_url:
+            self.database_url = absolute_database_url(self.database_url)
+        if self.store_url:
+            self.store_url = absolute_store_url(self.store_url)
+        return self
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -90,6 +167,22 @@ class Settings(BaseSettings):
         if self.store_url:
             return self.store_url
         return f"file://{(self.data_dir / 'store').resolve()}"
+
+    def child_env(self) -> dict[str, str]:
+        """The locations as absolute ``CAKE_*`` values, for the environment of a child process
+        (a worker, a check sandbox): it opens the same database, store and broker as this one,
+        whatever its working folder."""
+        return {
+            "CAKE_DATA_DIR": str(self.data_dir),
+            "CAKE_DATABASE_URL": self.resolved_database_url(),
+            "CAKE_STORE_URL": self.resolved_store_url(),
+            "CAKE_BROKER_URL": self.resolved_broker_url(),
+        }
+
+    def pin_environment(self) -> None:
+        """Write :meth:`child_env` into this process's environment, so that every child it
+        starts from now on (and every later ``Settings()`` here) sees the same locations."""
+        os.environ.update(self.child_env())
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"

@@ -17,6 +17,7 @@ from typing import Any
 from celery import signals
 from celery.exceptions import Reject
 
+from cake_shared import workers
 from cake_shared.queue import TASK_NAME, celery_app
 from worker.runner import process_job
 from worker.sweeper import Sweeper
@@ -42,8 +43,22 @@ def run_job_task(job_id: str) -> str:
     return process_job(job_id, shutdown=SHUTDOWN)
 
 
+def _consumer_queues(consumer: Any) -> list[str]:
+    """The queues this worker consumes (``-Q``), in a stable order."""
+    try:
+        names = list(consumer.app.amqp.queues.consume_from)
+    except Exception:
+        names = []
+    return sorted(names or workers.QUEUES)
+
+
 @signals.worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    # ``cake worker`` started the heartbeat already (before torch was imported); a worker
+    # started as ``celery -A worker.app worker`` starts it here.
+    hostname = getattr(sender, "hostname", None) or workers.worker_name()
+    concurrency = getattr(getattr(sender, "controller", None), "concurrency", None) or 1
+    workers.start_heartbeat(hostname, _consumer_queues(sender), int(concurrency))
     _sweeper.start()
     _webhooks.start()
 
@@ -51,10 +66,13 @@ def _start_sweeper(**_: Any) -> None:
 @signals.worker_shutting_down.connect
 def _on_shutting_down(**_: Any) -> None:
     SHUTDOWN.set()
+    # From now on this worker takes no job: it no longer counts as serving its queues.
+    workers.stop_heartbeat()
 
 
 @signals.worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
+    workers.stop_heartbeat()
     _sweeper.stop()
     _webhooks.stop()
 

@@ -17,6 +17,7 @@ from api import broker
 from api.deps import AppContext
 from api.errors import ApiError
 from api.schemas import Health, Ready, problem_responses
+from cake_shared import workers
 
 log = logging.getLogger("cake.api")
 router = APIRouter(tags=["operations"])
@@ -47,7 +48,7 @@ async def _check(name: str, fn: Callable[[], Any]) -> str:
 @router.get(
     "/readyz",
     response_model=Ready,
-    summary="Readiness: database, object store and broker answer",
+    summary="Readiness: database, object store and broker answer; live workers per queue",
     responses=problem_responses(503),
 )
 async def readyz(request: Request) -> dict[str, Any]:
@@ -67,7 +68,26 @@ async def readyz(request: Request) -> dict[str, Any]:
         raise ApiError(
             503, "not_ready", "not ready: " + "; ".join(failing), extra={"checks": checks}
         )
-    return {"status": "ready", "checks": checks}
+    body: dict[str, Any] = {"status": "ready", "checks": checks}
+    report = await _workers_report(ctx)
+    if report is not None:
+        body["workers"] = report
+    return body
+
+
+async def _workers_report(ctx: AppContext) -> dict[str, Any] | None:
+    """Live workers per queue and the queues missing one (None when it cannot be read)."""
+
+    def read() -> dict[str, Any]:
+        with ctx.sessionmaker() as session:
+            return workers.report(session, ctx.settings)
+
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT_S):
+            return await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
+    except Exception as exc:
+        log.warning("readiness: worker heartbeats unreadable: %s", type(exc).__name__)
+        return None
 
 
 @router.get(
@@ -76,7 +96,8 @@ async def readyz(request: Request) -> dict[str, Any]:
     description=(
         "Text format: cake_http_requests_total and cake_http_request_duration_seconds by route "
         "template and status, cake_jobs by status, cake_queue_depth by queue, "
-        "cake_job_phase_duration_seconds by phase."
+        "cake_job_phase_duration_seconds by phase, cake_live_workers by queue, "
+        "cake_live_workers_by_device by device."
     ),
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},

@@ -49,10 +49,12 @@ def test_healthz_and_readyz(client: TestClient, fake_queue: FakeQueue) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {
-        "status": "ready",
-        "checks": {"database": "ok", "store": "ok", "broker": "ok"},
-    }
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert body["checks"] == {"database": "ok", "store": "ok", "broker": "ok"}
+    # The API is ready without workers; it says which queue misses one.
+    assert body["workers"]["live"] == {"cpu": 0, "gpu": 0}
+    assert body["workers"]["missing"] == ["cpu"]
     fake_queue.broker_up = False
     body = assert_problem(client.get("/readyz"), 503, "not_ready")
     assert body["checks"]["broker"].startswith("unavailable")
