@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -387,32 +388,35 @@ def _find_non_finite(value: Any, where: list[str | int]) -> tuple[str, list[str 
     return None
 
 
+_SHAPE_LIST = re.compile(r"[0-9]{1,18}(?:[ \t]*,[ \t]*[0-9]{1,18})*")
+_SHAPE_HINT = "must be a JSON array of positive integers, e.g. [1,28,28], or the form 1,28,28"
+
+
 def parse_input_shape_field(text: str, loc: list[str | int]) -> list[int]:
-    """Syntax of the ``input_shape`` part: a JSON array of positive ints, or ``1,28,28``.
+    """Syntax of the ``input_shape`` part, parsed strictly: a JSON array of positive ints
+    (``[1,28,28]``), or comma-separated positive ints (``1,28,28``, ``13``). Anything else,
+    broken JSON such as ``[13,`` included, is a 422 naming the field.
 
     Bounds (rank, per-dimension and total size) are the engine's and are checked by the engine
     in the teacher check, so they are not duplicated here.
     """
+    stripped = text.strip()
     value: Any
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text.strip().strip("()[]")
-        value = [v.strip() for v in value.split(",") if v.strip()]
+    if stripped.startswith("["):
         try:
-            value = [int(v) for v in value]
-        except ValueError:
-            raise validation_error(
-                loc, "must be a JSON array of positive integers, e.g. [1,28,28]"
-            ) from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
+            value = json.loads(stripped)
+        except (ValueError, RecursionError):  # JSONDecodeError, or an integer of 4300+ digits
+            raise validation_error(loc, f"is not valid JSON; {_SHAPE_HINT}") from None
+    elif _SHAPE_LIST.fullmatch(stripped):
+        value = [int(part) for part in stripped.split(",")]
+    else:
+        raise validation_error(loc, _SHAPE_HINT)
     if (
         not isinstance(value, list)
         or not value
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
     ):
-        raise validation_error(loc, "must be a JSON array of positive integers, e.g. [1,28,28]")
+        raise validation_error(loc, _SHAPE_HINT)
     return value
 
 
@@ -476,6 +480,7 @@ def check_teacher(
             num_classes,
             timeout_s=timeout,
             memory_bytes=settings.teacher_check_memory_bytes,
+            env=settings.child_env(),
         )
     if result.network_isolated is False and not _WARNED_NETWORK.is_set():
         _WARNED_NETWORK.set()

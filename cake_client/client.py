@@ -69,16 +69,34 @@ SSE_READ_TIMEOUT_S = 45.0
 
 
 def shape_list(input_shape: str | Sequence[int]) -> list[int]:
-    """``"1,28,28"``, ``"[13]"``, ``(1, 8, 8)`` -> ``[1, 28, 28]``; the service validates ranges."""
+    """``"1,28,28"``, ``"[13]"``, ``(1, 8, 8)`` -> ``[1, 28, 28]``; the service validates ranges.
+
+    A string is parsed as strictly as the service does: a JSON array of positive integers or
+    comma-separated positive integers; anything else (``"[13,"``, ``"13,"``) is a ValueError.
+    """
     if isinstance(input_shape, str):
-        text = input_shape.strip().strip("[]()").strip().rstrip(",")
-        try:
-            dims = [int(tok) for tok in text.split(",")] if text else []
-        except ValueError:
-            raise ValueError(
-                f"input shape {input_shape!r} is not a comma-separated list of integers, "
-                "e.g. 1,28,28"
-            ) from None
+        text = input_shape.strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            ok = isinstance(parsed, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) for d in parsed
+            )
+            if not ok:
+                raise ValueError(
+                    f"input shape {input_shape!r} is not a JSON array of integers, e.g. [1,28,28]"
+                )
+            dims = list(parsed)
+        else:
+            tokens = [tok.strip() for tok in text.split(",")]
+            if not text or not all(tok.isascii() and tok.isdigit() for tok in tokens):
+                raise ValueError(
+                    f"input shape {input_shape!r} is not a comma-separated list of integers, "
+                    "e.g. 1,28,28"
+                )
+            dims = [int(tok) for tok in tokens]
     else:
         dims = [int(d) for d in input_shape]
     if not dims or any(d < 1 for d in dims):
