@@ -64,10 +64,11 @@ def test_curl_walkthrough_on_cake_serve_then_ctrl_c(
     assert "teacher accuracy: " in run.stdout and "student accuracy: " in run.stdout, shown
     assert (tmp_path / "out" / "student.pt").stat().st_size > 0
 
-    # The embedded service runs a real Celery worker as a child process.
+    # The embedded service runs a real Celery worker as a child process: `cake worker` of the
+    # installed package.
     children = server.remember_children()
-    workers = [pid for pid in children if "celery" in command_line(pid)]
-    assert workers, f"no Celery worker below cake serve: {[command_line(p) for p in children]}"
+    workers = [pid for pid in children if "cake_cli.main worker" in command_line(pid)]
+    assert workers, f"no cake worker below cake serve: {[command_line(p) for p in children]}"
 
     # Ctrl-C in a terminal signals the foreground process group: cake serve and the helpers
     # that share its group (the worker has a session of its own; cake serve stops it).
