@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from dashboard_support import CHROMIUM, Served, launch_chromium, start_served
 
-HOW_TO_INSTALL = "run `bash scripts/setup.sh` (pip installs playwright, apt-get chromium)"
+HOW_TO_INSTALL = "run `bash scripts/test.sh` (it installs playwright and apt-gets chromium)"
 
 
 @pytest.fixture(scope="module")

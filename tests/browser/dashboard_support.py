@@ -1,7 +1,7 @@
 """Helpers of the dashboard's browser tests: Debian's chromium driven by Playwright, and the
 end-to-end tests' process helpers (``tests/e2e/e2e_support.py``) for a real ``cake serve``.
 
-The browser is the system one (``/usr/bin/chromium``, installed by ``scripts/setup.sh``):
+The browser is the system one (``/usr/bin/chromium``, installed by ``scripts/test.sh``):
 ``playwright install`` would download a browser build of its own, which this project never
 does.
 """
