@@ -5,18 +5,19 @@
 FROM python:3.11-slim
 
 # The API checks every uploaded teacher in a sandboxed child process that imports torch, so the
-# image needs torch. The CPU build, installed before the project: a bare `torch>=2.4` resolved
-# from PyPI would pull a multi-GB CUDA build the API never uses.
-ARG TORCH_VERSION=2.13.0
+# image needs torch: the version constraints.txt pins (the worker image runs the same one), in
+# its CPU build, installed before the project: a bare `torch>=2.4` resolved from PyPI would pull
+# a multi-GB CUDA build the API never uses. Every other package is pinned by constraints.txt too.
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN pip install torch==${TORCH_VERSION} --index-url https://download.pytorch.org/whl/cpu
-
 WORKDIR /app
+COPY constraints.txt ./
+RUN pip install -c constraints.txt torch --index-url https://download.pytorch.org/whl/cpu
+
 COPY pyproject.toml README.md alembic.ini ./
 COPY cake_core ./cake_core
 COPY cake_shared ./cake_shared
@@ -26,12 +27,9 @@ COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
 
-# The project, with torch pinned to the build above so pip can never swap it for another one.
-RUN python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" \
-        > /tmp/torch-constraint.txt \
-    && pip install -c /tmp/torch-constraint.txt . \
-    && rm /tmp/torch-constraint.txt \
-    && python -c "import torch, cake_cli.service, api.main; assert torch.__version__.startswith('${TORCH_VERSION}')"
+# The project, from the lock: torch is pinned there to the build above, so pip keeps it.
+RUN pip install -c constraints.txt . \
+    && python -c "import torch, cake_cli.service, api.main; print('torch', torch.__version__)"
 
 # The code runs from this copy of the source tree, so what runs is exactly what was copied
 # (migrations/ included); the installed wheel supplies the dependencies and the `cake` script.

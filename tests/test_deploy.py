@@ -383,6 +383,7 @@ def test_each_image_can_pip_install_the_project():
 
 TORCH_INSTALL = re.compile(r"pip install\s[^&;|]*\btorch(==|\s|$)")
 PROJECT_INSTALL = re.compile(r"pip install\s[^&;|]*\s\.(\s|$)")
+LOCK = "constraints.txt"
 
 
 def test_images_install_torch_before_the_project():
@@ -391,22 +392,40 @@ def test_images_install_torch_before_the_project():
         runs = [args for kw, args in instructions(path) if kw == "RUN"]
         project = [i for i, run in enumerate(runs) if PROJECT_INSTALL.search(run)]
         assert len(project) == 1, f"{path.name}: one `pip install .`"
-        # The project's install is constrained to the torch already there: pip keeps it.
-        assert re.search(r"pip install\s+(-c|--constraint)\s", runs[project[0]]), path.name
         torch = [i for i, run in enumerate(runs) if TORCH_INSTALL.search(run)]
+        assert torch and torch[0] < project[0], f"{path.name}: torch before the project"
         if name == "api":
-            assert torch and torch[0] < project[0], "api: torch (CPU) before the project"
-            assert "download.pytorch.org/whl/cpu" in runs[torch[0]]
+            assert "download.pytorch.org/whl/cpu" in runs[torch[0]], "api: the CPU build"
         else:
-            assert not torch, "worker: torch comes from the CUDA base image, untouched"
+            assert "whl/cpu" not in runs[torch[0]], "worker: the default (CUDA) build"
+            assert "torch.version.cuda" in runs[torch[0]], "worker: checks it is a CUDA build"
+
+
+def test_images_install_everything_from_the_lock():
+    """One torch for checking and running: both images install torch and the project with
+    ``-c constraints.txt``, where torch is pinned, and name no torch version of their own."""
+    for name in ("api", "worker"):
+        path = dockerfiles()[name]
+        instrs = instructions(path)
+        assert copied_to(instrs, LOCK) == str(PurePosixPath(workdir(instrs)) / LOCK), path.name
+        runs = [args for kw, args in instrs if kw == "RUN"]
+        for run in runs:
+            if TORCH_INSTALL.search(run) or PROJECT_INSTALL.search(run):
+                assert re.search(rf"pip install\s+(-c|--constraint)\s+{LOCK}\s", run), run
+        text = path.read_text()
+        assert not re.search(r"torch\s*==|TORCH_VERSION|pytorch/pytorch:", text), path.name
+        # the lock reaches the image before its first pip install
+        lock_at = next(i for i, (kw, a) in enumerate(instrs) if kw == "COPY" and LOCK in a)
+        first_pip = next(i for i, (kw, a) in enumerate(instrs) if kw == "RUN" and "pip " in a)
+        assert lock_at < first_pip, path.name
 
 
 def test_base_images():
-    api = base_image(instructions(dockerfiles()["api"]))
-    assert api.startswith("python:3.11") and "slim" in api
-    worker = base_image(instructions(dockerfiles()["worker"]))
-    assert "cuda" in worker.lower(), worker
-    assert worker.startswith(("pytorch/pytorch:", "nvidia/cuda:", "nvcr.io/nvidia/")), worker
+    """Both images start from the same slim Python as the lock's (3.11); the worker gets its
+    CUDA runtime with torch's default build, not from its base image."""
+    for name in ("api", "worker"):
+        image = base_image(instructions(dockerfiles()[name]))
+        assert image.startswith("python:3.11") and "slim" in image, (name, image)
 
 
 def test_images_run_as_non_root_and_find_the_migrations():
