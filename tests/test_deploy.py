@@ -430,7 +430,8 @@ def test_base_images():
 
 def test_images_run_as_non_root_and_find_the_migrations():
     """``cake db upgrade``/``cake worker`` look for migrations/ beside the ``cake_cli`` they
-    import; the wheel does not carry that folder, so the images import the copied source tree."""
+    import; the images import the copied source tree (``PYTHONPATH``), so it must hold the
+    folder there too (the wheel carries it as well: tests/e2e/test_wheel_install.py)."""
     rel = service.MIGRATIONS_DIR.relative_to(service.ROOT).as_posix()
     for path in set(dockerfiles().values()):
         instrs = instructions(path)
