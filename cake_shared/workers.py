@@ -55,6 +55,24 @@ def detect_device(requested: str | None = None) -> str:
         return "cpu"
 
 
+def _explicit(requested: str | None) -> bool:
+    return bool((requested or "").strip()) and (requested or "").strip().lower() != "auto"
+
+
+def quick_device(requested: str | None = None) -> str:
+    """A first guess of :func:`detect_device` without importing torch (seconds on a busy
+    machine): an explicit setting, else ``cuda`` when the NVIDIA driver lists a GPU that
+    ``CUDA_VISIBLE_DEVICES`` does not hide. The heartbeat corrects it once torch answered."""
+    if _explicit(requested):
+        return detect_device(requested)
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return "cpu"
+    try:
+        return "cuda" if any(os.scandir("/proc/driver/nvidia/gpus")) else "cpu"
+    except OSError:
+        return "cpu"
+
+
 def worker_name(pid: int | None = None, host: str | None = None) -> str:
     """The name ``cake worker`` gives its Celery node: ``cake-<pid>@<host>``."""
     return f"cake-{pid or os.getpid()}@{host or socket.gethostname()}"
@@ -112,9 +130,10 @@ def _version() -> str | None:
 class Heartbeat:
     """A daemon thread that records this worker every ``interval_s`` and removes it at stop.
 
-    ``device`` None is detected in the thread (:func:`detect_device`), so a slow torch import
-    does not hold up whoever starts it. A database that cannot be reached is logged once per
-    outage, not on every beat.
+    ``device`` None is found in the thread: the first beat goes out at once with
+    :func:`quick_device`, the next ones with what torch says (:func:`detect_device`), so the
+    worker counts as live from its first second, not only once torch is imported. A database
+    that cannot be reached is logged once per outage, not on every beat.
     """
 
     worker_id: str
@@ -125,12 +144,16 @@ class Heartbeat:
     beats: int = 0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
+    _remove: bool = field(default=True, repr=False)
+    _refine: bool = field(default=False, repr=False)
 
     def beat(self) -> None:
         from cake_shared.db import session_scope
 
         if self.device is None:
-            self.device = detect_device(get_settings().worker_device)
+            requested = get_settings().worker_device
+            self.device = quick_device(requested)
+            self._refine = not _explicit(requested)
         with session_scope() as session:
             record_heartbeat(
                 session,
@@ -160,7 +183,22 @@ class Heartbeat:
                         str(reason).strip().splitlines()[0] if str(reason).strip() else "",
                     )
                 failing = True
+            if self._refine and not self._stop.is_set():
+                self._refine = False
+                self.device = detect_device(get_settings().worker_device)  # imports torch
+                continue  # record what torch says at once
             self._stop.wait(interval)
+        if self._remove:  # after the last beat, so nothing records it again
+            self._remove_row()
+
+    def _remove_row(self) -> None:
+        from cake_shared.db import session_scope
+
+        try:
+            with session_scope() as session:
+                remove_worker(session, self.worker_id)
+        except Exception as exc:  # it goes stale after worker_live_s anyway
+            log.warning("could not remove worker %s: %s", self.worker_id, type(exc).__name__)
 
     @property
     def running(self) -> bool:
@@ -173,20 +211,23 @@ class Heartbeat:
             self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0, remove: bool = True) -> None:
-        """Stop beating and, with ``remove``, delete the row: the worker is gone at once."""
+    def stop(self, timeout: float = 5.0, remove: bool = True, wait: bool = True) -> None:
+        """Stop beating and, with ``remove``, delete the row (the worker is gone at once).
+
+        The thread itself deletes the row after its last beat; ``wait=False`` only tells it to
+        (no database work and no waiting here: safe in a signal handler).
+        """
+        self._remove = remove
         self._stop.set()
+        if not wait:
+            return
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                return
             self._thread = None
-        if remove:
-            from cake_shared.db import session_scope
-
-            try:
-                with session_scope() as session:
-                    remove_worker(session, self.worker_id)
-            except Exception as exc:  # it goes stale after worker_live_s anyway
-                log.warning("could not remove worker %s: %s", self.worker_id, type(exc).__name__)
+        elif remove:
+            self._remove_row()
 
 
 _current: Heartbeat | None = None
@@ -202,12 +243,15 @@ def start_heartbeat(worker_id: str, queues: Iterable[str], concurrency: int = 1)
         return _current
 
 
-def stop_heartbeat() -> None:
+def stop_heartbeat(wait: bool = True) -> None:
+    """Stop the process's heartbeat and remove its row; ``wait=False`` from a signal handler
+    (the heartbeat's thread removes the row; a later call with ``wait`` waits for that)."""
     global _current
     with _current_lock:
         if _current is not None:
-            _current.stop()
-            _current = None
+            _current.stop(wait=wait)
+            if wait:
+                _current = None
 
 
 # -- the API's side ---------------------------------------------------------------------------

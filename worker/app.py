@@ -11,6 +11,8 @@ the process that gets the signal; a ``prefork`` child finishes its job first (wa
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any
 
@@ -52,6 +54,26 @@ def _consumer_queues(consumer: Any) -> list[str]:
     return sorted(names or workers.QUEUES)
 
 
+@signals.worker_init.connect
+def _refuse_a_database_of_another_schema(**_: Any) -> None:
+    """A worker started as ``celery -A worker.app worker`` checks the schema as ``cake worker``
+    does: no schema or another migration is one line on stderr and exit code 2, not a worker
+    that warns in a loop. (A database that cannot be reached yet is left to the retries.)"""
+    from cake_cli.service import database_revisions, schema_problem
+    from cake_shared.settings import get_settings
+
+    url = get_settings().resolved_database_url()
+    try:
+        current, head = database_revisions(url)
+    except Exception:
+        return
+    problem = schema_problem(current, head, url)
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+
 @signals.worker_ready.connect
 def _start_sweeper(sender: Any = None, **_: Any) -> None:
     # ``cake worker`` started the heartbeat already (before torch was imported); a worker
@@ -66,8 +88,9 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
 @signals.worker_shutting_down.connect
 def _on_shutting_down(**_: Any) -> None:
     SHUTDOWN.set()
-    # From now on this worker takes no job: it no longer counts as serving its queues.
-    workers.stop_heartbeat()
+    # From now on this worker takes no job: it no longer counts as serving its queues. (This
+    # runs in a signal handler: the heartbeat's own thread removes the row.)
+    workers.stop_heartbeat(wait=False)
 
 
 @signals.worker_shutdown.connect

@@ -64,9 +64,12 @@ def test_heartbeat_records_queues_and_device_then_removes_itself(service: Servic
     assert _rows() == []  # a clean stop leaves no live worker behind
 
 
-def test_device_follows_the_setting() -> None:
+def test_device_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert workers.detect_device("cpu") == "cpu"
     assert workers.detect_device("cuda:1") == "cuda"
+    assert workers.quick_device("cuda") == "cuda"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert workers.quick_device(None) == "cpu"
 
 
 def test_live_workers_and_the_auto_queue(service: Service) -> None:
@@ -157,3 +160,32 @@ def test_a_worker_refuses_a_database_at_another_migration(tmp_path: Path) -> Non
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
     assert "at migration 0002" in lines[0] and "run `cake db upgrade`" in lines[0], lines[0]
+
+
+def test_a_celery_started_worker_refuses_an_empty_database_too(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAKE_")}
+    env["CAKE_DATA_DIR"] = str(tmp_path / "data")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "--queues",
+            "cpu",
+            "--pool",
+            "solo",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "run `cake db upgrade`" in errors[0], run.stderr
+    assert "webhook round failed" not in run.stderr + run.stdout
