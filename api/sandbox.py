@@ -270,3 +270,9 @@ def probe_isolation(host: str, port: int, report: Any = None) -> dict[str, Any]:
     except OSError as exc:
         connect = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
     return {"limits": limits, "connect": connect}
+
+
+def child_settings(report: Any = None) -> dict[str, str]:
+    """The ``CAKE_*`` variables a sandboxed child sees (``"api.sandbox:child_settings"``): the
+    locations the caller handed it, for tests and for an operator checking a deployment."""
+    return {k: v for k, v in os.environ.items() if k.startswith("CAKE_")}
