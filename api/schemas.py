@@ -108,7 +108,23 @@ class StudentIn(_SpecPart):
         ),
     )
     width: float | None = _spec_field(
-        "student.width", "Scales channels and hidden units; 0.5 is the 'Half' variant"
+        "student.width",
+        "Scales channels and hidden units; 0.5 is the 'Half' variant, 1 the reference size. "
+        "Omitted or null: chosen when the job runs, as the largest width (0.0625..1 in steps "
+        "of 1/32) whose student has at most half the teacher's parameters (the smallest when "
+        "none does); the job's spec then records the width and, in student.width_reason, why. "
+        "An explicit width is used as given (a warning event when the student is larger than "
+        "the teacher)",
+        default_note="null (chosen from the teacher's size)",
+    )
+    width_reason: str | None = Field(
+        None,
+        max_length=2000,
+        description=(
+            "Output only: where the job's width came from ('given in the spec', or how it was "
+            "chosen from the teacher's size). Accepted so a job's spec can be sent again as "
+            "is; ignored on input."
+        ),
     )
 
 
@@ -409,16 +425,19 @@ class Job(BaseModel):
         ...,
         description=(
             "The resolved spec: student, synthesis, training, preset and seed with every default "
-            "filled in (student.arch included)."
+            "filled in (student.arch included). student.width is null while a width left to "
+            "the parameter budget is not chosen yet, and the chosen width once the job "
+            "succeeded; student.width_reason says where the width came from."
         ),
     )
     metrics: dict[str, Any] = Field(
         ...,
         description=(
             "When succeeded: agreement_synthetic, fidelity_estimate (data-free estimate of the "
-            "agreement on real data), teacher_parameters, student_parameters, "
-            "synthesis_seconds, training_seconds, samples_per_second; with an eval data set "
-            "also teacher_accuracy, student_accuracy, agreement_eval."
+            "agreement on real data), teacher_parameters, student_parameters, compression "
+            "(teacher_parameters / student_parameters), synthesis_seconds, training_seconds, "
+            "samples_per_second; with an eval data set also teacher_accuracy, "
+            "student_accuracy, agreement_eval."
         ),
     )
     error: JobError | None = Field(None, description="Why the job failed (failed jobs only).")
@@ -453,7 +472,13 @@ class Artifact(BaseModel):
 
 
 class WidthRange(BaseModel):
-    default: float = Field(..., description="Reference width multiplier.")
+    default: float | None = Field(
+        ...,
+        description=(
+            "Width of a job that gives none; null: chosen per job, the largest width whose "
+            "student has at most half the teacher's parameters."
+        ),
+    )
     min: float = Field(..., description="Smallest accepted width.")
     max: float = Field(..., description="Largest accepted width.")
 

@@ -104,7 +104,7 @@ def architecture_catalogue(report: Report = _no_report) -> list[dict[str, Any]]:
                 "input_ranks": list(arch.input_ranks),
                 "default_for_ranks": [r for r in range(1, 5) if default_arch([1] * r) == arch.name],
                 "width": {
-                    "default": StudentSpec().width,
+                    "default": StudentSpec().width,  # None: chosen from the teacher's size
                     "min": float(width_min),
                     "max": float(width_max),
                 },

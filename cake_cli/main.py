@@ -115,6 +115,12 @@ def _distill(args: argparse.Namespace) -> int:
     tasks: dict[str, TaskID] = {}
 
     def on_progress(p: JobProgress) -> None:
+        if p.event is not None:  # a log line (which student, and why), not progress
+            if p.level == "warning":
+                err_console.print(f"[yellow]warning:[/yellow] {p.message}", highlight=False)
+            elif not args.quiet:
+                bars.console.print(p.message, highlight=False)
+            return
         if p.phase not in tasks:
             for task in tasks.values():
                 bars.update(task, completed=1.0)
@@ -148,7 +154,8 @@ def _distill(args: argparse.Namespace) -> int:
 
     written = _place_artifacts(result.artifacts, output)
     shutil.rmtree(work, ignore_errors=True)
-    console.print(_metrics_table(result.metrics, result.spec.student.arch or ""))
+    student = result.spec.student
+    console.print(_metrics_table(result.metrics, f"{student.arch} (width {student.width:g})"))
     for path in written:
         console.print(f"wrote {path}", highlight=False)
     return EXIT_OK

@@ -565,8 +565,9 @@ class _JobView:
         self.progress.__exit__(None, None, None)
 
     def update(self, p: JobProgress) -> None:
-        if p.event is not None and p.event.type == "no_worker":
-            # Nobody serves the job's queue: say so, on a terminal as on a pipe.
+        if p.event is not None and (p.event.type == "no_worker" or p.event.level == "warning"):
+            # Nobody serves the job's queue, or the student is larger than its teacher: say
+            # so, on a terminal as on a pipe.
             self.out.info(f"warning: {p.event.message}")
         message = p.message if len(p.message) <= 60 else p.message[:59] + "…"
         if not self.out.bars:

@@ -39,6 +39,7 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "batchnorm_layers": "teacher BatchNorm layers the synthesis prior matched",
     "teacher_parameters": "teacher parameters",
     "student_parameters": "student parameters",
+    "compression": "teacher parameters / student parameters (above 1: the student is smaller)",
     "num_samples": "synthetic samples",
     "samples_per_second": "synthesis speed (samples per second)",
     "synthesis_seconds": "synthesis time (s)",
@@ -278,6 +279,11 @@ def write_report(
         [
             ["architecture", f"`{student.get('arch', '?')}`"],
             ["width", str(student.get("width", "?"))],
+            *(
+                [["width chosen", str(student["width_reason"])]]
+                if student.get("width_reason")
+                else []
+            ),
             ["file", "`student.pt` (TorchScript: `torch.jit.load` runs it with torch alone)"],
             ["sha256", f"`{student.get('sha256', '')}`"],
             ["size (bytes)", f"{int(student.get('size_bytes', 0)):,}"],

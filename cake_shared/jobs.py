@@ -285,11 +285,14 @@ def finish_job(
     artifacts: Sequence[Mapping[str, Any]] = (),
     message: str | None = None,
     data: Mapping[str, Any] | None = None,
+    student: Mapping[str, Any] | None = None,
 ) -> bool:
     """End a running job as ``status`` (succeeded/failed/canceled), in one transaction with its
     artifact rows and its final event. False (and nothing written) when the claim was lost.
 
-    ``artifacts``: dicts with name, size_bytes, sha256, content_type, storage_key.
+    ``artifacts``: dicts with name, size_bytes, sha256, content_type, storage_key. ``student``:
+    the student the engine built (``arch``, ``width``, ``width_reason``), recorded in the job's
+    spec in place of the requested one (a width left to the budget becomes the chosen width).
     """
     if status not in TERMINAL:
         raise ValueError(f"not a terminal status: {status!r}")
@@ -324,6 +327,10 @@ def finish_job(
         if result.rowcount != 1:
             session.rollback()
             return False
+        if student is not None:
+            row = session.get(Job, job_id)
+            if row is not None:
+                row.spec = {**dict(row.spec or {}), "student": json_safe(dict(student))}
         for item in artifacts:
             session.merge(
                 Artifact(

@@ -120,3 +120,51 @@ def test_bad_spec_value(wine_teacher, tmp_path):
         ),
         "synthesis.steps",
     )
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TINY = {"synthesis": {"num_samples": 400, "steps": 10}, "training": {"epochs": 2}}
+
+
+def _bundled_wine(tmp_path: Path) -> None:
+    """``examples/wine_mlp.pt`` relative to the working directory, as in the README."""
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "wine_mlp.pt").write_bytes((EXAMPLES / "wine_mlp.pt").read_bytes())
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+
+
+def test_default_student_of_the_bundled_wine_teacher_is_smaller(tmp_path):
+    _bundled_wine(tmp_path)
+    proc = cake(
+        "distill", "examples/wine_mlp.pt", "--input-shape", "13", "--spec", "tiny.json",
+        "--device", "cpu", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr
+    manifest = json.loads((tmp_path / "student.manifest.json").read_text())
+    metrics = manifest["metrics"]
+    assert metrics["student_parameters"] <= metrics["teacher_parameters"] / 2
+    assert metrics["compression"] == metrics["teacher_parameters"] / metrics["student_parameters"]
+    assert metrics["compression"] >= 2
+    width = manifest["spec"]["student"]["width"]
+    assert 0.0625 <= width < 1 and manifest["student"]["width"] == width
+    assert manifest["spec"]["student"]["width_reason"].startswith(f"no width given: {width:g} ")
+    # What the user sees: which student and why, and the compression in the table.
+    assert f"student mlp width {width:g}: " in proc.stdout
+    assert "compression" in proc.stdout and f"(width {width:g})" in proc.stdout
+    student = torch.jit.load(str(tmp_path / "student.pt"))
+    assert sum(p.numel() for p in student.parameters()) == metrics["student_parameters"]
+
+
+def test_explicit_width_larger_than_the_teacher_is_honoured_with_a_warning(tmp_path):
+    _bundled_wine(tmp_path)
+    proc = cake(
+        "distill", "examples/wine_mlp.pt", "--input-shape", "13", "--spec", "tiny.json",
+        "--width", "1", "--device", "cpu", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the student is larger than its teacher: mlp at width 1 " in proc.stderr
+    manifest = json.loads((tmp_path / "student.manifest.json").read_text())
+    assert manifest["spec"]["student"]["width"] == 1.0
+    assert manifest["spec"]["student"]["width_reason"] == "given in the spec"
+    assert manifest["metrics"]["compression"] < 1

@@ -11,6 +11,8 @@ import pytest
 from cake_core.config import (
     LIMITS,
     PRESETS,
+    WIDTH_GIVEN,
+    WIDTH_PENDING,
     JobSpec,
     LossWeights,
     StudentSpec,
@@ -338,6 +340,57 @@ def test_batch_not_multiple_of_groups_is_error() -> None:
 def test_num_samples_below_batch_is_error() -> None:
     err = _field_error({"synthesis": {"num_samples": 50, "batch_size": 100}})
     assert err.field == "synthesis.num_samples"
+
+
+# --------------------------------------------------------------------------------------------
+# student width: explicit, or chosen from the teacher's size when the job runs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["fast", "default", "reference"])
+@pytest.mark.parametrize("student", [None, {}, {"arch": "mlp"}, {"width": None}])
+def test_no_width_is_left_to_the_budget_and_says_so(preset: str, student: Any) -> None:
+    data: dict[str, Any] = {"preset": preset}
+    if student is not None:
+        data["student"] = student
+    spec = resolve_spec(data, num_classes=3)
+    assert spec.student.width is None
+    assert spec.student.width_reason == WIDTH_PENDING
+    assert "half the teacher's parameters" in WIDTH_PENDING
+    assert StudentSpec().width is None and StudentSpec().width_reason == WIDTH_PENDING
+
+
+@pytest.mark.parametrize("width", [0.0625, 0.5, 1, 8])
+def test_explicit_width_is_kept_as_given(width: float) -> None:
+    spec = resolve_spec({"student": {"width": width}})
+    assert spec.student.width == width and isinstance(spec.student.width, float)
+    assert spec.student.width_reason == WIDTH_GIVEN == StudentSpec(width=width).width_reason
+
+
+@pytest.mark.parametrize("width", [None, 0.25])
+def test_width_reason_is_output_only(width: float | None) -> None:
+    """A reason sent in (or kept from an earlier resolution) is replaced by the real one."""
+    spec = resolve_spec({"student": {"width": width, "width_reason": "because I said so"}})
+    assert spec.student.width_reason == (WIDTH_PENDING if width is None else WIDTH_GIVEN)
+    assert _field_error({"student": {"width_reason": 3}}).field == "student.width_reason"
+
+
+@pytest.mark.parametrize(
+    ("width", "words"),
+    [("0.5", "expected a number"), (True, "expected a number"), (float("nan"), "finite"),
+     (0.01, "between 0.0625 and 8"), (8.5, "between 0.0625 and 8")],
+)  # fmt: skip
+def test_bad_explicit_width_named(width: Any, words: str) -> None:
+    err = _field_error({"student": {"width": width}})
+    assert err.field == "student.width" and words in err.reason
+
+
+def test_a_chosen_width_round_trips_as_explicit() -> None:
+    """A resolved spec with the chosen width (a manifest's) reruns with that width."""
+    spec = resolve_spec({})
+    spec.student.width, spec.student.width_reason = 0.15625, "no width given: ... chosen"
+    again = resolve_spec(json.loads(json.dumps(spec.to_dict())))
+    assert again.student.width == 0.15625 and again.student.width_reason == WIDTH_GIVEN
 
 
 # --------------------------------------------------------------------------------------------

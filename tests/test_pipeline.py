@@ -9,9 +9,11 @@ import sys
 import pytest
 import torch
 
+from cake_core.config import WIDTH_GIVEN
 from cake_core.device import default_runtime
 from cake_core.errors import DatasetInvalidError, JobCanceled, SpecError, TeacherInvalidError
 from cake_core.pipeline import PHASES, DirectoryCheckpoints, Progress, run_job
+from cake_core.students import choose_width
 
 SMALL = {
     "synthesis": {"num_samples": 400, "steps": 10, "chunk_batches": 2},
@@ -110,6 +112,95 @@ def test_tabular_teacher_gets_no_sample_grid_and_groups_fit_classes(wine_teacher
     assert result.spec.synthesis.groups == 3
     assert result.spec.synthesis.batch_size % 3 == 0
     assert result.spec.student.arch == "mlp"
+
+
+def _student_events(reports: list[Progress]) -> list[Progress]:
+    return [r for r in reports if r.event == "student"]
+
+
+@pytest.mark.parametrize("student", [None, {"arch": "mlp"}, {"width": None}])
+def test_default_student_has_at_most_half_the_teachers_parameters(wine_teacher, tmp_path, student):
+    spec = {**SMALL} if student is None else {**SMALL, "student": student}
+    reports: list[Progress] = []
+    result = run_job(
+        wine_teacher.path,
+        wine_teacher.input_shape,
+        spec,
+        tmp_path,
+        runtime=default_runtime("cpu"),
+        on_progress=reports.append,
+    )
+    m = result.metrics
+    teacher, student_parameters = m["teacher_parameters"], m["student_parameters"]
+    assert student_parameters <= teacher / 2
+    assert m["compression"] == pytest.approx(teacher / student_parameters) and m["compression"] >= 2
+    expected = choose_width("mlp", wine_teacher.input_shape, 3, int(teacher))
+    assert result.spec.student.width == expected.width and expected.within_budget
+    assert result.spec.student.width_reason == expected.reason
+    assert "largest width" in expected.reason and "half the teacher's" in expected.reason
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["spec"]["student"] == {
+        "arch": "mlp",
+        "width": expected.width,
+        "width_reason": expected.reason,
+    }
+    assert manifest["student"]["width"] == expected.width
+    assert manifest["student"]["width_reason"] == expected.reason
+    assert manifest["metrics"]["compression"] == m["compression"]
+    assert "| width chosen |" in (tmp_path / "report.md").read_text()
+    (event,) = _student_events(reports)
+    assert event.level == "info" and event.phase == "synthesizing"
+    assert event.data == {
+        "arch": "mlp",
+        "width": expected.width,
+        "width_reason": expected.reason,
+        "student_parameters": int(student_parameters),
+        "teacher_parameters": int(teacher),
+        "compression": pytest.approx(m["compression"]),
+    }
+    # The event is a log line, not progress: it comes first and moves nothing.
+    assert reports[0] is event and event.fraction == 0.0
+    fractions = [r.fraction for r in reports]
+    assert fractions == sorted(fractions)
+
+
+def test_explicit_width_is_honoured_and_a_larger_student_warned_about(wine_teacher, tmp_path):
+    reports: list[Progress] = []
+    result = run_job(
+        wine_teacher.path,
+        wine_teacher.input_shape,
+        {**SMALL, "student": {"width": 1.0}},
+        tmp_path,
+        runtime=default_runtime("cpu"),
+        on_progress=reports.append,
+    )
+    m = result.metrics
+    assert result.spec.student.width == 1.0
+    assert result.spec.student.width_reason == WIDTH_GIVEN
+    assert m["student_parameters"] > m["teacher_parameters"]
+    assert m["compression"] == pytest.approx(m["teacher_parameters"] / m["student_parameters"])
+    assert m["compression"] < 1
+    (event,) = _student_events(reports)
+    assert event.level == "warning"
+    assert event.message.startswith("the student is larger than its teacher: mlp at width 1 ")
+    assert "leave student.width out" in event.message
+    assert event.data["width"] == 1.0 and event.data["width_reason"] == WIDTH_GIVEN
+
+
+def test_explicit_width_smaller_than_the_teacher_is_no_warning(wine_teacher, tmp_path):
+    reports: list[Progress] = []
+    result = run_job(
+        wine_teacher.path,
+        wine_teacher.input_shape,
+        {**SMALL, "student": {"width": 0.125}},
+        tmp_path,
+        runtime=default_runtime("cpu"),
+        on_progress=reports.append,
+    )
+    assert result.spec.student.width == 0.125
+    assert result.metrics["student_parameters"] < result.metrics["teacher_parameters"]
+    (event,) = _student_events(reports)
+    assert event.level == "info" and "given in the spec" in event.message
 
 
 def test_cancel_stops_the_job(digits_teacher, tmp_path):

@@ -1,5 +1,6 @@
 """Student architecture registry: shapes, sizes, validation, TorchScript export, numerics."""
 
+import functools
 import math
 import os
 import subprocess
@@ -11,16 +12,19 @@ import pytest
 import torch
 from torch import nn
 
+from cake_core.config import LIMITS
 from cake_core.errors import SpecError
 from cake_core.students import (
     StudentArch,
     build_student,
+    choose_width,
     default_arch,
     get_arch,
     list_archs,
     register,
 )
 from cake_core.students.lenet import side_plan
+from cake_core.students.registry import MAX_WIDTH, MIN_WIDTH, budget_widths
 
 ARCHS = ("lenet5", "mlp", "resnet18", "vit")
 SHAPES = ((13,), (64,), (1, 8, 8), (1, 28, 28), (3, 32, 32))
@@ -193,6 +197,85 @@ def test_vit_dim_is_multiple_of_heads() -> None:
 def test_width_limits_inclusive() -> None:
     assert get_arch("lenet5").parameter_count([1, 28, 28], 10, 8) > 61_706
     assert get_arch("mlp").parameter_count([13], 2, 0.001) > 0
+
+
+# --- the default width: a parameter budget ---------------------------------------------------
+
+
+def test_budget_widths_span_the_accepted_minimum_to_the_reference_size() -> None:
+    widths = budget_widths()
+    assert LIMITS["student.width"] == (MIN_WIDTH, MAX_WIDTH)
+    assert widths[0] == MIN_WIDTH and widths[-1] == 1.0
+    assert widths == sorted(set(widths)) and len(widths) == 31
+
+
+@functools.cache
+def _ladder_counts(name: str, shape: tuple[int, ...]) -> dict[float, int]:
+    """Parameters (3 classes) at every width of the default's ladder: the tests' oracle."""
+    return {w: get_arch(name).parameter_count(shape, 3, w) for w in budget_widths()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_parameters_grow_with_the_width(case: tuple[str, tuple[int, ...]]) -> None:
+    """What lets choose_width bisect instead of counting every width of the ladder."""
+    counts = list(_ladder_counts(*case).values())
+    assert counts == sorted(counts)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("share", [0.01, 0.2, 0.6, 3.0])
+def test_choose_width_is_the_largest_within_half_the_teacher(
+    case: tuple[str, tuple[int, ...]], share: float
+) -> None:
+    name, shape = case
+    counts = _ladder_counts(name, shape)
+    # A teacher whose half is `share` of the reference-size student.
+    teacher = int(2 * share * counts[1.0])
+    choice = choose_width(name, shape, 3, teacher)
+    assert choice.budget == teacher // 2
+    assert choice.parameters == counts[choice.width]
+    fitting = [w for w, n in counts.items() if n <= teacher // 2]
+    if fitting:  # the largest that fits: linear scan as the oracle
+        assert choice.within_budget and choice.width == max(fitting)
+        assert choice.parameters <= teacher / 2
+        assert "no width given" in choice.reason and f"{choice.width:g}" in choice.reason
+    else:
+        assert not choice.within_budget and choice.width == MIN_WIDTH
+        assert "even the smallest width 0.0625" in choice.reason
+        assert "the smallest width is used" in choice.reason
+
+
+def test_choose_width_for_the_bundled_teachers() -> None:
+    """The cases the issue names: wine MLP (1,603 parameters in the issue) and digits CNN."""
+    wine = choose_width("mlp", [13], 3, 1603)
+    assert (wine.width, wine.parameters, wine.budget) == (0.0625, 579, 801)
+    assert wine.reason == (
+        "no width given: 0.0625 is the largest width (of 0.0625..1 in steps of 1/32) that keeps "
+        "mlp within half the teacher's 1,603 parameters (579 <= 801)"
+    )
+    digits = choose_width("lenet5", [1, 8, 8], 10, 15_338)
+    assert digits.within_budget and digits.parameters <= 7669 and digits.width == 0.5625
+
+
+def test_choose_width_never_above_the_reference_size() -> None:
+    big = choose_width("lenet5", [1, 8, 8], 10, 10**9)
+    assert big.within_budget and big.width == 1.0
+    assert "1, the largest width a default student gets" in big.reason
+
+
+@pytest.mark.parametrize("teacher", [0, 1, 100])
+def test_choose_width_for_a_teacher_smaller_than_any_student(teacher: int) -> None:
+    choice = choose_width("lenet5", [1, 8, 8], 10, teacher)
+    assert (choice.width, choice.within_budget) == (MIN_WIDTH, False)
+    assert choice.parameters == get_arch("lenet5").parameter_count([1, 8, 8], 10, MIN_WIDTH)
+    assert f"half the teacher's {teacher:,} ({teacher // 2:,})" in choice.reason
+
+
+def test_choose_width_names_bad_arguments() -> None:
+    with pytest.raises(SpecError, match="unknown architecture"):
+        choose_width("alexnet", [13], 3, 1000)
+    with pytest.raises(SpecError, match="needs an input of rank"):
+        choose_width("lenet5", [13], 3, 1000)
 
 
 # --- validation -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,11 @@ class JobTracker:
 
     # -- pipeline callbacks -----------------------------------------------------------------
     def on_progress(self, report: Progress) -> None:
+        if report.event is not None:  # a log entry (e.g. which student), not progress
+            self.event(
+                report.event, report.message, report.level, phase=report.phase, **report.data
+            )
+            return
         with self._lock:
             if report.phase != self.phase:
                 self.phase = report.phase
@@ -497,6 +502,7 @@ def process_job(
             jobs.SUCCEEDED,
             metrics=result.metrics,
             artifacts=rows,
+            student=asdict(result.spec.student),
             message=f"job succeeded: {_describe(result.metrics)}",
             data={"attempt": inputs.attempt, "artifacts": [r["name"] for r in rows]},
         ):

@@ -240,7 +240,7 @@ function jobRow(job) {
     h("td", {}, job.phase),
     h("td", {}, h("div", { class: "progress-cell" }, progressBar(job.progress),
       h("span", { class: "pct", dataset: { progress: job.progress } }, percent(job.progress)))),
-    h("td", {}, student ? `${student.arch} ×${student.width}` : "—"),
+    h("td", {}, student ? `${student.arch} ×${student.width ?? "auto"}` : "—"),
     h("td", {}, formatTime(job.created_at)),
     h("td", {}, formatDuration(job.started_at, job.finished_at)));
 }
@@ -368,7 +368,11 @@ function showJob(els, job, teacherName) {
     ["Teacher", teacherName
       ? [teacherName, h("span", { class: "mono muted small" }, ` ${job.teacher_id}`)]
       : h("span", { class: "mono" }, job.teacher_id)],
-    ["Student", spec.student ? `${spec.student.arch}, width ${spec.student.width}` : "—"],
+    ["Student", spec.student
+      ? [`${spec.student.arch}, width ${spec.student.width ?? "chosen when the job runs"}`,
+        spec.student.width_reason
+          ? h("div", { class: "muted small" }, spec.student.width_reason) : null]
+      : "—"],
     ["Preset", spec.preset || "—"],
     ["Synthesis", spec.synthesis
       ? `${spec.synthesis.num_samples.toLocaleString("en-US")} samples, ${spec.synthesis.steps} steps`

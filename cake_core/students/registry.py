@@ -20,6 +20,12 @@ from torch import nn
 from cake_core.errors import SpecError
 
 MAX_WIDTH = 8.0
+MIN_WIDTH = 0.0625
+"""Smallest width a spec accepts (``LIMITS["student.width"]``) and the default's lower bound."""
+DEFAULT_MAX_WIDTH = 1.0
+"""The default student is never wider than the reference size."""
+WIDTH_STEP = 1 / 32
+"""Widths the default student is chosen from: MIN_WIDTH..DEFAULT_MAX_WIDTH in these steps."""
 
 # What each accepted input rank means; used in error messages and docs.
 RANK_LAYOUTS: dict[int, str] = {
@@ -188,6 +194,82 @@ def build_student(
 ) -> nn.Module:
     """Shortcut for ``get_arch(name).build(input_shape, num_classes, width)``."""
     return get_arch(name).build(input_shape, num_classes, width)
+
+
+@dataclass(frozen=True)
+class WidthChoice:
+    """The width of a student the spec gave none for, its size, and why (one sentence)."""
+
+    width: float
+    parameters: int
+    budget: int
+    within_budget: bool
+    reason: str
+
+
+def budget_widths() -> list[float]:
+    """The widths the default student is chosen from, smallest first (exact binary fractions)."""
+    low = round(MIN_WIDTH / WIDTH_STEP)
+    high = round(DEFAULT_MAX_WIDTH / WIDTH_STEP)
+    return [k * WIDTH_STEP for k in range(low, high + 1)]
+
+
+def choose_width(
+    name: str, input_shape: Sequence[int], num_classes: int, teacher_parameters: int
+) -> WidthChoice:
+    """The largest of :func:`budget_widths` whose student has at most half the teacher's
+    parameters; the smallest width when even that one is over the budget (the reason says so).
+
+    Parameter counts grow with the width (every layer size is ``scaled``, which is monotone),
+    so a bisection over the ladder needs a handful of counts (on the meta device), not 31.
+    """
+    arch = get_arch(name)
+    budget = max(0, int(teacher_parameters)) // 2
+    ladder = budget_widths()
+
+    def count(width: float) -> int:
+        return arch.parameter_count(input_shape, num_classes, width)
+
+    teacher = f"{int(teacher_parameters):,}"
+    smallest = count(ladder[0])
+    if smallest > budget:
+        return WidthChoice(
+            ladder[0],
+            smallest,
+            budget,
+            False,
+            f"no width given: even the smallest width {ladder[0]:g} gives {name} "
+            f"{smallest:,} parameters, over the budget of half the teacher's {teacher} "
+            f"({budget:,}); the smallest width is used",
+        )
+    low, high = 0, len(ladder) - 1  # ladder[low] fits; find the last one that does
+    best = smallest
+    top = count(ladder[high])
+    if top <= budget:
+        low, best = high, top
+    while low < high - 1:  # ladder[low] fits, ladder[high] does not
+        mid = (low + high) // 2
+        params = count(ladder[mid])
+        if params <= budget:
+            low, best = mid, params
+        else:
+            high = mid
+    width = ladder[low]
+    if low == len(ladder) - 1:
+        why = f"no width given: {width:g}, the largest width a default student gets,"
+    else:
+        why = (
+            f"no width given: {width:g} is the largest width (of {ladder[0]:g}..{ladder[-1]:g} "
+            f"in steps of 1/{round(1 / WIDTH_STEP)}) that"
+        )
+    return WidthChoice(
+        width,
+        best,
+        budget,
+        True,
+        f"{why} keeps {name} within half the teacher's {teacher} parameters "
+        f"({best:,} <= {budget:,})",
+    )
 
 
 def default_arch(input_shape: Sequence[int]) -> str:

@@ -9,7 +9,15 @@ import pytest
 from api_support import BundledTeacher, FakeQueue, TestClient, assert_problem, upload_teacher
 
 from api.schemas import JobSpecIn, LossWeightsIn, StudentIn, SynthesisIn, TrainingIn
-from cake_core.config import PRESETS, LossWeights, StudentSpec, SynthesisSpec, TrainingSpec
+from cake_core.config import (
+    PRESETS,
+    WIDTH_GIVEN,
+    WIDTH_PENDING,
+    LossWeights,
+    StudentSpec,
+    SynthesisSpec,
+    TrainingSpec,
+)
 from cake_shared.models import Job
 
 
@@ -41,7 +49,9 @@ def test_create_fills_and_echoes_every_default(
     assert job["started_at"] is None and job["finished_at"] is None
     spec = job["spec"]
     assert spec["preset"] == "default" and spec["seed"] == 0
-    assert spec["student"] == {"arch": "lenet5", "width": 0.5}  # default for [C, H, W]
+    # lenet5: the default for [C, H, W]; the width is chosen from the teacher's size when the
+    # job runs (the worker records it), and the spec says so until then.
+    assert spec["student"] == {"arch": "lenet5", "width": None, "width_reason": WIDTH_PENDING}
     assert spec["synthesis"]["optimizer"] == PRESETS["default"]["synthesis"]["optimizer"]
     expected = (
         {f"student.{k}" for k in StudentSpec.__dataclass_fields__}
@@ -74,10 +84,26 @@ def test_user_values_win_over_the_preset(client: TestClient, wine_id: str) -> No
         "seed": 42,
     }
     spec = client.post("/v1/jobs", json=body).json()["spec"]
-    assert spec["student"]["width"] == 1.0
+    assert spec["student"] == {"arch": "mlp", "width": 1.0, "width_reason": WIDTH_GIVEN}
     assert spec["synthesis"]["steps"] == 7 and spec["synthesis"]["batch_size"] == 30
     assert spec["training"]["epochs"] == 2 and spec["training"]["lr"] == 1.0
     assert spec["seed"] == 42
+
+
+def test_a_jobs_spec_can_be_sent_again_and_width_reason_is_output_only(
+    client: TestClient, wine_id: str
+) -> None:
+    first = client.post("/v1/jobs", json={"teacher_id": wine_id}).json()["spec"]
+    assert first["student"] == {"arch": "mlp", "width": None, "width_reason": WIDTH_PENDING}
+    # A succeeded job's spec holds the chosen width and why; sent again, that width is explicit.
+    chosen = {"arch": "mlp", "width": 0.15625, "width_reason": "no width given: 0.15625 is ..."}
+    again = client.post(
+        "/v1/jobs", json={"teacher_id": wine_id, **{**first, "student": chosen}}
+    ).json()["spec"]
+    assert again["student"] == {"arch": "mlp", "width": 0.15625, "width_reason": WIDTH_GIVEN}
+    r = client.post("/v1/jobs", json={"teacher_id": wine_id, "student": {"width_reason": 5}})
+    assert r.status_code == 422
+    assert ["body", "student", "width_reason"] in [e["loc"] for e in r.json()["errors"]]
 
 
 @pytest.mark.parametrize(

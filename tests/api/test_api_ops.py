@@ -75,6 +75,8 @@ def test_architectures(client: TestClient) -> None:
     assert 1 in archs["mlp"]["default_for_ranks"]
     for arch in archs.values():
         assert arch["description"] and arch["width"]["min"] > 0
+        # No fixed default width: each job's is chosen from its teacher's size.
+        assert arch["width"] == {"default": None, "min": 0.0625, "max": 8.0}
         assert arch["parameters"] and all(p["parameters"] > 0 for p in arch["parameters"])
     half, full = (
         next(p["parameters"] for p in archs["lenet5"]["parameters"] if p["width"] == w)

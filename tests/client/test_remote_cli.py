@@ -88,7 +88,11 @@ def test_submit_json_is_one_parseable_document(cake_server: CakeServer, tmp_path
     doc = json.loads(result.stdout)
     assert doc["job"]["status"] == "succeeded"
     assert doc["job"]["callback_url"] == "http://127.0.0.1:9/hook"
-    assert doc["job"]["spec"]["student"] == {"arch": "mlp", "width": 0.25}
+    assert doc["job"]["spec"]["student"] == {
+        "arch": "mlp",
+        "width": 0.25,
+        "width_reason": "given in the spec",
+    }
     assert doc["job"]["spec"]["seed"] == 7
     assert doc["teacher"]["id"].startswith("tch_") and doc["dataset"] is None
     assert Path(doc["student"]["path"]) == tmp_path / "out" / "student.pt"
@@ -111,6 +115,20 @@ def test_submit_json_is_one_parseable_document(cake_server: CakeServer, tmp_path
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "m.json").read_text())["metrics"]
+
+
+def test_submit_wait_says_so_when_the_student_is_larger_than_its_teacher(
+    cake_server: CakeServer, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(TINY_SPEC))
+    result = run_cli(
+        "submit", WINE, "--input-shape", "13", "--spec", spec, "--width", "1", "--wait",
+        "-o", "out/student.pt", url=cake_server.url, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning: the student is larger than its teacher: mlp at width 1 " in result.stderr
+    assert "compression" in result.stdout
 
 
 def test_teachers_and_datasets_commands(cake_server: CakeServer, tmp_path: Path) -> None:

@@ -71,7 +71,11 @@ def test_fast_job_on_postgres_redis_s3_and_a_separate_worker(
     )
     job_id = created["id"]
     assert created["status"] == "queued" and created["spec"]["preset"] == "fast"
-    assert created["spec"]["student"] == {"arch": "lenet5", "width": 0.5}
+    assert created["spec"]["student"] == {
+        "arch": "lenet5",
+        "width": 0.5,
+        "width_reason": "given in the spec",
+    }
 
     history: list[dict[str, Any]] = []
     job = poll_job(

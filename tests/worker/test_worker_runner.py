@@ -15,6 +15,8 @@ import torch
 from sqlalchemy import select, update
 from worker_support import TINY_SPEC, events, get_job, wait_for
 
+from cake_core.config import WIDTH_GIVEN, WIDTH_PENDING, resolve_spec
+from cake_core.students import choose_width
 from cake_shared import jobs
 from cake_shared.db import session_scope
 from cake_shared.models import Artifact, Job, Teacher, utcnow
@@ -102,6 +104,45 @@ def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, d
     progress = [e.data["progress"] for e in log if "progress" in e.data]
     assert progress == sorted(progress)
     assert all(e.data.get("attempt") == 1 for e in log if e.type != "succeeded")
+
+
+@pytest.mark.parametrize("width", [None, 1.0])
+def test_the_job_records_its_students_width_and_why(any_service, wine_teacher, width):
+    """As the API stores it: the resolved spec, width null (chosen when the job runs) or given.
+    The succeeded job's spec holds the width the worker used and why; a student larger than
+    its teacher is a warning event."""
+    data = {**TINY_SPEC, "student": {"width": width}}
+    spec = resolve_spec(data, num_classes=3).to_dict()
+    spec["student"]["arch"] = "mlp"
+    job_id = any_service.add_job(wine_teacher, {**spec, "metadata": {"run": "ci"}})
+    assert get_job(job_id).spec["student"]["width_reason"] == (
+        WIDTH_PENDING if width is None else WIDTH_GIVEN
+    )
+    assert process_job(job_id) == "succeeded"
+
+    job = get_job(job_id)
+    m = job.metrics
+    assert m["compression"] == pytest.approx(m["teacher_parameters"] / m["student_parameters"])
+    student = job.spec["student"]
+    (event,) = [e for e in events(job_id) if e.type == "student"]
+    assert event.data["width"] == student["width"]
+    assert event.data["width_reason"] == student["width_reason"]
+    assert event.data["student_parameters"] == m["student_parameters"]
+    assert event.data["attempt"] == 1 and event.data["phase"] == "synthesizing"
+    if width is None:
+        choice = choose_width("mlp", [13], 3, int(m["teacher_parameters"]))
+        assert student == {"arch": "mlp", "width": choice.width, "width_reason": choice.reason}
+        assert m["student_parameters"] <= m["teacher_parameters"] / 2
+        assert event.level == "info"
+    else:
+        assert student == {"arch": "mlp", "width": 1.0, "width_reason": WIDTH_GIVEN}
+        assert m["student_parameters"] > m["teacher_parameters"]
+        assert event.level == "warning" and "larger than its teacher" in event.message
+    # Only the student changed: the rest of the spec is what the API stored.
+    assert {k: v for k, v in job.spec.items() if k != "student"} == {
+        **{k: v for k, v in spec.items() if k != "student"},
+        "metadata": {"run": "ci"},
+    }
 
 
 def test_cancel_requested_mid_run_ends_canceled(any_service, wine_teacher):
