@@ -21,12 +21,33 @@ TrainOptimizer = Literal["sgd", "adamw"]
 TrainSchedule = Literal["onecycle", "cosine"]
 
 
+WIDTH_GIVEN = "given in the spec"
+"""``student.width_reason`` of an explicit width."""
+WIDTH_PENDING = (
+    "no width given: chosen when the job runs, as the largest width whose student has at most "
+    "half the teacher's parameters"
+)
+"""``student.width_reason`` of a width left to the budget, before the teacher is measured."""
+
+
 @dataclass
 class StudentSpec:
-    """Which student to build. ``arch`` None means "the default for the teacher's input rank"."""
+    """Which student to build. ``arch`` None means "the default for the teacher's input rank".
+
+    ``width`` None means "chosen from a parameter budget once the teacher is known": the largest
+    width whose student has at most half the teacher's parameters (never below the smallest
+    accepted width; see ``cake_core.students.choose_width``). An explicit width is used as given.
+    ``width_reason`` says where the width came from; it is output only: :func:`resolve_spec`
+    ignores a value given on input, and the pipeline sets it when it chooses the width.
+    """
 
     arch: str | None = None
-    width: float = 0.5
+    width: float | None = None
+    width_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.width_reason is None:
+            self.width_reason = WIDTH_PENDING if self.width is None else WIDTH_GIVEN
 
 
 @dataclass
@@ -232,7 +253,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
 def _coerce(default: Any, value: Any, where: str) -> Any:
     if is_dataclass(default):
         return _build(type(default), value, where)
-    if where in ("student.arch", "preset"):
+    if where == "student.width" and (default is None or value is None):
+        return None if value is None else _coerce(0.0, value, where)  # None: from the budget
+    if where in ("student.arch", "student.width_reason", "preset"):
         if value is not None and not isinstance(value, str):
             raise SpecError(where, "expected a string or null")
         return value
@@ -267,6 +290,8 @@ def _check_ranges(spec: JobSpec) -> None:
     flat = _flatten(spec.to_dict())
     for key, (low, high) in _LIMITS.items():
         value = flat[key]
+        if value is None:  # student.width: chosen from the budget when the job runs
+            continue
         if not low <= value <= high:
             raise SpecError(key, f"must be between {low:g} and {high:g}, got {_num(value)}")
     for key, choices in _CHOICES.items():
@@ -321,7 +346,8 @@ def resolve_spec(
     ``preset`` (default ``"default"``) supplies values for every field the user left out. With
     ``num_classes`` known, ``groups`` left unspecified becomes ``min(groups, num_classes)`` (and
     the batch size is rounded down to a multiple of it), while an explicit ``groups`` above the
-    class count is an error.
+    class count is an error. ``student.width`` left out stays None (the pipeline chooses it from
+    the teacher's size) and ``student.width_reason`` says so.
     """
     data = dict(data or {})
     preset_name = data.get("preset")
@@ -334,6 +360,7 @@ def resolve_spec(
     merged = _deep_merge(PRESETS[preset_name], data)
     merged["preset"] = preset_name
     spec = _build(JobSpec, merged, "")
+    spec.student.width_reason = WIDTH_PENDING if spec.student.width is None else WIDTH_GIVEN
     if num_classes is not None:
         _fit_groups(spec, num_classes, user_groups=user_groups, user_batch=user_batch)
     _check_ranges(spec)

@@ -19,11 +19,16 @@ from typing import Any, Protocol
 import torch
 
 from cake_core.batchnorm import tap_batchnorm
-from cake_core.config import JobSpec, resolve_spec
+from cake_core.config import WIDTH_GIVEN, JobSpec, resolve_spec
 from cake_core.device import Runtime, default_runtime
 from cake_core.distill import SyntheticSet, TrainingState, train_student
 from cake_core.errors import JobCanceled
-from cake_core.evaluate import evaluate_on_data, fidelity_estimate, load_eval_arrays
+from cake_core.evaluate import (
+    estimate_probes,
+    evaluate_on_data,
+    fidelity_estimate,
+    load_eval_arrays,
+)
 from cake_core.export import (
     export_student,
     library_versions,
@@ -31,7 +36,7 @@ from cake_core.export import (
     write_sample_grid,
 )
 from cake_core.report import write_curves, write_report
-from cake_core.students import build_student, default_arch
+from cake_core.students import build_student, choose_width, default_arch
 from cake_core.synthesis import SyntheticChunk, plan_synthesis, synthesize
 from cake_core.teacher import TeacherInfo, inspect_teacher
 
@@ -47,13 +52,21 @@ _PHASE_SPAN = {
 
 @dataclass
 class Progress:
-    """One progress report: ``fraction`` is the overall job progress in [0, 1]."""
+    """One progress report: ``fraction`` is the overall job progress in [0, 1].
+
+    With ``event`` set it is a one-off entry for the job's log rather than progress: ``event``
+    is its type (e.g. ``student``), ``level`` ``info`` or ``warning``, ``data`` its details;
+    ``phase`` and ``fraction`` are where the job stands, unchanged by it.
+    """
 
     phase: str
     fraction: float
     phase_fraction: float
     message: str
     metrics: dict[str, float] = field(default_factory=dict)
+    event: str | None = None
+    level: str = "info"
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 class CheckpointStore(Protocol):
@@ -115,6 +128,11 @@ class _Reporter:
         if self.callback is not None:
             self.callback(Progress(phase, self.last, phase_fraction, message, metrics or {}))
 
+    def event(self, phase: str, event: str, message: str, level: str = "info", **data: Any) -> None:
+        """A one-off log entry (see :class:`Progress`); the progress stays where it is."""
+        if self.callback is not None:
+            self.callback(Progress(phase, self.last, 0.0, message, {}, event, level, data))
+
 
 def run_job(
     teacher_path: str | Path,
@@ -158,8 +176,12 @@ def run_job(
     )
     arch = spec.student.arch or default_arch(info.input_shape)
     spec.student.arch = arch
+    if spec.student.width is None:
+        choice = choose_width(arch, info.input_shape, info.num_classes, info.parameters)
+        spec.student.width, spec.student.width_reason = choice.width, choice.reason
     torch.manual_seed(spec.seed)
     student = build_student(arch, info.input_shape, info.num_classes, spec.student.width)
+    _report_student(report, spec, info, sum(p.numel() for p in student.parameters()))
 
     data, synthesis_log, synthesis_seconds = _synthesize_all(
         teacher, spec, info, runtime, report, stop, checkpoints
@@ -207,6 +229,7 @@ def run_job(
         "agreement_synthetic": history[-1]["agreement_synthetic"] if history else float("nan"),
         "teacher_parameters": float(info.parameters),
         "student_parameters": float(sum(p.numel() for p in student.parameters())),
+        "compression": _compression(info.parameters, student),
         "synthesis_seconds": synthesis_seconds,
         "training_seconds": training_seconds,
         "samples_per_second": len(data) / synthesis_seconds if synthesis_seconds > 0 else 0.0,
@@ -214,6 +237,7 @@ def run_job(
         "batchnorm_layers": float(_prior_layers(teacher, spec)),
     }
     metrics.update(fidelity_estimate(teacher, student, holdout.x, runtime.device))
+    metrics.update(estimate_probes(teacher, student, holdout.x, runtime.device, spec.seed))
     if eval_arrays is not None:
         metrics.update(evaluate_on_data(teacher, student, *eval_arrays, runtime.device))
         metrics["accuracy_ratio"] = metrics["student_accuracy"] / max(
@@ -241,7 +265,12 @@ def run_job(
         "num_classes": info.num_classes,
         "spec": spec.to_dict(),
         "metrics": metrics,
-        "student": {"arch": arch, "width": spec.student.width, **exported},
+        "student": {
+            "arch": arch,
+            "width": spec.student.width,
+            "width_reason": spec.student.width_reason,
+            **exported,
+        },
         "history": history,
         "synthesis": synthesis_log,
         "versions": library_versions(),
@@ -259,6 +288,48 @@ def run_job(
     write_report(artifacts["report.md"], manifest, timings, images=list(artifacts))
     report("exporting", 1.0, "done", metrics)
     return JobResult(spec, info, metrics, artifacts, history, synthesis_log)
+
+
+def _compression(teacher_parameters: int, student: torch.nn.Module) -> float:
+    """Teacher parameters / student parameters (> 1: the student is smaller)."""
+    return float(teacher_parameters) / max(1, sum(p.numel() for p in student.parameters()))
+
+
+def _report_student(
+    report: _Reporter, spec: JobSpec, info: TeacherInfo, student_parameters: int
+) -> None:
+    """A ``student`` event: which student, its width and why; a warning when it is larger
+    than its teacher."""
+    arch, width = spec.student.arch, spec.student.width
+    assert width is not None
+    teacher_parameters = int(info.parameters)
+    compression = teacher_parameters / max(1, student_parameters)
+    message = (
+        f"student {arch} width {width:g}: {student_parameters:,} parameters, teacher "
+        f"{teacher_parameters:,} (compression {compression:.2f}x); {spec.student.width_reason}"
+    )
+    level = "info"
+    if student_parameters > teacher_parameters:
+        level = "warning"
+        message = (
+            f"the student is larger than its teacher: {arch} at width {width:g} has "
+            f"{student_parameters:,} parameters, the teacher {teacher_parameters:,} "
+            f"({spec.student.width_reason})"
+        )
+        if spec.student.width_reason == WIDTH_GIVEN:
+            message += "; leave student.width out to get a student within half its size"
+    report.event(
+        "synthesizing",
+        "student",
+        message,
+        level,
+        arch=arch,
+        width=width,
+        width_reason=spec.student.width_reason,
+        student_parameters=student_parameters,
+        teacher_parameters=teacher_parameters,
+        compression=compression,
+    )
 
 
 def _prior_layers(teacher: torch.jit.ScriptModule, spec: JobSpec) -> int:
