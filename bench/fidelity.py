@@ -151,6 +151,7 @@ class PairRunner:
             record["error"] = f"{type(exc).__name__}: {exc}"[:400]
         else:
             record.update({k: float(metrics.get(k, math.nan)) for k in METRICS})
+            record.update({k: float(v) for k, v in metrics.items() if k.startswith("estimate_")})
             record["estimate_gap"] = abs(record["fidelity_estimate"] - record["agreement_eval"])
         record["wall_seconds"] = time.perf_counter() - started
         return record

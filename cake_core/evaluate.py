@@ -113,3 +113,42 @@ def fidelity_estimate(
         "fidelity_estimate": float(estimate),
         "fidelity_estimate_samples": float(confident.sum() if bool(confident.any()) else len(x)),
     }
+
+
+@torch.no_grad()
+def estimate_probes(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    student: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    device: torch.device,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Candidate data-free estimates (diagnostics the fidelity zoo compares with real agreement).
+
+    Each perturbs the held-out synthetic samples away from where training put them: Gaussian
+    noise of a quarter and a half of their spread, mixtures of two samples, and (images) one-
+    pixel shifts; each is read on all samples and on those the teacher is confident about.
+    """
+    if len(x) < 2:
+        return {}
+    gen = torch.Generator().manual_seed(seed + 7919)
+    spread = float(x.float().std())
+    views: dict[str, torch.Tensor] = {"plain": x}
+    for name, scale in (("noise25", 0.25), ("noise50", 0.5)):
+        views[name] = x + scale * spread * torch.randn(x.shape, generator=gen)
+    lam = torch.rand((len(x),), generator=gen).view(-1, *[1] * (x.dim() - 1))
+    views["mix"] = lam * x + (1 - lam) * x[torch.randperm(len(x), generator=gen)]
+    if x.dim() == 4:
+        views["shift"] = torch.roll(x, shifts=(1, 1), dims=(2, 3))
+    out: dict[str, float] = {}
+    for name, view in views.items():
+        probs = torch.cat(
+            [teacher(b.to(device)).float().softmax(1).cpu() for b in view.split(1024)]
+        )
+        confidence, teacher_pred = probs.max(dim=1)
+        same = (predict(student, view, device) == teacher_pred).float()
+        out[f"estimate_{name}"] = float(same.mean())
+        confident = confidence >= CONFIDENT
+        if bool(confident.any()):
+            out[f"estimate_{name}_conf"] = float(same[confident].mean())
+    return out
