@@ -62,6 +62,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, adversarial 0": ("fast", {"training": {"adversarial": 0.0}}),
     "fast, adversarial 3 steps": ("fast", {"training": {"adversarial_steps": 3}}),
     "fast, relabel off": ("fast", {"training": {"relabel": False}}),
+    "fast, input noise 0.3": ("fast", {"training": {"input_noise": 0.3}}),
     # the `fast` preset before the fidelity zoo (6,400 samples x 100 steps, TV 1e5, decay 2)
     "fast before zoo": (
         "fast",
@@ -72,7 +73,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                 "noise_decay_magnitude": 2.0,
                 "weights": {"tv": 1e5, "bn": 0.0},
             },
-            "training": {"holdout_fraction": 0.01},
+            "training": {"holdout_fraction": 0.01, "input_noise": 0.3},
         },
     ),
 }

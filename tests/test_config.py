@@ -120,7 +120,7 @@ def test_default_and_fast_presets_differ_as_documented() -> None:
         assert spec.synthesis.weights.cls == reference.synthesis.weights.cls
         assert spec.training.relabel is True
         assert spec.training.mixup == 1.0
-        assert spec.training.input_noise == 0.3
+        assert spec.training.input_noise == 0.0
         assert spec.training.adversarial == 0.3
         assert spec.training.holdout_fraction == 0.05
     # fast makes fewer samples with fewer steps
