@@ -47,7 +47,7 @@ from cake_core.device import Runtime, default_runtime
 from cake_core.distill import SyntheticSet, train_student
 from cake_core.evaluate import evaluate_on_data, load_eval_arrays
 from cake_core.pipeline import run_job
-from cake_core.students import build_student, default_arch
+from cake_core.students import build_student, choose_width, default_arch
 from cake_core.teacher import inspect_teacher
 
 DEFAULT_SEEDS = {"fast": 3}
@@ -191,7 +191,11 @@ class PairRunner:
             labelling = time.perf_counter() - started
         torch.manual_seed(spec.seed)
         arch = spec.student.arch or default_arch(shape)
-        model = build_student(arch, shape, classes, spec.student.width)
+        width = spec.student.width
+        if width is None:  # as run_job chooses it: from half the teacher's parameters
+            teacher_parameters = sum(p.numel() for p in refs.module.parameters())
+            width = choose_width(arch, shape, classes, teacher_parameters).width
+        model = build_student(arch, shape, classes, width)
         train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
         # The same number of optimizer steps as the job: the real split is smaller (digits) or
         # larger (Fashion-MNIST) than the synthetic set, so epochs scale by the size ratio.
