@@ -170,6 +170,7 @@ class PairRunner:
             eval_path=teacher.eval_path,
             runtime=self.runtime,
             checkpoints=store,
+            diagnostics=True,
         )
         record["synthesis_reused"] = store.hits > 0
         record["spec"] = result.spec.to_dict()

@@ -145,6 +145,7 @@ def run_job(
     on_progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     checkpoints: CheckpointStore | None = None,
+    diagnostics: bool = False,
 ) -> JobResult:
     """Run a distillation job end to end; write its artifacts into ``out_dir``.
 
@@ -154,6 +155,9 @@ def run_job(
 
     Raises :class:`~cake_core.errors.CakeError` subclasses for anything the user can fix
     (invalid teacher, spec or data set; divergence) and :class:`JobCanceled` when canceled.
+    ``diagnostics`` adds the candidate fidelity estimates of
+    :func:`~cake_core.evaluate.estimate_probes` (``estimate_*``) to the metrics, for the
+    fidelity zoo; jobs of the service and the CLI report only ``fidelity_estimate``.
     """
     started = time.perf_counter()
     runtime = runtime or default_runtime()
@@ -237,7 +241,8 @@ def run_job(
         "batchnorm_layers": float(_prior_layers(teacher, spec)),
     }
     metrics.update(fidelity_estimate(teacher, student, holdout.x, runtime.device))
-    metrics.update(estimate_probes(teacher, student, holdout.x, runtime.device, spec.seed))
+    if diagnostics:
+        metrics.update(estimate_probes(teacher, student, holdout.x, runtime.device, spec.seed))
     if eval_arrays is not None:
         metrics.update(evaluate_on_data(teacher, student, *eval_arrays, runtime.device))
         metrics["accuracy_ratio"] = metrics["student_accuracy"] / max(

@@ -114,6 +114,27 @@ def test_tabular_teacher_gets_no_sample_grid_and_groups_fit_classes(wine_teacher
     assert result.spec.student.arch == "mlp"
 
 
+def test_candidate_estimates_only_on_request(wine_teacher, tmp_path):
+    """Jobs report one fidelity estimate; the zoo asks for the candidates it compares."""
+    spec = {**SMALL, "training": {**SMALL.get("training", {}), "holdout_fraction": 0.2}}
+    runs = {
+        wanted: run_job(
+            wine_teacher.path,
+            wine_teacher.input_shape,
+            spec,
+            tmp_path / str(wanted),
+            runtime=default_runtime("cpu"),
+            diagnostics=wanted,
+        ).metrics
+        for wanted in (False, True)
+    }
+    assert "fidelity_estimate" in runs[False]
+    assert not [k for k in runs[False] if k.startswith("estimate_")]
+    probes = {k: v for k, v in runs[True].items() if k.startswith("estimate_")}
+    assert {"estimate_plain", "estimate_noise25", "estimate_mix"} <= set(probes)
+    assert all(0.0 <= v <= 1.0 for v in probes.values())
+
+
 def _student_events(reports: list[Progress]) -> list[Progress]:
     return [r for r in reports if r.event == "student"]
 
