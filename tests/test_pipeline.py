@@ -12,7 +12,7 @@ import torch
 from cake_core.config import WIDTH_GIVEN
 from cake_core.device import default_runtime
 from cake_core.errors import DatasetInvalidError, JobCanceled, SpecError, TeacherInvalidError
-from cake_core.pipeline import PHASES, DirectoryCheckpoints, Progress, run_job
+from cake_core.pipeline import PHASES, DirectoryCheckpoints, JobResult, Progress, run_job
 from cake_core.students import choose_width
 
 SMALL = {
@@ -185,16 +185,22 @@ def test_default_student_has_at_most_half_the_teachers_parameters(wine_teacher, 
     assert fractions == sorted(fractions)
 
 
-def test_explicit_width_is_honoured_and_a_larger_student_warned_about(wine_teacher, tmp_path):
+def _run_with_reports(teacher, tmp_path, student: dict) -> tuple[JobResult, list[Progress]]:
+    """A SMALL job with ``student`` overrides, and every progress report it sent."""
     reports: list[Progress] = []
     result = run_job(
-        wine_teacher.path,
-        wine_teacher.input_shape,
-        {**SMALL, "student": {"width": 1.0}},
+        teacher.path,
+        teacher.input_shape,
+        {**SMALL, "student": student},
         tmp_path,
         runtime=default_runtime("cpu"),
         on_progress=reports.append,
     )
+    return result, reports
+
+
+def test_explicit_width_is_honoured_and_a_larger_student_warned_about(wine_teacher, tmp_path):
+    result, reports = _run_with_reports(wine_teacher, tmp_path, {"width": 1.0})
     m = result.metrics
     assert result.spec.student.width == 1.0
     assert result.spec.student.width_reason == WIDTH_GIVEN
@@ -209,15 +215,7 @@ def test_explicit_width_is_honoured_and_a_larger_student_warned_about(wine_teach
 
 
 def test_explicit_width_smaller_than_the_teacher_is_no_warning(wine_teacher, tmp_path):
-    reports: list[Progress] = []
-    result = run_job(
-        wine_teacher.path,
-        wine_teacher.input_shape,
-        {**SMALL, "student": {"width": 0.125}},
-        tmp_path,
-        runtime=default_runtime("cpu"),
-        on_progress=reports.append,
-    )
+    result, reports = _run_with_reports(wine_teacher, tmp_path, {"width": 0.125})
     assert result.spec.student.width == 0.125
     assert result.metrics["student_parameters"] < result.metrics["teacher_parameters"]
     (event,) = _student_events(reports)
