@@ -19,6 +19,7 @@ case and reports the largest difference of the final inputs from the reference l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import tempfile
@@ -47,7 +48,7 @@ from bench.common import (
     write_results,
 )
 from cake_core.config import SynthesisSpec
-from cake_core.device import Runtime
+from cake_core.device import AttentionKernel, Runtime
 from cake_core.students import build_student
 from cake_core.synthesis import plan_synthesis, reference_synthesize, synthesize
 from cake_core.teacher import load_teacher
@@ -84,14 +85,17 @@ DEFAULT_CASES: dict[str, list[Case]] = {
     "cpu": [
         Case("lenet5", "lenet5", (1, 28, 28), 1.0, batches=64, steps=8, chunk=16),
         Case("resnet18", "resnet18", (3, 32, 32), 0.0625, batches=16, steps=8, chunk=16),
+        Case("vit", "vit", (1, 8, 8), 0.5, batches=32, steps=8, chunk=32),
     ],
     "cuda": [
         Case("lenet5", "lenet5", (1, 28, 28), 1.0, batches=256, steps=20, chunk=256),
         Case("resnet18", "resnet18", (3, 32, 32), 0.5, batches=128, steps=20, chunk=64),
+        Case("vit", "vit", (1, 8, 8), 0.5, batches=256, steps=20, chunk=256),
     ],
     "quick": [
         Case("lenet5", "lenet5", (1, 28, 28), 1.0, batches=4, steps=3, chunk=4),
         Case("resnet18", "resnet18", (3, 32, 32), 0.0625, batches=2, steps=2, chunk=2),
+        Case("vit", "vit", (1, 8, 8), 0.5, batches=2, steps=2, chunk=2),
     ],
 }
 DEFAULT_SWEEP = {"cpu": (1, 4, 16, 64), "cuda": (1, 4, 16, 64, 256), "quick": (1, 4)}
@@ -112,6 +116,7 @@ class Variant:
     autocast: str | None = None
     channels_last: bool = False
     compile: str | None = None  # "torch.compile", "torch.compile-script", "freeze", "ofi"
+    attention: AttentionKernel = "default"
 
     def levers(self) -> str:
         if self.reference:
@@ -121,6 +126,8 @@ class Variant:
             parts.append("channels_last")
         if self.compile:
             parts.append(COMPILE_NAMES[self.compile])
+        if self.attention != "default":
+            parts.append(f"{self.attention} attention")
         return ", ".join(parts)
 
 
@@ -281,10 +288,17 @@ def measure(
     """Warm up, time, and guard one row; failures become a row with the reason."""
     device = factory.device
     row = Row(variant.label, variant.section, variant.levers(), asdict(variant))
-    runtime = Runtime(device, autocast=variant.autocast, channels_last=variant.channels_last)
+    runtime = Runtime(
+        device,
+        autocast=variant.autocast,
+        channels_last=variant.channels_last,
+        attention=variant.attention,
+    )
     teacher: Teacher | None = None
     job: Callable[[], torch.Tensor] | None = None
+    kernels = contextlib.ExitStack()
     try:
+        kernels.enter_context(runtime.kernels())
         warm_started = time.perf_counter()
         teacher = factory.build(variant)
         if variant.compile is not None and variant.compile != "torch.compile":
@@ -314,6 +328,7 @@ def measure(
     except Exception as exc:  # CakeError, OOM, and whatever a compiler backend raises
         row.status, row.reason = "failed", _reason(exc)
     finally:
+        kernels.close()
         teacher = job = None  # free the teacher (and its compiled code) before the next row
         if variant.compile in ("torch.compile", "torch.compile-script"):
             torch._dynamo.reset()
@@ -329,7 +344,12 @@ def lever_variants(case: Case) -> list[Variant]:
         Variant(f"batched (K={k})", "levers", chunk=k),
         Variant("+ channels_last", "levers", chunk=k, channels_last=True),
         Variant("+ bf16 autocast", "levers", chunk=k, channels_last=True, autocast="bf16"),
-    ]
+    ] + (
+        # What run_job's tune_attention picks on this CPU for small-image ViTs (fp32).
+        [Variant("+ math attention", "levers", chunk=k, channels_last=True, attention="math")]
+        if case.arch == "vit"
+        else []
+    )
 
 
 def compile_variants(best: Variant) -> list[Variant]:
@@ -510,7 +530,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_common_args(parser)
     parser.add_argument(
-        "--teachers", default="lenet5,resnet18", help="comma list of: lenet5, resnet18"
+        "--teachers", default="lenet5,resnet18,vit", help="comma list of: lenet5, resnet18, vit"
     )
     parser.add_argument("--batches", type=int, help="M mini-batches per run (all teachers)")
     parser.add_argument("--steps", type=int, help="T steps per mini-batch (all teachers)")
@@ -545,7 +565,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
-    unknown = set(args.teachers) - {"lenet5", "resnet18"}
+    unknown = set(args.teachers) - {"lenet5", "resnet18", "vit"}
     if unknown:
         parser.error(f"unknown teachers: {', '.join(sorted(unknown))}")
     return args

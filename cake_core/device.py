@@ -9,23 +9,43 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+AttentionKernel = Literal["default", "math"]
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """How to run: ``autocast`` is ``"bf16"`` or ``None``; ``channels_last`` for image inputs."""
+    """How to run: ``autocast`` is ``"bf16"`` or ``None``; ``channels_last`` for image inputs.
+
+    ``attention`` is the kernel behind ``scaled_dot_product_attention`` in the teacher:
+    ``"default"`` lets torch choose, ``"math"`` forces the plain matmul-softmax-matmul path
+    (see :func:`tune_attention`). It applies inside :meth:`kernels`.
+    """
 
     device: torch.device
     autocast: str | None = None
     channels_last: bool = False
+    attention: AttentionKernel = "default"
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    @contextlib.contextmanager
+    def kernels(self) -> Iterator[None]:
+        """Kernel choices that hold for a whole job: wrap everything that calls the teacher."""
+        if self.attention == "math":
+            with sdpa_kernel(SDPBackend.MATH):
+                yield
+        else:
+            yield
 
     @contextlib.contextmanager
     def autocast_context(self) -> Iterator[None]:
@@ -73,3 +93,55 @@ def configure_cpu_threads() -> int:
         cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, cores))
     return cores
+
+
+ATTENTION_OP = "aten::scaled_dot_product_attention"
+
+
+def uses_attention(teacher: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether a TorchScript teacher calls ``scaled_dot_product_attention`` anywhere."""
+    graph = getattr(teacher, "inlined_graph", None)
+    return graph is not None and any(node.kind() == ATTENTION_OP for node in graph.nodes())
+
+
+def tune_attention(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    runtime: Runtime,
+    repeats: int = 3,
+) -> Runtime:
+    """``runtime`` with the faster attention kernel for this teacher on the CPU.
+
+    On the CPU torch picks its flash-attention kernel for every sequence length; for the short
+    sequences of small-image ViTs (17 tokens on 8x8 digits) it was 1.3-1.5x slower than the
+    plain math path, forward and backward (bench/README, "Attention kernel"). The math path
+    holds the whole attention matrix, which for long sequences costs memory and time, so
+    rather than a rule on sequence length this times one input-gradient step of a mini-batch
+    with each kernel and keeps the faster (about a second, once per job). Both give the same
+    result up to float rounding. Teachers without attention and CUDA runs are left as they are.
+    """
+    if runtime.is_cuda or not uses_attention(teacher):
+        return runtime
+    gen = torch.Generator(device=runtime.device).manual_seed(0)
+    x = torch.randn((batch_size, *input_shape), generator=gen, device=runtime.device)
+    if runtime.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    best: tuple[float, AttentionKernel] | None = None
+    for kernel in ("default", "math"):
+        candidate = replace(runtime, attention=kernel)
+        with candidate.kernels():
+            seconds = min(_input_gradient_seconds(teacher, x) for _ in range(repeats + 1))
+        if best is None or seconds < best[0]:
+            best = (seconds, kernel)
+    assert best is not None
+    return replace(runtime, attention=best[1])
+
+
+def _input_gradient_seconds(
+    teacher: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> float:
+    started = time.perf_counter()
+    inputs = x.detach().requires_grad_(True)
+    torch.autograd.grad(teacher(inputs).float().logsumexp(dim=1).sum(), inputs)
+    return time.perf_counter() - started

@@ -20,7 +20,7 @@ import torch
 
 from cake_core.batchnorm import tap_batchnorm
 from cake_core.config import WIDTH_GIVEN, JobSpec, resolve_spec
-from cake_core.device import Runtime, default_runtime
+from cake_core.device import Runtime, default_runtime, tune_attention
 from cake_core.distill import SyntheticSet, TrainingState, train_student
 from cake_core.errors import JobCanceled
 from cake_core.evaluate import (
@@ -178,121 +178,126 @@ def run_job(
         if eval_path is not None
         else None
     )
-    arch = spec.student.arch or default_arch(info.input_shape)
-    spec.student.arch = arch
-    if spec.student.width is None:
-        choice = choose_width(arch, info.input_shape, info.num_classes, info.parameters)
-        spec.student.width, spec.student.width_reason = choice.width, choice.reason
-    torch.manual_seed(spec.seed)
-    student = build_student(arch, info.input_shape, info.num_classes, spec.student.width)
-    _report_student(report, spec, info, sum(p.numel() for p in student.parameters()))
+    runtime = tune_attention(teacher, info.input_shape, spec.synthesis.batch_size, runtime)
+    with runtime.kernels():
+        arch = spec.student.arch or default_arch(info.input_shape)
+        spec.student.arch = arch
+        if spec.student.width is None:
+            choice = choose_width(arch, info.input_shape, info.num_classes, info.parameters)
+            spec.student.width, spec.student.width_reason = choice.width, choice.reason
+        torch.manual_seed(spec.seed)
+        student = build_student(arch, info.input_shape, info.num_classes, spec.student.width)
+        _report_student(report, spec, info, sum(p.numel() for p in student.parameters()))
 
-    data, synthesis_log, synthesis_seconds = _synthesize_all(
-        teacher, spec, info, runtime, report, stop, checkpoints
-    )
-    if stop():
-        raise JobCanceled("canceled")
-
-    report("training", 0.0, "training the student")
-    train_started = time.perf_counter()
-    train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
-    resume_state = checkpoints.load("training") if checkpoints else None
-    resume = TrainingState(**resume_state) if resume_state else None
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        report(
-            "training",
-            epoch / spec.training.epochs,
-            f"epoch {epoch}/{spec.training.epochs}: loss {metrics['loss']:.4f}, "
-            f"agreement {metrics['agreement_synthetic']:.3f}",
-            metrics,
+        data, synthesis_log, synthesis_seconds = _synthesize_all(
+            teacher, spec, info, runtime, report, stop, checkpoints
         )
+        if stop():
+            raise JobCanceled("canceled")
 
-    history = train_student(
-        student,
-        teacher,
-        train,
-        holdout,
-        spec.training,
-        runtime,
-        seed=spec.seed,
-        num_classes=info.num_classes,
-        resume=resume,
-        on_epoch=on_epoch,
-        on_checkpoint=(lambda state: checkpoints.save("training", asdict(state)))
-        if checkpoints
-        else None,
-        should_stop=stop,
-    )
-    training_seconds = time.perf_counter() - train_started
+        report("training", 0.0, "training the student")
+        train_started = time.perf_counter()
+        train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
+        resume_state = checkpoints.load("training") if checkpoints else None
+        resume = TrainingState(**resume_state) if resume_state else None
 
-    report("evaluating", 0.0, "evaluating the student")
-    evaluation_started = time.perf_counter()
-    student.eval()
-    metrics: dict[str, float] = {
-        "agreement_synthetic": history[-1]["agreement_synthetic"] if history else float("nan"),
-        "teacher_parameters": float(info.parameters),
-        "student_parameters": float(sum(p.numel() for p in student.parameters())),
-        "compression": _compression(info.parameters, student),
-        "synthesis_seconds": synthesis_seconds,
-        "training_seconds": training_seconds,
-        "samples_per_second": len(data) / synthesis_seconds if synthesis_seconds > 0 else 0.0,
-        "num_samples": float(len(data)),
-        "batchnorm_layers": float(_prior_layers(teacher, spec)),
-    }
-    metrics.update(fidelity_estimate(teacher, student, holdout.x, runtime.device))
-    if diagnostics:
-        metrics.update(estimate_probes(teacher, student, holdout.x, runtime.device, spec.seed))
-    if eval_arrays is not None:
-        metrics.update(evaluate_on_data(teacher, student, *eval_arrays, runtime.device))
-        metrics["accuracy_ratio"] = metrics["student_accuracy"] / max(
-            metrics["teacher_accuracy"], 1e-12
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            report(
+                "training",
+                epoch / spec.training.epochs,
+                f"epoch {epoch}/{spec.training.epochs}: loss {metrics['loss']:.4f}, "
+                f"agreement {metrics['agreement_synthetic']:.3f}",
+                metrics,
+            )
+
+        history = train_student(
+            student,
+            teacher,
+            train,
+            holdout,
+            spec.training,
+            runtime,
+            seed=spec.seed,
+            num_classes=info.num_classes,
+            resume=resume,
+            on_epoch=on_epoch,
+            on_checkpoint=(lambda state: checkpoints.save("training", asdict(state)))
+            if checkpoints
+            else None,
+            should_stop=stop,
         )
-    report("evaluating", 1.0, "evaluated", metrics)
-    evaluation_seconds = time.perf_counter() - evaluation_started
+        training_seconds = time.perf_counter() - train_started
 
-    if stop():
-        raise JobCanceled("canceled")
-    report("exporting", 0.0, "exporting the student")
-    export_started = time.perf_counter()
-    artifacts = {"student.pt": out / "student.pt", "manifest.json": out / "manifest.json"}
-    exported = export_student(student, artifacts["student.pt"], info.input_shape, info.num_classes)
-    if write_sample_grid(out / "samples.png", data.x, data.labels, info.num_classes):
-        artifacts["samples.png"] = out / "samples.png"
-    write_curves(
-        out / "curves.png", history, synthesis_log, agreement_eval=metrics.get("agreement_eval")
-    )
-    artifacts["curves.png"] = out / "curves.png"
-    metrics["total_seconds"] = time.perf_counter() - started
-    manifest = {
-        "teacher": info.to_dict(),
-        "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes,
-        "spec": spec.to_dict(),
-        "metrics": metrics,
-        "student": {
-            "arch": arch,
-            "width": spec.student.width,
-            "width_reason": spec.student.width_reason,
-            **exported,
-        },
-        "history": history,
-        "synthesis": synthesis_log,
-        "versions": library_versions(),
-        "device": str(runtime.device),
-    }
-    write_manifest(artifacts["manifest.json"], manifest)
-    timings = {
-        "synthesis": synthesis_seconds,
-        "training": training_seconds,
-        "evaluation": evaluation_seconds,
-        "export": time.perf_counter() - export_started,
-        "total": metrics["total_seconds"],
-    }
-    artifacts["report.md"] = out / "report.md"
-    write_report(artifacts["report.md"], manifest, timings, images=list(artifacts))
-    report("exporting", 1.0, "done", metrics)
-    return JobResult(spec, info, metrics, artifacts, history, synthesis_log)
+        report("evaluating", 0.0, "evaluating the student")
+        evaluation_started = time.perf_counter()
+        student.eval()
+        metrics: dict[str, float] = {
+            "agreement_synthetic": history[-1]["agreement_synthetic"] if history else float("nan"),
+            "teacher_parameters": float(info.parameters),
+            "student_parameters": float(sum(p.numel() for p in student.parameters())),
+            "compression": _compression(info.parameters, student),
+            "synthesis_seconds": synthesis_seconds,
+            "training_seconds": training_seconds,
+            "samples_per_second": len(data) / synthesis_seconds if synthesis_seconds > 0 else 0.0,
+            "num_samples": float(len(data)),
+            "batchnorm_layers": float(_prior_layers(teacher, spec)),
+        }
+        metrics.update(fidelity_estimate(teacher, student, holdout.x, runtime.device))
+        if diagnostics:
+            metrics.update(estimate_probes(teacher, student, holdout.x, runtime.device, spec.seed))
+        if eval_arrays is not None:
+            metrics.update(evaluate_on_data(teacher, student, *eval_arrays, runtime.device))
+            metrics["accuracy_ratio"] = metrics["student_accuracy"] / max(
+                metrics["teacher_accuracy"], 1e-12
+            )
+        report("evaluating", 1.0, "evaluated", metrics)
+        evaluation_seconds = time.perf_counter() - evaluation_started
+
+        if stop():
+            raise JobCanceled("canceled")
+        report("exporting", 0.0, "exporting the student")
+        export_started = time.perf_counter()
+        artifacts = {"student.pt": out / "student.pt", "manifest.json": out / "manifest.json"}
+        exported = export_student(
+            student, artifacts["student.pt"], info.input_shape, info.num_classes
+        )
+        if write_sample_grid(out / "samples.png", data.x, data.labels, info.num_classes):
+            artifacts["samples.png"] = out / "samples.png"
+        write_curves(
+            out / "curves.png", history, synthesis_log, agreement_eval=metrics.get("agreement_eval")
+        )
+        artifacts["curves.png"] = out / "curves.png"
+        metrics["total_seconds"] = time.perf_counter() - started
+        manifest = {
+            "teacher": info.to_dict(),
+            "input_shape": list(info.input_shape),
+            "num_classes": info.num_classes,
+            "spec": spec.to_dict(),
+            "metrics": metrics,
+            "student": {
+                "arch": arch,
+                "width": spec.student.width,
+                "width_reason": spec.student.width_reason,
+                **exported,
+            },
+            "history": history,
+            "synthesis": synthesis_log,
+            "versions": library_versions(),
+            "device": str(runtime.device),
+            "attention_kernel": runtime.attention,
+        }
+        write_manifest(artifacts["manifest.json"], manifest)
+        timings = {
+            "synthesis": synthesis_seconds,
+            "training": training_seconds,
+            "evaluation": evaluation_seconds,
+            "export": time.perf_counter() - export_started,
+            "total": metrics["total_seconds"],
+        }
+        artifacts["report.md"] = out / "report.md"
+        write_report(artifacts["report.md"], manifest, timings, images=list(artifacts))
+        report("exporting", 1.0, "done", metrics)
+        return JobResult(spec, info, metrics, artifacts, history, synthesis_log)
 
 
 def _compression(teacher_parameters: int, student: torch.nn.Module) -> float:

@@ -296,6 +296,8 @@ def write_report(
     if versions or manifest.get("device"):
         lines += ["", "## Environment", ""]
         env = [f"device `{manifest.get('device', '?')}`"]
+        if manifest.get("attention_kernel", "default") != "default":
+            env.append(f"attention kernel `{manifest['attention_kernel']}`")
         env += [f"{name} {version}" for name, version in sorted(versions.items())]
         lines += ["; ".join(env) + "."]
     text = "\n".join(lines) + "\n"
