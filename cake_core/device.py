@@ -101,7 +101,9 @@ ATTENTION_OP = "aten::scaled_dot_product_attention"
 def uses_attention(teacher: Callable[[torch.Tensor], torch.Tensor]) -> bool:
     """Whether a TorchScript teacher calls ``scaled_dot_product_attention`` anywhere."""
     graph = getattr(teacher, "inlined_graph", None)
-    return graph is not None and any(node.kind() == ATTENTION_OP for node in graph.nodes())
+    # findAllNodes also searches the blocks of control flow (nn.MultiheadAttention takes its
+    # fused path in one branch of an if).
+    return graph is not None and bool(graph.findAllNodes(ATTENTION_OP))
 
 
 def tune_attention(

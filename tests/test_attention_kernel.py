@@ -32,6 +32,21 @@ def test_attention_is_found_in_a_vit_and_not_in_a_cnn(tmp_path: Path) -> None:
     assert not uses_attention(lambda x: x)  # not TorchScript: nothing to inspect
 
 
+class _MultiheadTeacher(torch.nn.Module):
+    """nn.MultiheadAttention calls the fused kernel from inside a branch of its graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x, need_weights=False)[0].mean(dim=1)
+
+
+def test_attention_inside_control_flow_is_found() -> None:
+    assert uses_attention(torch.jit.script(_MultiheadTeacher().eval()))
+
+
 def test_math_kernel_gives_the_same_logits_and_input_gradients(tmp_path: Path) -> None:
     teacher = _scripted("vit", tmp_path / "vit.pt")
     x = torch.randn(16, *SHAPE)
