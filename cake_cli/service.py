@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,10 @@ QUEUE_NAMES = ("gpu", "cpu")
 COMMANDS = ("serve", "worker", "db")
 #: Seconds the worker gets to hand its job back and exit before it is stopped harder.
 WORKER_STOP_GRACE_S = 30.0
+#: Seconds uvicorn waits for open connections (event streams) before it closes them.
+SERVE_SHUTDOWN_GRACE_S = 10
+#: How often a worker started by ``cake serve`` checks that it still has that parent.
+PARENT_POLL_S = 1.0
 
 log = logging.getLogger("cake.serve")
 
@@ -214,7 +219,8 @@ def worker_command(queues: str, concurrency: int = 1) -> list[str]:
 
     ``-P`` keeps the working folder off the child's import path (a folder named ``api`` or
     ``worker`` there must not shadow the installed packages), unless this very package is
-    imported from the working folder (a checkout run without installing).
+    imported from the working folder (a checkout run without installing). ``--parent-pid``
+    makes the worker stop when this process is gone, however it ended.
     """
     safe = ["-P"] if Path.cwd().resolve() != ROOT else []
     return [
@@ -227,6 +233,8 @@ def worker_command(queues: str, concurrency: int = 1) -> list[str]:
         queues,
         "--concurrency",
         str(concurrency),
+        "--parent-pid",
+        str(os.getpid()),
     ]
 
 
@@ -259,6 +267,27 @@ def stop_worker_process(proc: subprocess.Popen[bytes], grace_s: float = WORKER_S
             log.warning("worker did not stop after %s; stopping it harder", sig.name)
     proc.kill()
     return proc.wait()
+
+
+def watch_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Stop this worker (SIGTERM to itself: a warm shutdown) once ``parent_pid`` is gone.
+
+    ``cake serve`` stops its worker on Ctrl-C or SIGTERM, but the worker runs in a session of
+    its own (so a terminal's Ctrl-C reaches only ``cake serve``), and a ``cake serve`` that is
+    killed outright cannot: without this the worker lived on, orphaned, running queued jobs at
+    full CPU with nobody to serve their results. An orphan's parent becomes another process, so
+    a change of ``os.getppid()`` is the signal; it is polled, which works on every POSIX system.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        log.warning("the cake serve process %d is gone: stopping this worker", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _watch_worker(proc: subprocess.Popen[bytes], stopping: threading.Event) -> None:
@@ -344,7 +373,15 @@ def serve(
                 target=_watch_worker, args=(worker, stopping), name="worker-watch", daemon=True
             ).start()
             log.info("worker started (pid %d, queues %s)", worker.pid, queues)
-        uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level=log_level)
+        uvicorn.run(
+            "api.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level=log_level,
+            # open event streams must not hold the shutdown (and the worker's) forever
+            timeout_graceful_shutdown=SERVE_SHUTDOWN_GRACE_S,
+        )
     except (KeyboardInterrupt, _Terminate):
         pass
     finally:
@@ -362,13 +399,20 @@ def run_worker(
     *,
     data_dir: Path | None = None,
     loglevel: str = "INFO",
+    parent_pid: int | None = None,
 ) -> int:
     """Run a worker in this process (expects a migrated database; applies nothing).
 
     It refuses to start, with one line on stderr, when the database cannot be reached, has no
     schema or is at another migration than this code. It records its heartbeat (queues,
-    device) from before the slow imports until it stops.
+    device) from before the slow imports until it stops. With ``parent_pid`` (``cake serve``
+    passes its own) it stops when that process is gone (:func:`watch_parent`).
     """
+    if parent_pid is not None:
+        if os.getppid() != parent_pid:
+            print(f"error: the parent process {parent_pid} is already gone", file=sys.stderr)
+            return 1
+        watch_parent(parent_pid)
     _use_data_dir(data_dir)
     try:
         settings = pin_settings()
@@ -438,6 +482,12 @@ def add_parsers(sub: Any) -> None:
     )
     worker_p.add_argument("--data-dir", type=Path, help="root of the embedded defaults")
     worker_p.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING...")
+    worker_p.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop when the process with this id is no longer this worker's parent "
+        "(cake serve passes its own)",
+    )
 
     db_p = sub.add_parser("db", help="migrate the service's database")
     db_sub = db_p.add_subparsers(dest="db_command", required=True)
@@ -474,7 +524,13 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.concurrency < 1:
             print("error: --concurrency must be at least 1", file=sys.stderr)
             return 2
-        return run_worker(queues, args.concurrency, data_dir=args.data_dir, loglevel=args.loglevel)
+        return run_worker(
+            queues,
+            args.concurrency,
+            data_dir=args.data_dir,
+            loglevel=args.loglevel,
+            parent_pid=args.parent_pid,
+        )
     if args.command == "db":
         _use_data_dir(args.data_dir)
         from cake_shared.settings import get_settings

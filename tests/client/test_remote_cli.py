@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from client_support import (
@@ -50,6 +51,19 @@ def _cancel_and_settle(url: str, job_id: str) -> None:
     with Client(url) as client:
         client.jobs.cancel(job_id)
         assert client.jobs.wait(job_id, timeout=CANCEL_WAIT_S).status == "canceled"
+
+
+def _leave_nothing_running(url: str, proc: subprocess.Popen[Any]) -> None:
+    """Whether a Ctrl-C test passed or failed: its client is gone and no job holds the worker
+    (a large job left running would keep the module's single worker busy for every later
+    test)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    with Client(url) as client:
+        for job in client.jobs.list(limit=100):
+            if not job.finished:
+                client.jobs.cancel(job.id)
 
 
 def test_submit_wait_writes_a_student_as_good_as_the_teacher(
@@ -220,20 +234,23 @@ def test_ctrl_c_on_a_pipe_leaves_the_job_running(cake_server: CakeServer, tmp_pa
         text=True,
     )
     assert proc.stderr is not None
-    lines = []
-    while "synthesizing" not in "".join(lines):  # the job is running
-        line = proc.stderr.readline()
-        assert line, "".join(lines)
-        lines.append(line)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    message = one_line_error(result)
-    job_id = next(w for w in message.split() if w.startswith("job_"))
-    assert "keeps running" in message
-    assert _status(cake_server.url, job_id, tmp_path) == "running"
-    _cancel_and_settle(cake_server.url, job_id)
+    try:
+        lines = []
+        while "synthesizing" not in "".join(lines):  # the job is running
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        message = one_line_error(result)
+        job_id = next(w for w in message.split() if w.startswith("job_"))
+        assert "keeps running" in message
+        assert _status(cake_server.url, job_id, tmp_path) == "running"
+        _cancel_and_settle(cake_server.url, job_id)
+    finally:
+        _leave_nothing_running(cake_server.url, proc)
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -275,9 +292,8 @@ def test_ctrl_c_on_a_terminal_asks_and_cancels(cake_server: CakeServer, tmp_path
         assert proc.wait(30) == 4
         read_until(b"cancel")
     finally:
-        if proc.poll() is None:
-            proc.kill()
         os.close(controller)
+        _leave_nothing_running(cake_server.url, proc)
     text = seen.decode(errors="replace")
     job_id = text[text.index("cancel job ") + len("cancel job ") :].split()[0]
     with Client(cake_server.url) as client:
