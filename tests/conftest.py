@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# A run started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT
+# ignored, and so would every `cake serve` and `cake submit` the tests start (an ignored signal
+# survives exec): the Ctrl-C tests would hang and `cake serve` would not stop on SIGINT. A
+# handler (unlike SIG_IGN) is reset to the default at exec, so children get a working Ctrl-C.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from examples.teachers import TrainedTeacher, train_digits_cnn, train_tabular_mlp  # noqa: E402
 
