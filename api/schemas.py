@@ -21,6 +21,7 @@ from cake_core.config import (
     InputOptimizer,
     JobSpec,
     NoiseSchedule,
+    Parameterization,
     Prior,
     TrainOptimizer,
     TrainSchedule,
@@ -190,6 +191,11 @@ class SynthesisIn(_SpecPart):
     augment: bool | None = _spec_field(
         "synthesis.augment", "Show the teacher randomly shifted images during synthesis"
     )
+    parameterization: Parameterization | None = _spec_field(
+        "synthesis.parameterization",
+        "What the optimizer moves: the pixels, or their 1/frequency-scaled spectrum (fourier; "
+        "images only)",
+    )
 
 
 class TrainingIn(_SpecPart):
@@ -219,6 +225,10 @@ class TrainingIn(_SpecPart):
     )
     adversarial_steps: int | None = _spec_field(
         "training.adversarial_steps", "Signed-gradient steps of that search"
+    )
+    translate: float | None = _spec_field(
+        "training.translate",
+        "Random shift of each training image, up to this share of its side (images; needs relabel)",
     )
 
 

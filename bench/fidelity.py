@@ -63,6 +63,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, adversarial 3 steps": ("fast", {"training": {"adversarial_steps": 3}}),
     "fast, relabel off": ("fast", {"training": {"relabel": False}}),
     "fast, input noise 0.3": ("fast", {"training": {"input_noise": 0.3}}),
+    "fast, fourier": ("fast", {"synthesis": {"parameterization": "fourier"}}),
+    "fast, translate 0.125": ("fast", {"training": {"translate": 0.125}}),
+    "fast, fourier + translate 0.125": (
+        "fast",
+        {"synthesis": {"parameterization": "fourier"}, "training": {"translate": 0.125}},
+    ),
     # the `fast` preset before the fidelity zoo (6,400 samples x 100 steps, TV 1e5, decay 2)
     "fast before zoo": (
         "fast",

@@ -17,6 +17,7 @@ from cake_core.errors import SpecError
 NoiseSchedule = Literal["linear", "cosine"]
 InputOptimizer = Literal["sgd", "adam"]
 Prior = Literal["normal", "uniform"]
+Parameterization = Literal["pixel", "fourier"]
 TrainOptimizer = Literal["sgd", "adamw"]
 TrainSchedule = Literal["onecycle", "cosine"]
 
@@ -95,6 +96,7 @@ class SynthesisSpec:
     chunk_batches: int = 0
     snapshots: int = 1
     augment: bool = False
+    parameterization: Parameterization = "pixel"
 
 
 @dataclass
@@ -122,6 +124,7 @@ class TrainingSpec:
     input_noise: float = 0.0
     adversarial: float = 0.0
     adversarial_steps: int = 1
+    translate: float = 0.0
 
 
 @dataclass
@@ -207,12 +210,14 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "training.input_noise": (0.0, 100.0),
     "training.adversarial": (0.0, 100.0),
     "training.adversarial_steps": (1, 100),
+    "training.translate": (0.0, 0.5),
     "seed": (0, 2**63 - 1),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "synthesis.noise_schedule": ("linear", "cosine"),
     "synthesis.optimizer": ("sgd", "adam"),
     "synthesis.prior": ("normal", "uniform"),
+    "synthesis.parameterization": ("pixel", "fourier"),
     "training.optimizer": ("sgd", "adamw"),
     "training.schedule": ("onecycle", "cosine"),
 }

@@ -140,6 +140,17 @@ def _toward_disagreement(
     return torch.cat([half, x[len(half) :]])
 
 
+def _translate(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image ``[N, C, H, W]`` by up to ``fraction`` of its side, edges repeated."""
+    shifts = (torch.rand((len(x), 2), generator=generator) * 2 - 1) * (2 * fraction)
+    theta = torch.zeros((len(x), 2, 3))
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = shifts
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
 def _targets(
     teacher: Callable[[torch.Tensor], torch.Tensor],
     student: nn.Module,
@@ -151,6 +162,8 @@ def _targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch the student trains on and the teacher distribution it should match."""
     if spec.relabel:
+        if spec.translate > 0 and x.dim() == 4:
+            x = _translate(x, spec.translate, generator)
         if spec.mixup > 0:
             lam = torch.distributions.Beta(spec.mixup, spec.mixup).sample((len(x),))
             lam = lam.to(x.device).view(-1, *[1] * (x.dim() - 1))

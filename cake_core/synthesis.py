@@ -31,6 +31,7 @@ from cake_core.losses import (
     total_variation_loss,
 )
 from cake_core.schedule import step_sizes
+from cake_core.spectral import SpectralBasis
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -222,8 +223,6 @@ def synthesize_chunk(
     ]
     x = torch.stack([d[0] for d in draws])
     targets = torch.stack([d[1] for d in draws])
-    eta = torch.tensor(etas, device=device, dtype=torch.float32).view(-1, *[1] * (x.dim() - 1))
-    noise_scale = (2.0 * eta).sqrt() if spec.langevin else None
     # One noise generator per mini-batch, seeded as the reference loop seeds it, so Langevin
     # results do not depend on how mini-batches are chunked.
     noise_gens = (
@@ -244,16 +243,27 @@ def synthesize_chunk(
         if shift
         else []
     )
+    basis = (
+        SpectralBasis(input_shape[-2], input_shape[-1], device)
+        if spec.parameterization == "fourier" and supports_total_variation(input_shape)
+        else None
+    )
+    # ``param`` is what the optimizer moves: the pixels themselves, or their scaled spectrum.
+    param = x if basis is None else basis.encode(x)
+    eta = torch.tensor(etas, device=device, dtype=torch.float32)
+    eta = eta.view(-1, *[1] * (param.dim() - 1))
+    noise_scale = (2.0 * eta).sqrt() if spec.langevin else None
     use_adam = spec.optimizer == "adam"
     if use_adam:
-        m1 = torch.zeros_like(x)
-        m2 = torch.zeros_like(x)
+        m1 = torch.zeros_like(param)
+        m2 = torch.zeros_like(param)
     beta1, beta2 = ADAM_BETAS
 
     snapshot_at = {round(spec.steps * j / spec.snapshots) for j in range(1, spec.snapshots)}
     snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
     for step in range(1, spec.steps + 1):
-        x.requires_grad_(True)
+        param.requires_grad_(True)
+        x = param if basis is None else basis.decode(param)
         shifts = (
             torch.stack(
                 [
@@ -272,27 +282,28 @@ def synthesize_chunk(
                 with torch.no_grad():
                     _, _, logits = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
             snapshots.append((x.detach().clone(), logits.detach()))
-        (grad,) = torch.autograd.grad(total.sum(), x)
-        x = x.detach()
+        (grad,) = torch.autograd.grad(total.sum(), param)
+        param = param.detach()
         with torch.no_grad():
             if use_adam:
                 m1.mul_(beta1).add_(grad, alpha=1 - beta1)
                 m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 denom = (m2 / (1 - beta2**step)).sqrt_().add_(ADAM_EPS)
-                x.addcdiv_(m1 * (eta / (1 - beta1**step)), denom, value=-1.0)
+                param.addcdiv_(m1 * (eta / (1 - beta1**step)), denom, value=-1.0)
             else:
-                x.sub_(grad * eta)
+                param.sub_(grad * eta)
             if noise_scale is not None:
                 noise = torch.stack(
-                    [torch.randn(x.shape[1:], generator=g, device=device) for g in noise_gens]
+                    [torch.randn(param.shape[1:], generator=g, device=device) for g in noise_gens]
                 )
-                x.add_(noise * noise_scale)
+                param.add_(noise * noise_scale)
         if step % FINITE_CHECK_EVERY == 0 or step == spec.steps:
-            if not bool(torch.isfinite(total).all()) or not bool(torch.isfinite(x).all()):
+            if not bool(torch.isfinite(total).all()) or not bool(torch.isfinite(param).all()):
                 raise _diverged(spec, first_batch, step, etas[0])
             if should_stop is not None and should_stop():
                 raise JobCanceled("canceled during synthesis")
 
+    x = param.detach() if basis is None else basis.decode(param.detach())
     with torch.no_grad():
         total, terms, logits = synthesis_losses(
             teacher, x, targets, spec, input_shape, runtime, batchnorm=batchnorm
