@@ -22,11 +22,11 @@ class SpectralBasis:
     in both parameterizations.
     """
 
-    def __init__(self, height: int, width: int, device: torch.device, decay: float = 1.0) -> None:
+    def __init__(self, height: int, width: int, device: torch.device) -> None:
         self.size = (height, width)
         fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
         frequency = (fy**2 + torch.fft.rfftfreq(width, device=device).view(1, -1) ** 2).sqrt()
-        self.scale = frequency.clamp_min(1.0 / max(height, width)) ** (-decay)
+        self.scale = 1.0 / frequency.clamp_min(1.0 / max(height, width))
         # The decoded pixels' spread under unit white noise, measured on a fixed draw (the
         # half spectrum's Hermitian bookkeeping makes a closed form fiddly).
         probe = torch.randn(

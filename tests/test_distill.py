@@ -12,7 +12,9 @@ from cake_core.config import SynthesisSpec, TrainingSpec
 from cake_core.device import Runtime
 from cake_core.distill import (
     SyntheticSet,
+    _targets,
     _toward_disagreement,
+    _translate,
     soft_cross_entropy,
     train_student,
 )
@@ -165,3 +167,30 @@ def test_adversarial_step_with_a_final_batch_of_two_and_batchnorm():
     history = train_student(student, teacher, train, held, spec, CPU, seed=0, num_classes=3)
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
     assert student.training is False  # left in eval mode after training, as before
+
+
+def test_translate_shifts_whole_pixels_with_edges_repeated() -> None:
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(200, 1, 1, 1)
+    moved = _translate(x, 0.125, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape
+    shift = (moved - x)[:, 0, 3, 3]  # interior pixel: moved by dx + 8 dy, |dx|, |dy| <= 1
+    assert shift.abs().max() <= 9 + 1e-4
+    assert shift.std() > 1.0
+    assert moved.min() >= 0 and moved.max() <= 63  # edges repeated, nothing from outside
+
+
+def test_translate_is_relabelled_and_skips_non_images() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 3)).eval()
+    spec = TrainingSpec(relabel=True, translate=0.25)
+    x = torch.randn(16, 1, 8, 8)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    gen = torch.Generator().manual_seed(0)
+    moved, probs = _targets(teacher, student, x, torch.zeros(16), spec, 3, gen)
+    assert not torch.allclose(moved, x)
+    with torch.no_grad():
+        torch.testing.assert_close(probs, teacher(moved).softmax(1))
+    flat = torch.randn(16, 5)
+    mlp = nn.Linear(5, 3)
+    same, _ = _targets(mlp, mlp, flat, torch.zeros(16), spec, 3, gen)
+    assert torch.equal(same, flat)

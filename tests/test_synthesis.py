@@ -686,3 +686,42 @@ def test_augment_leaves_non_images_alone(mlp: Teacher) -> None:
     plain = _run(mlp, _spec(), seed=5)
     augmented = _run(mlp, _spec(augment=True), seed=5)
     assert torch.equal(_cat(plain, "x"), _cat(augmented, "x"))
+
+
+# --------------------------------------------------------------------------------------------
+# Fourier parameterization
+# --------------------------------------------------------------------------------------------
+
+
+def _adam_spec(**overrides: object) -> SynthesisSpec:
+    base = {"optimizer": "adam", "noise": 0.05, "noise_decay_magnitude": 1.0, "steps": 30}
+    return _cnn_spec(**(base | overrides))
+
+
+def test_fourier_synthesis_starts_alike_and_ends_smoother(cnn: Teacher) -> None:
+    def final_x(spec: SynthesisSpec) -> torch.Tensor:
+        return _cat(_run(cnn, spec, CNN_SHAPE, CNN_CLASSES, seed=3), "x")
+
+    start = final_x(_adam_spec(steps=1, noise=1e-9))
+    start_fourier = final_x(_adam_spec(steps=1, noise=1e-9, parameterization="fourier"))
+    torch.testing.assert_close(start_fourier, start, rtol=0, atol=1e-4)
+
+    pixel = final_x(_adam_spec())
+    chunks = _run(cnn, _adam_spec(parameterization="fourier"), CNN_SHAPE, CNN_CLASSES, seed=3)
+    fourier = _cat(chunks, "x")
+    moved_pixel, moved_fourier = pixel - start, fourier - start
+
+    def roughness(d: torch.Tensor) -> float:  # high-frequency share of the change
+        return float((d[..., 1:] - d[..., :-1]).pow(2).mean() / d.pow(2).mean())
+
+    assert moved_fourier.abs().mean() > 0.1 * moved_pixel.abs().mean()
+    assert roughness(moved_fourier) < 0.8 * roughness(moved_pixel)  # small images: 1/f spans ~5x
+    with torch.no_grad():
+        expected = cnn(fourier).softmax(1)
+    torch.testing.assert_close(_cat(chunks, "labels"), expected)
+
+
+def test_fourier_leaves_non_images_alone(mlp: Teacher) -> None:
+    plain = _run(mlp, _spec(), seed=5)
+    other = _run(mlp, _spec(parameterization="fourier"), seed=5)
+    assert torch.equal(_cat(plain, "x"), _cat(other, "x"))
