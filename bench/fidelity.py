@@ -11,12 +11,17 @@ agreement: could a user trust it without real data?
     python -m bench.fidelity --teachers wine_mlp --seeds 1
     python -m bench.fidelity --variants all           # plus the ablation rows on fast
     python -m bench.fidelity --quick                  # digits_cnn and wine_mlp, fast, 1 seed
+    python -m bench.fidelity --merge a.json b.json    # one table and JSON from separate runs
+
+Separate runs (one teacher each, started side by side: a GPU is mostly idle while one small
+job launches its kernels) are merged with ``--merge``; their timings then include the sharing.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import tempfile
 import time
@@ -41,7 +46,14 @@ from bench.common import (
     write_results,
 )
 from bench.quality import SynthesisReuse, synthesis_key
-from bench.zoo import FASHION_MNIST_HINT, ZOO, CachedTeacher, fashion_mnist_available, get_teacher
+from bench.zoo import (
+    FASHION_MNIST_HINT,
+    ZOO,
+    CachedTeacher,
+    fashion_mnist_available,
+    get_teacher,
+    is_cached,
+)
 from cake_core.config import PRESETS, resolve_spec
 from cake_core.device import Runtime, default_runtime
 from cake_core.distill import SyntheticSet, train_student
@@ -63,12 +75,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, adversarial 3 steps": ("fast", {"training": {"adversarial_steps": 3}}),
     "fast, relabel off": ("fast", {"training": {"relabel": False}}),
     "fast, input noise 0.3": ("fast", {"training": {"input_noise": 0.3}}),
-    "fast, fourier": ("fast", {"synthesis": {"parameterization": "fourier"}}),
+    "fast, pixel": ("fast", {"synthesis": {"parameterization": "pixel"}}),
     "fast, translate 0.125": ("fast", {"training": {"translate": 0.125}}),
-    "fast, fourier + translate 0.125": (
-        "fast",
-        {"synthesis": {"parameterization": "fourier"}, "training": {"translate": 0.125}},
-    ),
     # the `fast` preset before the fidelity zoo (6,400 samples x 100 steps, TV 1e5, decay 2)
     "fast before zoo": (
         "fast",
@@ -77,6 +85,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                 "num_samples": 6400,
                 "steps": 100,
                 "noise_decay_magnitude": 2.0,
+                "parameterization": "pixel",
                 "weights": {"tv": 1e5, "bn": 0.0},
             },
             "training": {"holdout_fraction": 0.01, "input_noise": 0.3},
@@ -231,7 +240,8 @@ def rows_for(args: argparse.Namespace) -> list[tuple[Row, list[int]]]:
     """Rows in order with their seeds: ceiling, presets, variants, floor."""
 
     def seeds(preset: str) -> list[int]:
-        return list(range(args.seeds or DEFAULT_SEEDS.get(preset, FALLBACK_SEEDS)))
+        count = args.seeds or DEFAULT_SEEDS.get(preset, FALLBACK_SEEDS)
+        return list(range(args.first_seed, args.first_seed + count))
 
     first = args.presets[0]
     rows = [(Row(p, "preset", p), seeds(p)) for p in args.presets]
@@ -331,6 +341,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seeds", type=int, default=None, help="seeds per row (default: 3 for fast, 1 for others)"
     )
     parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seed of each row's first run (default 0): more seeds of an earlier run add to it",
+    )
+    parser.add_argument(
         "--students",
         choices=("main", "all"),
         default="main",
@@ -346,6 +362,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         default="",
         help=f"ablation rows, comma list or 'all' (default none): {'; '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--autocast",
+        choices=("auto", "none", "bf16"),
+        default="auto",
+        help="precision of every job: auto is what a job gets on the device (bf16 on CUDA, fp32 "
+        "on the CPU); none or bf16 force it, e.g. to see what bf16 changes on the CPU",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="run nothing: merge the results of earlier runs (other teachers) into one table and "
+        "JSON in --out",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -366,6 +398,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(exc))
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.first_seed < 0:
+        parser.error("--first-seed must not be negative")
     return args
 
 
@@ -420,15 +454,62 @@ def run_teacher(
     return pairs, runs
 
 
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """One payload from runs of different teachers (same device kind): rows and runs joined.
+
+    ``machine``, ``runtime`` and ``variants`` come from the first file; each file's command and
+    machine load are kept under ``merged_from``, so the table says how it was made.
+    """
+    payloads = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    devices = {payload["machine"].get("device") for payload in payloads}
+    if len(devices) > 1:
+        raise ValueError(f"results from different devices cannot share a table: {sorted(devices)}")
+    seen: dict[str, Path] = {}
+    for path, payload in zip(paths, payloads, strict=True):
+        for pair in payload["pairs"]:
+            if pair["label"] in seen:
+                raise ValueError(f"{pair['label']} is in both {seen[pair['label']]} and {path}")
+            seen[pair["label"]] = path
+    first = payloads[0]
+    return {
+        **{k: v for k, v in first.items() if k not in ("pairs", "runs", "command")},
+        "command": command_line(),
+        "merged_from": [
+            {"file": str(path), "command": p["command"], "machine": p["machine"]}
+            for path, p in zip(paths, payloads, strict=True)
+        ],
+        "skipped_teachers": sorted({t for p in payloads for t in p["skipped_teachers"]}),
+        "teacher_errors": {k: v for p in payloads for k, v in p["teacher_errors"].items()},
+        "pairs": [pair for p in payloads for pair in p["pairs"]],
+        "runs": [run for p in payloads for run in p["runs"]],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        payload = merge_results(args.merge)
+        print_table(payload["pairs"])
+        for name, error in payload["teacher_errors"].items():
+            console.print(f"[red]teacher {name} failed:[/] {error}", highlight=False)
+        device = torch.device(payload["machine"]["device"])
+        console.print(f"wrote {write_results(args.out, 'fidelity', device, payload)}")
+        return 0
     device = setup_device(args.device, args.threads)
     threads = torch.get_num_threads()
     runtime = default_runtime(str(device))
+    if args.autocast != "auto":
+        runtime = replace(runtime, autocast=None if args.autocast == "none" else args.autocast)
     torch.set_num_threads(threads)  # default_runtime resets it on the CPU; keep --threads
     info = machine_info(device)
     meter = BusyMeter()
-    skipped = [] if fashion_mnist_available() else [t for t in args.teachers if "fmnist" in t]
+    # Without the data set a cached teacher still runs (its test split is cached), but not its
+    # ceiling row, which trains on the real training split.
+    skipped = [
+        t
+        for t in args.teachers
+        if "fmnist" in t and not fashion_mnist_available() and (args.references or not is_cached(t))
+    ]
     for name in skipped:
         console.print(f"[yellow]skipping {name}[/]: {FASHION_MNIST_HINT}", highlight=False)
     names = [t for t in args.teachers if t not in skipped]

@@ -345,17 +345,23 @@ def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, y: np
     return float((logits.argmax(1).numpy() == y).mean())
 
 
+def _cache_files(name: str, seed: int, cache_dir: Path) -> tuple[Path, Path, Path]:
+    """The teacher's TorchScript, its real test split (npz) and its metadata (json)."""
+    stem = cache_dir / f"{name}-seed{seed}"
+    return stem.with_suffix(".pt"), stem.with_suffix(".npz"), stem.with_suffix(".json")
+
+
+def is_cached(name: str, seed: int = 0, cache_dir: Path = CACHE_DIR) -> bool:
+    """Whether ``get_teacher`` can return the teacher without its training data."""
+    return all(path.exists() for path in _cache_files(name, seed, cache_dir))
+
+
 def get_teacher(name: str, seed: int = 0, cache_dir: Path = CACHE_DIR) -> CachedTeacher:
     """The trained teacher ``name`` from the cache, training and caching it when missing."""
     zoo = ZOO[name]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = cache_dir / f"{name}-seed{seed}"
-    path, eval_path, meta_path = (
-        stem.with_suffix(".pt"),
-        stem.with_suffix(".npz"),
-        stem.with_suffix(".json"),
-    )
-    if not (path.exists() and eval_path.exists() and meta_path.exists()):
+    path, eval_path, meta_path = _cache_files(name, seed, cache_dir)
+    if not is_cached(name, seed, cache_dir):
         split = zoo.data()
         started = time.perf_counter()
         model = train_teacher(zoo, split, seed)
@@ -363,7 +369,7 @@ def get_teacher(name: str, seed: int = 0, cache_dir: Path = CACHE_DIR) -> Cached
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.save(torch.jit.script(model), str(path))
-        np.savez(eval_path, x=split.x_test.astype(np.float32), y=split.y_test)
+        np.savez_compressed(eval_path, x=split.x_test.astype(np.float32), y=split.y_test)
         meta = {
             "input_shape": list(split.input_shape),
             "num_classes": split.num_classes,
