@@ -118,6 +118,8 @@ def test_default_and_fast_presets_differ_as_documented() -> None:
         assert spec.synthesis.noise_decay_magnitude == 1.0
         assert (spec.synthesis.weights.tv, spec.synthesis.weights.bn) == (1e4, 1e5)
         assert spec.synthesis.weights.cls == reference.synthesis.weights.cls
+        assert spec.synthesis.parameterization == "fourier"
+        assert reference.synthesis.parameterization == "pixel"
         assert spec.training.relabel is True
         assert spec.training.mixup == 1.0
         assert spec.training.input_noise == 0.0
