@@ -230,6 +230,15 @@ class TrainingIn(_SpecPart):
         "training.translate",
         "Random shift of each training image, up to this share of its side (images; needs relabel)",
     )
+    noise_mix: float | None = _spec_field(
+        "training.noise_mix",
+        "Share of each training batch replaced by fresh standard-normal noise (needs relabel)",
+    )
+    cutmix: float | None = _spec_field(
+        "training.cutmix",
+        "Share of image batches that paste a random box of another sample into each image "
+        "instead of mixup (needs relabel)",
+    )
 
 
 _PRESET_DOC = (

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import hashlib
 import json
 import math
 import tempfile
@@ -45,7 +47,7 @@ from bench.common import (
     setup_device,
     write_results,
 )
-from bench.quality import SynthesisReuse, synthesis_key
+from bench.quality import SynthesisReuse, SynthesisSets, synthesis_key
 from bench.zoo import (
     FASHION_MNIST_HINT,
     ZOO,
@@ -77,6 +79,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, input noise 0.3": ("fast", {"training": {"input_noise": 0.3}}),
     "fast, pixel": ("fast", {"synthesis": {"parameterization": "pixel"}}),
     "fast, translate 0.125": ("fast", {"training": {"translate": 0.125}}),
+    "fast, noise mix 0.25": ("fast", {"training": {"noise_mix": 0.25}}),
+    "fast, noise mix 0.5": ("fast", {"training": {"noise_mix": 0.5}}),
+    "fast, cutmix 0.5": ("fast", {"training": {"cutmix": 0.5}}),
+    "fast, cutmix 1": ("fast", {"training": {"cutmix": 1.0}}),
+    "fast, temperature 4": ("fast", {"training": {"temperature": 4.0}}),
     # the `fast` preset before the fidelity zoo (6,400 samples x 100 steps, TV 1e5, decay 2)
     "fast before zoo": (
         "fast",
@@ -154,6 +161,11 @@ class PairRunner:
     workdir: Path
     refs: References | None
 
+    @functools.cached_property
+    def teacher_digest(self) -> str:
+        """The teacher file's sha256: the synthesis key names the weights, not only the name."""
+        return hashlib.sha256(self.teacher.path.read_bytes()).hexdigest()
+
     def run(self, row: Row, seed: int) -> dict[str, Any]:
         record: dict[str, Any] = {"teacher": self.teacher.name, "student": self.student}
         record.update(row=row.label, seed=seed)
@@ -175,7 +187,8 @@ class PairRunner:
     def job(self, row: Row, seed: int, record: dict[str, Any]) -> dict[str, float]:
         """A whole job through run_job, exactly as the CLI and the service run it."""
         teacher, spec = self.teacher, row.spec(seed, self.student_spec)
-        store = SynthesisReuse(self.shared, synthesis_key(teacher.name, spec, teacher.num_classes))
+        key = synthesis_key(teacher.name, spec, teacher.num_classes) + self.teacher_digest
+        store = SynthesisReuse(self.shared, key)
         out_dir = tempfile.mkdtemp(prefix=f"{teacher.name}-", dir=self.workdir)
         result = run_job(
             teacher.path,
@@ -364,6 +377,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"ablation rows, comma list or 'all' (default none): {'; '.join(VARIANTS)}",
     )
     parser.add_argument(
+        "--synthesis-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep synthetic sets in DIR and reuse them in later runs (same teacher weights, "
+        "synthesis spec and seed): training-only variants then skip synthesis",
+    )
+    parser.add_argument(
         "--autocast",
         choices=("auto", "none", "bf16"),
         default="auto",
@@ -520,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Synthetic sets shared by runs with the same teacher, synthesis spec and seed (deterministic:
     # the same set), as bench.quality's ablations do; training always starts from scratch.
-    shared: dict[tuple[str, str], dict[str, Any]] = {}
+    shared = SynthesisSets(args.synthesis_cache)
     pairs: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     teacher_errors: dict[str, str] = {}

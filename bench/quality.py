@@ -18,6 +18,7 @@ switched off on its own on top of ``fast``, so the effect of every option is vis
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import tempfile
@@ -44,7 +45,7 @@ from bench.common import (
 )
 from cake_core.config import resolve_spec
 from cake_core.device import Runtime, default_runtime
-from cake_core.pipeline import run_job
+from cake_core.pipeline import DirectoryCheckpoints, run_job
 from examples.teachers import TrainedTeacher, train_digits_cnn, train_tabular_mlp
 
 DEFAULT_SEEDS = {"fast": 3, "default": 1}
@@ -117,6 +118,38 @@ class SynthesisReuse:
         state = self.shared.get((self.key, name))
         self.hits += state is not None
         return state
+
+
+class SynthesisSets(dict[tuple[str, str], dict[str, Any]]):
+    """Synthetic sets by (synthesis key, checkpoint name), for :class:`SynthesisReuse`.
+
+    With a ``folder`` they are also written there and read back by later runs, so training-only
+    probes on the zoo skip synthesis (most of a job's time) on every run but the first. The
+    caller's key must name the teacher's weights, not only its name: a retrained teacher must
+    not meet the sets of the old one.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def _path(self, key: tuple[str, str]) -> Path:
+        assert self.folder is not None
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+        return self.folder / f"{digest}.pt"
+
+    def __setitem__(self, key: tuple[str, str], state: dict[str, Any]) -> None:
+        super().__setitem__(key, state)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            DirectoryCheckpoints(self.folder).save(self._path(key).stem, state)
+
+    def get(self, key: tuple[str, str], default: Any = None) -> Any:
+        if key not in self and self.folder is not None and self._path(key).exists():
+            loaded = DirectoryCheckpoints(self.folder).load(self._path(key).stem)
+            if loaded is not None:
+                super().__setitem__(key, loaded)
+        return super().get(key, default)
 
 
 def synthesis_key(teacher: str, spec: dict[str, Any], num_classes: int) -> str:

@@ -108,7 +108,11 @@ class TrainingSpec:
     without the labels going stale, and ``adversarial`` move half of each batch one signed
     gradient step (of that size) toward where student and teacher disagree most. Each is
     switchable and measured in ``bench/quality``; ``adversarial_steps`` > 1 searches further
-    (that many steps of that size).
+    (that many steps of that size). ``noise_mix`` replaces that share of each batch with fresh
+    standard-normal noise, labelled by the teacher like the rest: the teacher's answers away
+    from the synthetic samples, which on some teachers taught the student more than the
+    synthetic set itself (the zoo's floor rows). ``cutmix`` is the share of image batches that
+    paste a box of another sample into each image (CutMix) instead of ``mixup``'s blend.
     """
 
     epochs: int = 30
@@ -125,6 +129,8 @@ class TrainingSpec:
     adversarial: float = 0.0
     adversarial_steps: int = 1
     translate: float = 0.0
+    noise_mix: float = 0.0
+    cutmix: float = 0.0
 
 
 @dataclass
@@ -217,6 +223,8 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "training.adversarial": (0.0, 100.0),
     "training.adversarial_steps": (1, 100),
     "training.translate": (0.0, 0.5),
+    "training.noise_mix": (0.0, 1.0),
+    "training.cutmix": (0.0, 1.0),
     "seed": (0, 2**63 - 1),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -3,7 +3,8 @@
 The loss is the cross-entropy between the teacher's distribution and the student's, both at
 temperature ``T`` (scaled by ``T**2`` so gradients keep their size). Beyond the reference:
 with ``relabel`` the teacher labels every training batch afresh, which makes augmenting the
-synthetic samples (``mixup`` between samples, Gaussian ``input_noise``) safe: the label always
+synthetic samples (``mixup`` between samples, Gaussian ``input_noise``, fresh noise inputs
+mixed in with ``noise_mix``, boxes pasted between images with ``cutmix``) safe: the label always
 matches the input the student sees. Each is switchable and measured in ``bench/quality``.
 """
 
@@ -151,6 +152,26 @@ def _translate(x: torch.Tensor, fraction: float, generator: torch.Generator) -> 
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def _cutmix(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Paste into each image ``[N, C, H, W]`` a random box of another; its area is uniform.
+
+    Unlike mixup, every pixel stays a pixel of one sample: the teacher sees parts of two
+    samples side by side (CutMix), which a patch-based teacher reads unlike a blend of two.
+    """
+    n, _, height, width = x.shape
+    side = (1 - torch.rand(n, generator=generator)).sqrt()  # box side / image side
+    h, w = (side * height).round(), (side * width).round()
+    cy, cx = torch.rand(n, generator=generator) * height, torch.rand(n, generator=generator) * width
+    y0, y1 = (cy - h / 2).clamp(0, height), (cy + h / 2).clamp(0, height)
+    x0, x1 = (cx - w / 2).clamp(0, width), (cx + w / 2).clamp(0, width)
+    rows = torch.arange(height).view(1, -1, 1) + 0.5
+    cols = torch.arange(width).view(1, 1, -1) + 0.5
+    box = (rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1))
+    box = box & (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1))
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    return torch.where(box.unsqueeze(1).to(x.device), x[perm], x)
+
+
 def _targets(
     teacher: Callable[[torch.Tensor], torch.Tensor],
     student: nn.Module,
@@ -162,9 +183,16 @@ def _targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch the student trains on and the teacher distribution it should match."""
     if spec.relabel:
+        mixed = round(spec.noise_mix * len(x))
+        if mixed > 0:
+            noise = torch.randn((mixed, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
+            x = torch.cat([x[: len(x) - mixed], noise])
         if spec.translate > 0 and x.dim() == 4:
             x = _translate(x, spec.translate, generator)
-        if spec.mixup > 0:
+        cut = spec.cutmix > 0 and x.dim() == 4
+        if cut and float(torch.rand((), generator=generator)) < spec.cutmix:
+            x = _cutmix(x, generator)
+        elif spec.mixup > 0:
             lam = torch.distributions.Beta(spec.mixup, spec.mixup).sample((len(x),))
             lam = lam.to(x.device).view(-1, *[1] * (x.dim() - 1))
             perm = torch.randperm(len(x), generator=generator).to(x.device)

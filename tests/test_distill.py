@@ -12,6 +12,7 @@ from cake_core.config import SynthesisSpec, TrainingSpec
 from cake_core.device import Runtime
 from cake_core.distill import (
     SyntheticSet,
+    _cutmix,
     _targets,
     _toward_disagreement,
     _translate,
@@ -194,3 +195,50 @@ def test_translate_is_relabelled_and_skips_non_images() -> None:
     mlp = nn.Linear(5, 3)
     same, _ = _targets(mlp, mlp, flat, torch.zeros(16), spec, 3, gen)
     assert torch.equal(same, flat)
+
+
+def test_noise_mix_replaces_the_batch_tail_with_relabelled_noise() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Linear(5, 3).eval()
+    x = torch.full((8, 5), 7.0)  # far from any standard-normal draw
+    spec = TrainingSpec(relabel=True, noise_mix=0.25)
+    gen = torch.Generator().manual_seed(0)
+    mixed, probs = _targets(teacher, teacher, x, torch.zeros(8), spec, 3, gen)
+    assert torch.equal(mixed[:6], x[:6])
+    assert mixed[6:].abs().max() < 7.0 and mixed[6:].std() > 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(probs, teacher(mixed).softmax(1))
+    again, _ = _targets(teacher, teacher, x, torch.zeros(8), spec, 3, gen)
+    assert not torch.equal(again[6:], mixed[6:])  # fresh noise for every batch
+
+
+def test_cutmix_pastes_one_box_of_another_sample_into_each_image() -> None:
+    n = 64
+    x = torch.arange(float(n)).view(n, 1, 1, 1).expand(n, 2, 8, 8).contiguous()
+    mixed = _cutmix(x, torch.Generator().manual_seed(0))
+    assert mixed.shape == x.shape
+    for image, original in zip(mixed, x, strict=True):
+        assert len(image.unique()) <= 2  # its own value and the pasted sample's
+        pasted = image != original
+        if pasted.any():  # one axis-aligned box, the same in every channel
+            assert torch.equal(pasted[0], pasted[1])
+            rows, cols = pasted[0].any(1).nonzero(), pasted[0].any(0).nonzero()
+            box = pasted[0][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+            assert bool(box.all())
+    changed = (mixed != x).flatten(1).any(1).float().mean()
+    assert 0.5 < changed < 1.0  # most images get a box; a sample may draw itself or an empty box
+
+
+def test_cutmix_replaces_mixup_on_image_batches_and_is_relabelled() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 3)).eval()
+    spec = TrainingSpec(relabel=True, mixup=1.0, cutmix=1.0)
+    x = torch.randn(16, 1, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    mixed, probs = _targets(teacher, teacher, x, torch.zeros(16), spec, 3, gen)
+    rows = mixed.flatten(1)
+    originals = x.flatten(1)
+    for row in rows:  # every pixel comes from some sample: a paste, not a blend
+        assert bool(((row.unsqueeze(0) - originals).abs() < 1e-6).any(0).all())
+    with torch.no_grad():
+        torch.testing.assert_close(probs, teacher(mixed).softmax(1))
