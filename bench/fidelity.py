@@ -81,8 +81,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, translate 0.125": ("fast", {"training": {"translate": 0.125}}),
     "fast, noise mix 0.25": ("fast", {"training": {"noise_mix": 0.25}}),
     "fast, noise mix 0.5": ("fast", {"training": {"noise_mix": 0.5}}),
+    "fast, cutmix 0": ("fast", {"training": {"cutmix": 0.0}}),
     "fast, cutmix 0.5": ("fast", {"training": {"cutmix": 0.5}}),
-    "fast, cutmix 1": ("fast", {"training": {"cutmix": 1.0}}),
+    "default, cutmix 0": ("default", {"training": {"cutmix": 0.0}}),
     "fast, temperature 4": ("fast", {"training": {"temperature": 4.0}}),
     # the `fast` preset before the fidelity zoo (6,400 samples x 100 steps, TV 1e5, decay 2)
     "fast before zoo": (
@@ -95,7 +96,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                 "parameterization": "pixel",
                 "weights": {"tv": 1e5, "bn": 0.0},
             },
-            "training": {"holdout_fraction": 0.01, "input_noise": 0.3},
+            "training": {"holdout_fraction": 0.01, "input_noise": 0.3, "cutmix": 0.0},
         },
     ),
 }
