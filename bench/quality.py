@@ -131,22 +131,20 @@ class SynthesisSets(dict[tuple[str, str], dict[str, Any]]):
 
     def __init__(self, folder: Path | None = None) -> None:
         super().__init__()
-        self.folder = folder
+        self.disk = DirectoryCheckpoints(folder) if folder is not None else None
 
-    def _path(self, key: tuple[str, str]) -> Path:
-        assert self.folder is not None
-        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
-        return self.folder / f"{digest}.pt"
+    @staticmethod
+    def _file_name(key: tuple[str, str]) -> str:
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
 
     def __setitem__(self, key: tuple[str, str], state: dict[str, Any]) -> None:
         super().__setitem__(key, state)
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            DirectoryCheckpoints(self.folder).save(self._path(key).stem, state)
+        if self.disk is not None:
+            self.disk.save(self._file_name(key), state)
 
     def get(self, key: tuple[str, str], default: Any = None) -> Any:
-        if key not in self and self.folder is not None and self._path(key).exists():
-            loaded = DirectoryCheckpoints(self.folder).load(self._path(key).stem)
+        if key not in self and self.disk is not None:
+            loaded = self.disk.load(self._file_name(key))
             if loaded is not None:
                 super().__setitem__(key, loaded)
         return super().get(key, default)
