@@ -260,7 +260,7 @@ def sniff_archive(path: str | os.PathLike[str]) -> None:
 
 def _describe_non_zip(head: bytes) -> str:
     """Say what a file that is not a zip archive most likely is, and how to fix it."""
-    if head.startswith(b"\x80"):
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocol 2-5
         if head[2 : 2 + len(_LEGACY_TORCH_MAGIC)] == _LEGACY_TORCH_MAGIC:
             return (
                 "file is a legacy torch.save checkpoint (pre-1.6 format), not a TorchScript "

@@ -340,6 +340,11 @@ def test_random_bytes(tmp_path: Path) -> None:
     _assert_invalid(lambda: load_teacher(path), "not a TorchScript archive", tmp_path)
 
 
+def test_byte_0x80_without_a_pickle_protocol_is_not_called_a_pickle(tmp_path: Path) -> None:
+    path = _write(tmp_path / "noise.pt", b"\x80\xa8" + bytes(range(256)) * 8)
+    _assert_invalid(lambda: sniff_archive(path), "unrecognised binary data", tmp_path)
+
+
 def test_plain_pickle(tmp_path: Path) -> None:
     path = tmp_path / "dict.pkl"
     with path.open("wb") as fh:
