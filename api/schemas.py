@@ -18,7 +18,6 @@ from cake_core.config import (
     CHOICES,
     LIMITS,
     PRESETS,
-    DistillLoss,
     InputOptimizer,
     JobSpec,
     NoiseSchedule,
@@ -239,11 +238,6 @@ class TrainingIn(_SpecPart):
         "training.cutmix",
         "Share of image batches that paste a random box of another sample into each image "
         "instead of mixup (needs relabel)",
-    )
-    loss: DistillLoss | None = _spec_field(
-        "training.loss",
-        "Distillation loss: soft cross-entropy (ce), or mean squared error between the centred "
-        "logits of student and teacher (logit_mse)",
     )
 
 

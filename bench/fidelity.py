@@ -85,7 +85,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, cutmix 0.5": ("fast", {"training": {"cutmix": 0.5}}),
     "default, cutmix 0": ("default", {"training": {"cutmix": 0.0}}),
     "fast, temperature 4": ("fast", {"training": {"temperature": 4.0}}),
-    "fast, logit mse": ("fast", {"training": {"loss": "logit_mse"}}),
     # the `fast` preset before the fidelity zoo (6,400 samples x 100 steps, TV 1e5, decay 2)
     "fast before zoo": (
         "fast",

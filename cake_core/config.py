@@ -20,7 +20,6 @@ Prior = Literal["normal", "uniform"]
 Parameterization = Literal["pixel", "fourier"]
 TrainOptimizer = Literal["sgd", "adamw"]
 TrainSchedule = Literal["onecycle", "cosine"]
-DistillLoss = Literal["ce", "logit_mse"]
 
 
 WIDTH_GIVEN = "given in the spec"
@@ -114,9 +113,6 @@ class TrainingSpec:
     from the synthetic samples, which on some teachers taught the student more than the
     synthetic set itself (the zoo's floor rows). ``cutmix`` is the share of image batches that
     paste a box of another sample into each image (CutMix) instead of ``mixup``'s blend.
-    ``loss`` "ce" is the reference's soft cross-entropy; "logit_mse" matches the teacher's
-    logits (each centred, since a constant shift does not change a prediction) by mean squared
-    error, which keeps teaching where the teacher is confident and cross-entropy is already flat.
     """
 
     epochs: int = 30
@@ -135,7 +131,6 @@ class TrainingSpec:
     translate: float = 0.0
     noise_mix: float = 0.0
     cutmix: float = 0.0
-    loss: DistillLoss = "ce"
 
 
 @dataclass
@@ -245,7 +240,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "synthesis.parameterization": ("pixel", "fourier"),
     "training.optimizer": ("sgd", "adamw"),
     "training.schedule": ("onecycle", "cosine"),
-    "training.loss": ("ce", "logit_mse"),
 }
 
 
@@ -343,12 +337,6 @@ def _check_ranges(spec: JobSpec) -> None:
         raise SpecError(
             "synthesis.snapshots",
             f"must not exceed synthesis.steps ({syn.steps}); got {syn.snapshots}",
-        )
-    if spec.training.loss == "logit_mse" and not (spec.training.relabel or syn.soft_labels):
-        raise SpecError(
-            "training.loss",
-            "logit_mse needs the teacher's logits: set training.relabel or synthesis.soft_labels "
-            "to true, or use ce",
         )
     if syn.num_samples < syn.batch_size:
         raise SpecError(

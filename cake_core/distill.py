@@ -71,30 +71,6 @@ def soft_cross_entropy(
     return -(teacher_probs * log_p).sum(dim=1).mean() * temperature**2
 
 
-def centred_logit_mse(
-    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Mean squared error between the centred logits of student and teacher.
-
-    ``teacher_log_probs`` are at temperature ``T``, so ``T`` times them, centred, are the
-    teacher's logits centred: the temperature cancels and the loss is on the raw logits.
-    """
-    student = student_logits.float()
-    teacher = teacher_log_probs * temperature
-    return F.mse_loss(
-        student - student.mean(dim=1, keepdim=True), teacher - teacher.mean(dim=1, keepdim=True)
-    )
-
-
-def distillation_loss(
-    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, spec: TrainingSpec
-) -> torch.Tensor:
-    """The loss ``spec.loss`` names, against the teacher's log-probabilities at temperature."""
-    if spec.loss == "logit_mse":
-        return centred_logit_mse(student_logits, teacher_log_probs, spec.temperature)
-    return soft_cross_entropy(student_logits, teacher_log_probs.exp(), spec.temperature)
-
-
 def _make_optimizer(
     student: nn.Module, spec: TrainingSpec, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -205,7 +181,7 @@ def _targets(
     num_classes: int,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch the student trains on and the teacher's log-probabilities it should match."""
+    """The batch the student trains on and the teacher distribution it should match."""
     if spec.relabel:
         mixed = round(spec.noise_mix * len(x))
         if mixed > 0:
@@ -227,11 +203,13 @@ def _targets(
         if spec.adversarial > 0:
             x = _toward_disagreement(teacher, student, x, spec.adversarial, spec.adversarial_steps)
         with torch.no_grad():
-            log_probs = F.log_softmax(teacher(x).float() / spec.temperature, dim=1)
-        return x, log_probs
+            probs = (teacher(x).float() / spec.temperature).softmax(dim=1)
+        return x, probs
     if stored.dim() == 1:
-        return x, F.one_hot(stored, num_classes).float().log()
-    return x, F.log_softmax(stored.float().clamp_min(1e-12).log() / spec.temperature, dim=1)
+        return x, F.one_hot(stored, num_classes).float()
+    if spec.temperature != 1.0:
+        stored = (stored.clamp_min(1e-12).log() / spec.temperature).softmax(dim=1)
+    return x, stored
 
 
 def train_student(
@@ -282,12 +260,12 @@ def train_student(
             if len(idx) < 2 and len(train) > 1:
                 continue
             x = train.x[idx].to(device)
-            x, teacher_log_probs = _targets(
+            x, probs = _targets(
                 teacher, student, x, train.labels[idx].to(device), spec, num_classes, generator
             )
             with runtime.autocast_context():
                 logits = student(x)
-            loss = distillation_loss(logits, teacher_log_probs, spec)
+            loss = soft_cross_entropy(logits, probs, spec.temperature)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"student loss became non-finite in epoch {epoch + 1}; "

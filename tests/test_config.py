@@ -102,7 +102,6 @@ def test_reference_preset_is_the_paper() -> None:
     assert tr.relabel is False
     assert tr.mixup == 0.0
     assert tr.cutmix == 0.0
-    assert tr.loss == "ce"
     assert tr.input_noise == 0.0
     # the reference preset is the dataclass defaults
     assert spec == JobSpec(preset="reference")
@@ -340,16 +339,6 @@ def test_batch_not_multiple_of_groups_is_error() -> None:
     err = _field_error({"synthesis": {"batch_size": 25, "groups": 10}})
     assert err.field == "synthesis.batch_size"
     assert "multiple" in err.reason
-
-
-def test_logit_mse_without_teacher_logits_is_error() -> None:
-    hard = {"synthesis": {"soft_labels": False}, "training": {"relabel": False}}
-    err = _field_error({"preset": "reference", **hard, "training": {"loss": "logit_mse"}})
-    assert err.field == "training.loss"
-    assert "relabel" in err.reason
-    assert resolve_spec({"preset": "fast", "training": {"loss": "logit_mse"}}).training.loss == (
-        "logit_mse"
-    )
 
 
 def test_num_samples_below_batch_is_error() -> None:
