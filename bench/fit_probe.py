@@ -63,11 +63,8 @@ def main() -> None:
     real = np.load(cached.eval_path)
     x_real = torch.tensor(real["x"]).float().view(-1, *info.input_shape)
     own = train.x[:1000]
-    labels = {
-        name: predict(teacher, x, runtime.device)
-        for name, x in (("own", own), ("held-out", holdout.x), ("real", x_real))
-    }
     inputs = {"own": own, "held-out": holdout.x, "real": x_real}
+    labels = {name: predict(teacher, x, runtime.device) for name, x in inputs.items()}
 
     torch.manual_seed(args.training_seed)
     student = build_student("lenet5", info.input_shape, info.num_classes, 0.5)
