@@ -109,6 +109,17 @@ COST = ("synthesis_seconds", "training_seconds", "total_seconds", "num_samples")
 METRICS = ACCURACY + FIDELITY + COST
 
 
+@functools.cache
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def synthesis_cache_key(teacher: CachedTeacher, spec: dict[str, Any]) -> str:
+    """Key of a zoo teacher's synthetic set: the synthesis spec and seed, and the teacher file's
+    sha256, so a retrained teacher never meets the sets of the old one."""
+    return synthesis_key(teacher.name, spec, teacher.num_classes) + _file_sha256(teacher.path)
+
+
 @dataclass(frozen=True)
 class Row:
     """One table row: a preset, a variant (preset + overrides), or a reference (no synthesis)."""
@@ -162,11 +173,6 @@ class PairRunner:
     workdir: Path
     refs: References | None
 
-    @functools.cached_property
-    def teacher_digest(self) -> str:
-        """The teacher file's sha256: the synthesis key names the weights, not only the name."""
-        return hashlib.sha256(self.teacher.path.read_bytes()).hexdigest()
-
     def run(self, row: Row, seed: int) -> dict[str, Any]:
         record: dict[str, Any] = {"teacher": self.teacher.name, "student": self.student}
         record.update(row=row.label, seed=seed)
@@ -188,8 +194,7 @@ class PairRunner:
     def job(self, row: Row, seed: int, record: dict[str, Any]) -> dict[str, float]:
         """A whole job through run_job, exactly as the CLI and the service run it."""
         teacher, spec = self.teacher, row.spec(seed, self.student_spec)
-        key = synthesis_key(teacher.name, spec, teacher.num_classes) + self.teacher_digest
-        store = SynthesisReuse(self.shared, key)
+        store = SynthesisReuse(self.shared, synthesis_cache_key(teacher, spec))
         out_dir = tempfile.mkdtemp(prefix=f"{teacher.name}-", dir=self.workdir)
         result = run_job(
             teacher.path,

@@ -14,14 +14,14 @@ them, low on the held-out ones) and both from samples that do not carry over to 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.quality import SynthesisReuse, SynthesisSets, synthesis_key
+from bench.fidelity import synthesis_cache_key
+from bench.quality import SynthesisReuse, SynthesisSets
 from bench.zoo import get_teacher
 from cake_core.config import resolve_spec
 from cake_core.device import default_runtime
@@ -46,19 +46,16 @@ def main() -> None:
     runtime = default_runtime("cpu")
     teacher, info = inspect_teacher(cached.path, cached.input_shape, device=runtime.device)
     preset = {"preset": "fast", "seed": 0, "student": STUDENT}
-    digest = hashlib.sha256(cached.path.read_bytes()).hexdigest()
-    store = SynthesisReuse(
-        SynthesisSets(args.synthesis_cache),
-        synthesis_key(cached.name, preset, info.num_classes) + digest,
+    store = SynthesisReuse(SynthesisSets(args.synthesis_cache), synthesis_cache_key(cached, preset))
+    # The overrides touch training only, so this spec makes the preset's synthetic set.
+    spec = resolve_spec(
+        {**preset, "training": json.loads(args.training)}, num_classes=info.num_classes
     )
-    made = resolve_spec(preset, num_classes=info.num_classes)
     data, _, _ = _synthesize_all(
-        teacher, made, info, runtime, _Reporter(None), lambda: False, store
+        teacher, spec, info, runtime, _Reporter(None), lambda: False, store
     )
     if store.hits == 0:
         print("note: the set was not in the cache; it was made now")
-    overrides = {"training": json.loads(args.training)}
-    spec = resolve_spec({**preset, **overrides}, num_classes=info.num_classes)
     train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
     real = np.load(cached.eval_path)
     x_real = torch.tensor(real["x"]).float().view(-1, *info.input_shape)
