@@ -25,10 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cake_shared import workers
 from cake_shared.models import Job, utcnow
 from cake_shared.settings import Settings
+from cake_shared.status import JobPhase, JobStatus
 
 log = logging.getLogger("cake.api.metrics")
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 _PHASE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 _BATCH = 1000
 
@@ -66,11 +66,12 @@ class JobsCollector(Collector):
             if job_id in self._seen_at_watermark:
                 continue
             if started is not None:
-                self.phase.labels("queued").observe(max(0.0, (started - created).total_seconds()))
-                self.phase.labels("running").observe(max(0.0, (finished - started).total_seconds()))
+                queued_s, running_s = started - created, finished - started
+                self.phase.labels(JobStatus.QUEUED).observe(max(0.0, queued_s.total_seconds()))
+                self.phase.labels(JobStatus.RUNNING).observe(max(0.0, running_s.total_seconds()))
             for phase, key in (
-                ("synthesizing", "synthesis_seconds"),
-                ("training", "training_seconds"),
+                (JobPhase.SYNTHESIZING, "synthesis_seconds"),
+                (JobPhase.TRAINING, "training_seconds"),
             ):
                 value = (metrics or {}).get(key)
                 if isinstance(value, int | float) and value >= 0:
@@ -92,15 +93,15 @@ class JobsCollector(Collector):
                 )
                 queued = session.execute(
                     select(Job.queue, func.count())
-                    .where(Job.status == "queued")
+                    .where(Job.status == JobStatus.QUEUED)
                     .group_by(Job.queue)
                 ).all()
                 self._fold_finished(session)
         except Exception:
             log.exception("job metrics could not be read from the database")
             return
-        for status in JOB_STATUSES:
-            jobs.add_metric([status], float(counts.get(status, 0)))
+        for status in JobStatus:
+            jobs.add_metric([status.value], float(counts.get(status, 0)))
         by_queue = {"cpu": 0, "gpu": 0, **{q: n for q, n in queued}}
         for queue, n in sorted(by_queue.items()):
             depth.add_metric([queue], float(n))

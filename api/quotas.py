@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from cake_shared.limits import count_jobs, limits_for, stored_bytes
 from cake_shared.settings import Settings
+from cake_shared.status import JobStatus
 
 #: Retry-After for a full queue: about how long a short job takes to make room.
 QUEUE_FULL_RETRY_S = 30
@@ -23,7 +24,7 @@ def check_queued_jobs(session: Session, settings: Settings, tenant: str) -> None
     limit = limits_for(session, settings, tenant).max_queued_jobs
     if limit <= 0:
         return
-    queued = count_jobs(session, tenant, "queued")
+    queued = count_jobs(session, tenant, JobStatus.QUEUED)
     if queued >= limit:
         raise ApiError(
             429,

@@ -26,12 +26,8 @@ from cake_core.config import (
     TrainOptimizer,
     TrainSchedule,
 )
+from cake_shared.status import JobPhase, JobStatus, WebhookStatus
 from cake_shared.webhooks import MAX_URL_LENGTH, CallbackURLError, validate_callback_url
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-FINISHED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "canceled")
-ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running")
-
 
 # --------------------------------------------------------------------------------------------
 # documentation helpers: defaults and ranges come from the engine
@@ -411,7 +407,7 @@ class JobError(BaseModel):
 
 
 class JobWebhook(BaseModel):
-    status: Literal["waiting", "pending", "delivered", "failed"] = Field(
+    status: WebhookStatus = Field(
         ...,
         description=(
             "waiting: the job has not ended; pending: being delivered or retried; delivered: "
@@ -430,7 +426,7 @@ class Job(BaseModel):
     status: JobStatus = Field(
         ..., description="queued -> running -> succeeded | failed | canceled."
     )
-    phase: str = Field(
+    phase: JobPhase = Field(
         ...,
         description=(
             "queued; while running: synthesizing, training, evaluating, exporting; canceled "

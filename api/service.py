@@ -29,6 +29,7 @@ from cake_shared.jobs import add_event as shared_add_event
 from cake_shared.jobs import request_cancel
 from cake_shared.models import Artifact, Dataset, Job, JobEvent, Teacher, utcnow
 from cake_shared.settings import Settings
+from cake_shared.status import ACTIVE_STATUSES, JobPhase, JobStatus
 from cake_shared.webhooks import CallbackURLError, check_callback_url
 
 log = logging.getLogger("cake.api")
@@ -226,7 +227,7 @@ def delete_teacher(ctx: AppContext, session: Session, tenant: str, teacher_id: s
     active = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.teacher_id == row.id, Job.status.in_(schemas.ACTIVE_STATUSES))
+        .where(Job.teacher_id == row.id, Job.status.in_(ACTIVE_STATUSES))
     )
     if active:
         raise ApiError(
@@ -387,8 +388,8 @@ def insert_job(
         tenant=tenant,
         teacher_id=teacher_id,
         eval_dataset_id=plan.eval_dataset_id,
-        status="queued",
-        phase="queued",
+        status=JobStatus.QUEUED,
+        phase=JobPhase.QUEUED,
         progress=0.0,
         spec=plan.spec,
         metrics={},
@@ -403,7 +404,9 @@ def insert_job(
     )
     session.add(job)
     session.flush()
-    add_event(session, job.id, "queued", f"job queued on the {queue} queue", {"queue": queue})
+    add_event(
+        session, job.id, JobStatus.QUEUED, f"job queued on the {queue} queue", {"queue": queue}
+    )
     return job
 
 
@@ -445,7 +448,7 @@ def cancel_job(session: Session, tenant: str, job_id: str) -> Job:
 def delete_job(ctx: AppContext, session: Session, tenant: str, job_id: str) -> None:
     """Delete a finished job with its events, artifacts and stored files (409 while active)."""
     job = get_job(session, tenant, job_id)
-    if job.status in schemas.ACTIVE_STATUSES:
+    if job.status in ACTIVE_STATUSES:
         raise ApiError(
             409, "conflict", f"job {job.id} is {job.status}; cancel it and wait until it ends"
         )

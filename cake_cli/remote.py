@@ -48,6 +48,7 @@ from rich.table import Table
 
 from cake_cli.spec_args import SpecFileError, add_spec_arguments, read_spec_file
 from cake_client._http import DEFAULT_MAX_RETRIES
+from cake_shared.status import RUNNING_PHASES, JobStatus
 
 if TYPE_CHECKING:
     from cake_client import Client, Job, JobProgress
@@ -62,8 +63,11 @@ EXIT_UNAUTHORIZED = 6
 EXIT_INTERRUPTED = 130
 
 COMMANDS = ("submit", "jobs", "teachers", "datasets", "architectures")
-RUN_PHASES = ("synthesizing", "training", "evaluating", "exporting")
-STATUS_EXIT = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "canceled": EXIT_CANCELED}
+STATUS_EXIT = {
+    JobStatus.SUCCEEDED: EXIT_OK,
+    JobStatus.FAILED: EXIT_FAILED,
+    JobStatus.CANCELED: EXIT_CANCELED,
+}
 
 
 class CliError(Exception):
@@ -217,7 +221,7 @@ def add_parsers(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="list, inspect, cancel, follow and download jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     p = jobs_sub.add_parser("list", parents=[common], help="jobs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "canceled"])
+    p.add_argument("--status", choices=[status.value for status in JobStatus])
     p.add_argument("--teacher", help="only jobs of this teacher (tch_…)")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p = jobs_sub.add_parser("show", parents=[common], help="one job: status, spec, metrics")
@@ -483,11 +487,11 @@ def _finish(
     document: dict[str, Any],
 ) -> int:
     """Report a finished job: on success download the student and show the metrics."""
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         code = STATUS_EXIT.get(job.status, EXIT_ERROR)
         if out.json:
             out.emit(document)
-        if job.status == "failed":
+        if job.status == JobStatus.FAILED:
             reason = f"{job.error.message} ({job.error.code})" if job.error else "no reason given"
             return out.error(f"job {job.id} failed: {reason}", code, "job_failed")
         return out.error(f"job {job.id} was {job.status}", code, f"job_{job.status}")
@@ -573,24 +577,24 @@ class _JobView:
         if not self.out.bars:
             if p.status in STATUS_EXIT:
                 label = p.status
-            elif p.phase in RUN_PHASES:
+            elif p.phase in RUNNING_PHASES:
                 label = p.phase
             else:
-                label = "starting" if p.status == "running" else "queued"
+                label = "starting" if p.status == JobStatus.RUNNING else JobStatus.QUEUED
             if label != self.last_line:
                 self.last_line = label
                 self.out.info(f"[{p.progress:4.0%}] {label}")
             return
         if self.total is not None:
             self.progress.update(self.total, completed=p.progress, message=p.status)
-        if p.phase in RUN_PHASES:
+        if p.phase in RUNNING_PHASES:
             if p.phase not in self.tasks:
                 for task in self.tasks.values():
                     self.progress.update(task, completed=1.0)
                 self.tasks[p.phase] = self.progress.add_task(p.phase, total=1.0, message="")
             fraction = p.phase_progress if p.phase_progress is not None else 0.0
             self.progress.update(self.tasks[p.phase], completed=fraction, message=message)
-        if p.status == "succeeded":
+        if p.status == JobStatus.SUCCEEDED:
             for task in self.tasks.values():
                 self.progress.update(task, completed=1.0)
 
@@ -701,7 +705,7 @@ def _jobs_events(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 def _jobs_download(client: Client, args: argparse.Namespace, out: Output) -> int:
     job = client.jobs.get(args.job_id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         # Refuse up front with the job's own state: clearer than the service's 409.
         code = STATUS_EXIT.get(job.status, EXIT_ERROR)
         return out.error(

@@ -1,7 +1,9 @@
 """Python client of the cake-distill REST API: ``from cake_client import Client``.
 
-Only ``httpx`` is needed (no torch, nothing else of this project), so pipelines can install the
-client without the engine. See :mod:`cake_client.client` for an example.
+Only ``httpx`` is needed (no torch, no database, no pydantic), so pipelines can use the client
+without the engine. The one other module of this project it imports is
+:mod:`cake_shared.status` (the job status and phase words, shipped in the same distribution),
+which imports nothing but the standard library. See :mod:`cake_client.client` for an example.
 """
 
 from cake_client.client import Client, Datasets, Jobs, Teachers, build_spec, shape_list

@@ -48,7 +48,6 @@ from cake_client.errors import (
     WaitTimeout,
 )
 from cake_client.models import (
-    FINISHED_STATUSES,
     Architecture,
     Artifact,
     Dataset,
@@ -58,6 +57,7 @@ from cake_client.models import (
     Page,
     Teacher,
 )
+from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus
 
 T = TypeVar("T")
 
@@ -265,8 +265,8 @@ class _Tracker:
     def __init__(self, job_id: str, callback: Callable[[JobProgress], None] | None) -> None:
         self.job_id = job_id
         self.callback = callback
-        self.status = "queued"
-        self.phase = "queued"
+        self.status: str = JobStatus.QUEUED
+        self.phase: str = JobPhase.QUEUED
         self.progress = 0.0
         self.phase_progress: float | None = None
 
@@ -293,18 +293,18 @@ class _Tracker:
         self.status = job.status
         self._phase(job.phase)
         self.progress = max(self.progress, job.progress)
-        if job.status == "succeeded":
+        if job.status == JobStatus.SUCCEEDED:
             self.phase_progress = 1.0
         message = job.error.message if job.error else ""
         self._emit(message, None)
 
     def event(self, event: JobEvent) -> None:
-        if event.type in FINISHED_STATUSES:
+        if event.type in TERMINAL_STATUSES:
             self.status = event.type
-            if event.type == "succeeded":
+            if event.type == JobStatus.SUCCEEDED:
                 self.progress, self.phase_progress = 1.0, 1.0
         elif event.type in ("started", "phase", "progress", "metrics"):
-            self.status = "running"
+            self.status = JobStatus.RUNNING
         self._phase(event.phase)
         if event.progress is not None:
             self.progress = max(self.progress, min(1.0, event.progress))

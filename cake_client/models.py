@@ -14,11 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus
+
 if TYPE_CHECKING:
     from cake_client.client import Client
 
-#: Statuses after which a job never changes again.
-FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+#: Statuses after which a job never changes again (``cake_shared.status.TERMINAL_STATUSES``,
+#: under the name this package has always exported).
+FINISHED_STATUSES: frozenset[str] = TERMINAL_STATUSES
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -239,8 +242,10 @@ class Job:
     """
 
     id: str
-    status: str = "queued"
-    phase: str = "queued"
+    #: A :class:`~cake_shared.status.JobStatus` word; kept a ``str`` so that a status a newer
+    #: service adds does not break this client (the members compare equal to the strings).
+    status: str = JobStatus.QUEUED
+    phase: str = JobPhase.QUEUED
     progress: float = 0.0
     teacher_id: str = ""
     eval_dataset_id: str | None = None
@@ -265,8 +270,8 @@ class Job:
         spec, metrics, metadata = data.get("spec"), data.get("metrics"), data.get("metadata")
         return cls(
             id=str(data.get("id", "")),
-            status=str(data.get("status", "queued")),
-            phase=str(data.get("phase", "queued")),
+            status=str(data.get("status", JobStatus.QUEUED)),
+            phase=str(data.get("phase", JobPhase.QUEUED)),
             progress=_float(data.get("progress")),
             teacher_id=str(data.get("teacher_id", "")),
             eval_dataset_id=data.get("eval_dataset_id"),
@@ -293,7 +298,7 @@ class Job:
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == JobStatus.SUCCEEDED
 
     # -- actions through the client that returned this job --------------------------------------
     def _require_client(self) -> Client:

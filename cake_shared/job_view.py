@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cake_shared.models import Job
+from cake_shared.status import WebhookStatus
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -31,9 +32,9 @@ def webhook_json(row: Job) -> dict[str, Any] | None:
     """
     if not row.callback_url:
         return None
-    pending = row.webhook_status == "pending"
+    pending = row.webhook_status == WebhookStatus.PENDING
     return {
-        "status": row.webhook_status or "waiting",
+        "status": row.webhook_status or WebhookStatus.WAITING,
         "attempts": int(row.webhook_attempts or 0),
         "next_attempt_at": iso_utc(row.webhook_next_at) if pending else None,
     }

@@ -29,12 +29,9 @@ from cake_shared.ids import new_id
 from cake_shared.limits import running_slot_free
 from cake_shared.models import Artifact, Job, JobEvent, UTCDateTime, utcnow
 from cake_shared.settings import get_settings
+from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus, WebhookStatus
 
 log = logging.getLogger(__name__)
-
-QUEUED, RUNNING = "queued", "running"
-SUCCEEDED, FAILED, CANCELED = "succeeded", "failed", "canceled"
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 
 
 def json_safe(value: Any) -> Any:
@@ -98,7 +95,7 @@ def defer_job(job_id: str, wait_s: float) -> bool:
             update(Job)
             .where(
                 Job.id == job_id,
-                Job.status == QUEUED,
+                Job.status == JobStatus.QUEUED,
                 or_(
                     Job.heartbeat_at.is_(None),
                     Job.heartbeat_at < now - timedelta(seconds=wait_s / 2),
@@ -145,19 +142,19 @@ def claim_job(job_id: str, worker_id: str) -> str | None:
             .where(
                 Job.id == job_id,
                 or_(
-                    Job.status == QUEUED,
+                    Job.status == JobStatus.QUEUED,
                     and_(
-                        Job.status == RUNNING,
+                        Job.status == JobStatus.RUNNING,
                         Job.heartbeat_at < cutoff,
                         Job.attempts < settings.job_max_attempts,
                     ),
                 ),
             )
             .values(
-                status=RUNNING,
+                status=JobStatus.RUNNING,
                 # The pipeline always starts (or resumes) with synthesis; clients see a running
                 # job in one of the running phases from the first moment.
-                phase="synthesizing",
+                phase=JobPhase.SYNTHESIZING,
                 claimed_by=worker_id,
                 claim_token=token,
                 heartbeat_at=now,
@@ -176,7 +173,7 @@ def heartbeat(job_id: str, token: str) -> bool:
     with session_scope() as session:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
             .values(heartbeat_at=utcnow())
             .execution_options(synchronize_session=False)
         )
@@ -205,7 +202,7 @@ def update_progress(
     with session_scope() as session:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -227,7 +224,7 @@ def claim_state(job_id: str, token: str) -> ClaimState:
         ).first()
     if row is None:
         return ClaimState(owned=False, cancel_requested=True)
-    owned = row.status == RUNNING and row.claim_token == token
+    owned = row.status == JobStatus.RUNNING and row.claim_token == token
     return ClaimState(owned=owned, cancel_requested=bool(row.cancel_requested))
 
 
@@ -247,7 +244,7 @@ def add_claimed_event(
     with session_scope() as session:
         owned = session.execute(
             select(Job.id)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
             .with_for_update()
         ).first()
         if owned is None:
@@ -262,7 +259,7 @@ def is_cancel_requested(job_id: str) -> bool:
         row = session.execute(
             select(Job.status, Job.cancel_requested).where(Job.id == job_id)
         ).first()
-    return row is None or bool(row.cancel_requested) or row.status == CANCELED
+    return row is None or bool(row.cancel_requested) or row.status == JobStatus.CANCELED
 
 
 def _webhook_due(now: datetime) -> dict[str, Any]:
@@ -270,7 +267,9 @@ def _webhook_due(now: datetime) -> dict[str, Any]:
     its terminal transition, so the delivery (``cake_shared.webhooks``) cannot be lost."""
     has_callback = Job.callback_url.is_not(None)
     return {
-        "webhook_status": case((has_callback, literal("pending")), else_=Job.webhook_status),
+        "webhook_status": case(
+            (has_callback, literal(WebhookStatus.PENDING.value)), else_=Job.webhook_status
+        ),
         "webhook_next_at": case((has_callback, _now_param(now)), else_=Job.webhook_next_at),
     }
 
@@ -278,7 +277,7 @@ def _webhook_due(now: datetime) -> dict[str, Any]:
 def finish_job(
     job_id: str,
     token: str,
-    status: str,
+    status: JobStatus,
     *,
     metrics: Mapping[str, Any] | None = None,
     error: Mapping[str, Any] | None = None,
@@ -294,18 +293,18 @@ def finish_job(
     the student the engine built (``arch``, ``width``, ``width_reason``), recorded in the job's
     spec in place of the requested one (a width left to the budget becomes the chosen width).
     """
-    if status not in TERMINAL:
+    if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {status!r}")
     now = utcnow()
     values: dict[str, Any] = {
         "status": status,
-        "phase": status,
+        "phase": JobPhase(status),
         "finished_at": now,
         "heartbeat_at": now,
         "claim_token": None,
         **_webhook_due(now),
     }
-    if status == SUCCEEDED:
+    if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
         values["error"] = None
     if metrics is not None:
@@ -313,14 +312,14 @@ def finish_job(
     if error is not None:
         values["error"] = json_safe(dict(error))
     default_messages = {
-        SUCCEEDED: "job succeeded",
-        FAILED: f"job failed: {error.get('message') if error else 'unknown error'}",
-        CANCELED: "job canceled",
+        JobStatus.SUCCEEDED: "job succeeded",
+        JobStatus.FAILED: f"job failed: {error.get('message') if error else 'unknown error'}",
+        JobStatus.CANCELED: "job canceled",
     }
     with session_scope() as session:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -348,7 +347,7 @@ def finish_job(
             job_id,
             status,
             message or default_messages[status],
-            level="error" if status == FAILED else "info",
+            level="error" if status == JobStatus.FAILED else "info",
             data=data,
         )
     return True
@@ -376,10 +375,10 @@ def requeue_job(
         attempts = Job.attempts - 1 if refund_attempt else Job.attempts
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == RUNNING)
+            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
             .values(
-                status=QUEUED,
-                phase=QUEUED,
+                status=JobStatus.QUEUED,
+                phase=JobPhase.QUEUED,
                 claim_token=None,
                 claimed_by=None,
                 heartbeat_at=None,
@@ -404,10 +403,10 @@ def request_cancel(session: Session, job_id: str) -> str | None:
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status=CANCELED,
-            phase=CANCELED,
+            status=JobStatus.CANCELED,
+            phase=JobPhase.CANCELED,
             cancel_requested=True,
             finished_at=now,
             claim_token=None,
@@ -416,11 +415,11 @@ def request_cancel(session: Session, job_id: str) -> str | None:
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 1:
-        add_event(session, job_id, CANCELED, "job canceled before it started")
-        return CANCELED
+        add_event(session, job_id, JobStatus.CANCELED, "job canceled before it started")
+        return JobStatus.CANCELED
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == RUNNING, Job.cancel_requested.is_(False))
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False))
         .values(cancel_requested=True)
         .execution_options(synchronize_session=False)
     )
@@ -484,14 +483,14 @@ def requeue_stale_jobs(
                 Job.attempts,
                 Job.cancel_requested,
                 Job.queue,
-            ).where(Job.status == RUNNING)
+            ).where(Job.status == JobStatus.RUNNING)
         ).all()
     for row in rows:
         stale = row.heartbeat_at is None or row.heartbeat_at < cutoff
         dead = bool(row.claimed_by) and is_dead_claim is not None and is_dead_claim(row.claimed_by)
         if not (stale or dead):
             continue
-        guard = [Job.id == row.id, Job.status == RUNNING]
+        guard = [Job.id == row.id, Job.status == JobStatus.RUNNING]
         guard.append(
             Job.claim_token == row.claim_token
             if row.claim_token is not None
@@ -500,23 +499,28 @@ def requeue_stale_jobs(
         if not dead:
             guard.append(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
         why = "its worker process died" if dead else "its worker stopped sending heartbeats"
+        kind: str  # the event: the final status, or requeued
         with session_scope() as session:
             if row.cancel_requested:
-                values: dict[str, Any] = {"status": CANCELED, "phase": CANCELED}
-                kind, message, level = CANCELED, f"job canceled ({why})", "info"
+                values: dict[str, Any] = {"status": JobStatus.CANCELED, "phase": JobPhase.CANCELED}
+                kind, message, level = JobStatus.CANCELED, f"job canceled ({why})", "info"
             elif row.attempts >= settings.job_max_attempts:
                 values = {
-                    "status": FAILED,
-                    "phase": FAILED,
+                    "status": JobStatus.FAILED,
+                    "phase": JobPhase.FAILED,
                     "error": {
                         "code": "max_attempts",
                         "message": f"the job was interrupted {row.attempts} times ({why}); "
                         f"giving up after {settings.job_max_attempts} attempts",
                     },
                 }
-                kind, message, level = FAILED, values["error"]["message"], "error"
+                kind, message, level = JobStatus.FAILED, values["error"]["message"], "error"
             else:
-                values = {"status": QUEUED, "phase": QUEUED, "heartbeat_at": None}
+                values = {
+                    "status": JobStatus.QUEUED,
+                    "phase": JobPhase.QUEUED,
+                    "heartbeat_at": None,
+                }
                 kind = "requeued"
                 message = f"job requeued because {why} (attempt {row.attempts} of "
                 message += f"{settings.job_max_attempts})"
@@ -538,7 +542,7 @@ def requeue_stale_jobs(
         if kind == "requeued":
             outcome.requeued.append(row.id)
             _enqueue(row.id, row.queue, enqueue)
-        elif kind == FAILED:
+        elif kind == JobStatus.FAILED:
             outcome.failed.append(row.id)
         else:
             outcome.canceled.append(row.id)
@@ -565,7 +569,7 @@ def requeue_lost_queued_jobs(
     with session_scope() as session:
         rows = session.execute(
             select(Job.id, Job.queue, Job.updated_at)
-            .where(Job.status == QUEUED)
+            .where(Job.status == JobStatus.QUEUED)
             .order_by(Job.created_at)
         ).all()
     total: dict[str, int] = {}
@@ -593,7 +597,7 @@ def requeue_lost_queued_jobs(
                 # Touch updated_at so that the next sweep waits ``older_than_s`` again.
                 result = session.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.status == QUEUED)
+                    .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
                     .values(updated_at=utcnow())
                     .execution_options(synchronize_session=False)
                 )

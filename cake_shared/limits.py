@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from cake_shared.models import Artifact, Dataset, Job, Teacher, Tenant
 from cake_shared.settings import Settings
+from cake_shared.status import JobStatus
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def limits_for(session: Session, settings: Settings, tenant: str) -> TenantLimit
     )
 
 
-def count_jobs(session: Session, tenant: str, status: str, exclude: str | None = None) -> int:
+def count_jobs(session: Session, tenant: str, status: JobStatus, exclude: str | None = None) -> int:
     query = select(func.count(Job.id)).where(Job.tenant == tenant, Job.status == status)
     if exclude is not None:
         query = query.where(Job.id != exclude)
@@ -100,4 +101,4 @@ def running_slot_free(session: Session, settings: Settings, job_id: str) -> bool
     if limit <= 0:
         return True
     lock_tenant(session, tenant, job_id)
-    return count_jobs(session, tenant, "running", exclude=job_id) < limit
+    return count_jobs(session, tenant, JobStatus.RUNNING, exclude=job_id) < limit

@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from cake_shared.status import JobPhase, JobStatus
+
 LOCAL_TENANT = "local"
 
 
@@ -97,8 +99,9 @@ class Job(Base):
     tenant: Mapped[str] = mapped_column(String(64), default=LOCAL_TENANT, index=True)
     teacher_id: Mapped[str] = mapped_column(ForeignKey("teachers.id"), index=True)
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
-    phase: Mapped[str] = mapped_column(String(16), default="queued")
+    # The words of cake_shared.status, stored as their strings (rows read back hold plain str).
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    phase: Mapped[str] = mapped_column(String(16), default=JobPhase.QUEUED.value)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -119,7 +122,8 @@ class Job(Base):
     # Webhook: where to POST the job when it ends, and the delivery's durable state, so that
     # a crash between attempts neither loses nor repeats a delivery the receiver acknowledged.
     callback_url: Mapped[str | None] = mapped_column(String(2048))
-    #: null (no callback), "pending", "delivered" or "failed"
+    #: null (no callback, or the job has not ended), else a WebhookStatus: pending, delivered
+    #: or failed
     webhook_status: Mapped[str | None] = mapped_column(String(16))
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
     webhook_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,6 +1,6 @@
 """Job webhooks: when a job with a ``callback_url`` ends, POST it there, signed, with retries.
 
-Durability: the transition to a terminal status sets ``webhook_status="pending"`` and
+Durability: the transition to a terminal status sets ``webhook_status`` to ``pending`` and
 ``webhook_next_at=now`` in the same transaction (``cake_shared.jobs``), so a delivery is never
 lost between the job ending and the first attempt. Workers run :func:`deliver_due` (see
 ``worker.webhooks``): each attempt is first *claimed* with a compare-and-set that bumps
@@ -51,6 +51,7 @@ from cake_shared.job_view import iso_utc, job_json
 from cake_shared.jobs import add_event
 from cake_shared.models import Job, utcnow
 from cake_shared.settings import Settings, get_settings
+from cake_shared.status import WebhookStatus
 from cake_shared.tenants import get_or_create_tenant
 
 __all__ = [
@@ -77,7 +78,6 @@ __all__ = [
 
 log = logging.getLogger("cake.webhooks")
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 MAX_URL_LENGTH = 2048
 #: At most this much of a receiver's answer is read (its content is not used).
 MAX_RESPONSE_BYTES = 4096
@@ -263,7 +263,7 @@ def due_deliveries(limit: int = 20) -> list[str]:
         return list(
             session.scalars(
                 select(Job.id)
-                .where(Job.webhook_status == PENDING, Job.webhook_next_at <= now)
+                .where(Job.webhook_status == WebhookStatus.PENDING, Job.webhook_next_at <= now)
                 .order_by(Job.webhook_next_at)
                 .limit(limit)
             )
@@ -277,7 +277,9 @@ def claim_delivery(job_id: str) -> Claim | None:
     with session_scope() as session:
         seen = session.scalar(
             select(Job.webhook_attempts).where(
-                Job.id == job_id, Job.webhook_status == PENDING, Job.webhook_next_at <= now
+                Job.id == job_id,
+                Job.webhook_status == WebhookStatus.PENDING,
+                Job.webhook_next_at <= now,
             )
         )
         if seen is None:
@@ -287,7 +289,7 @@ def claim_delivery(job_id: str) -> Claim | None:
             update(Job)
             .where(
                 Job.id == job_id,
-                Job.webhook_status == PENDING,
+                Job.webhook_status == WebhookStatus.PENDING,
                 Job.webhook_next_at <= now,
                 Job.webhook_attempts == seen,
             )
@@ -338,8 +340,11 @@ def record_attempt(claim: Claim, result: AttemptResult) -> str:
             session.execute(
                 update(Job)
                 # failed too: a late answer of an attempt that outlived its lease still counts
-                .where(Job.id == claim.job_id, Job.webhook_status.in_((PENDING, FAILED)))
-                .values(webhook_status=DELIVERED, webhook_next_at=None)
+                .where(
+                    Job.id == claim.job_id,
+                    Job.webhook_status.in_((WebhookStatus.PENDING, WebhookStatus.FAILED)),
+                )
+                .values(webhook_status=WebhookStatus.DELIVERED, webhook_next_at=None)
                 .execution_options(synchronize_session=False)
             )
             add_event(
@@ -347,15 +352,15 @@ def record_attempt(claim: Claim, result: AttemptResult) -> str:
                 claim.job_id,
                 "webhook_attempt",
                 f"webhook delivered ({what})",
-                data={**data, "outcome": DELIVERED},
+                data={**data, "outcome": WebhookStatus.DELIVERED},
             )
-            return DELIVERED
+            return WebhookStatus.DELIVERED
         delay = backoff_s(claim.attempt, settings)
         next_at = now + timedelta(seconds=delay)
         deadline = claim.finished_at + timedelta(seconds=settings.webhook_max_age_s)
         give_up = claim.attempt >= settings.webhook_max_attempts or next_at > deadline
         values: dict[str, Any] = (
-            {"webhook_status": FAILED, "webhook_next_at": None}
+            {"webhook_status": WebhookStatus.FAILED, "webhook_next_at": None}
             if give_up
             else {"webhook_next_at": next_at}
         )
@@ -363,7 +368,7 @@ def record_attempt(claim: Claim, result: AttemptResult) -> str:
             update(Job)
             .where(
                 Job.id == claim.job_id,
-                Job.webhook_status == PENDING,
+                Job.webhook_status == WebhookStatus.PENDING,
                 Job.webhook_attempts == claim.attempt,
             )
             .values(**values)
@@ -374,7 +379,7 @@ def record_attempt(claim: Claim, result: AttemptResult) -> str:
             outcome, give_up = "superseded", False
             message = f"webhook {what}; a later attempt has taken over"
         else:
-            outcome = FAILED if give_up else "retry"
+            outcome = WebhookStatus.FAILED if give_up else "retry"
             message = f"webhook {what}"
             if not give_up:
                 message += f"; next attempt in {delay:.1f} s"

@@ -27,13 +27,14 @@ from sqlalchemy.orm import Session
 
 from cake_shared.models import Job, JobEvent, Worker, utcnow
 from cake_shared.settings import Settings, get_settings
+from cake_shared.status import JobStatus
 
 log = logging.getLogger("cake.workers")
 
 QUEUES = ("gpu", "cpu")
 NO_WORKER = "no_worker"
 #: Events after which a queued job may be reported as unserved again.
-_RESET_EVENTS = ("queued", "requeued", "started")
+_RESET_EVENTS = (JobStatus.QUEUED, "requeued", "started")
 
 
 # -- the worker's side ------------------------------------------------------------------------
@@ -298,7 +299,9 @@ def report(session: Session, settings: Settings) -> dict[str, Any]:
     per_queue = workers_per_queue(workers)
     waiting = dict(
         session.execute(
-            select(Job.queue, func.count()).where(Job.status == "queued").group_by(Job.queue)
+            select(Job.queue, func.count())
+            .where(Job.status == JobStatus.QUEUED)
+            .group_by(Job.queue)
         ).all()
     )
     target = pick_queue(settings.default_queue, workers)
@@ -344,7 +347,7 @@ def flag_unserved_jobs(
     cutoff = now - timedelta(seconds=settings.no_worker_after_s)
     candidates = session.execute(
         select(Job.id, Job.queue)
-        .where(Job.status == "queued", Job.updated_at <= cutoff)
+        .where(Job.status == JobStatus.QUEUED, Job.updated_at <= cutoff)
         .order_by(Job.created_at)
         .limit(500)
     ).all()
@@ -355,7 +358,7 @@ def flag_unserved_jobs(
         if queue in served:
             continue
         locked = session.execute(
-            select(Job.id).where(Job.id == job_id, Job.status == "queued").with_for_update()
+            select(Job.id).where(Job.id == job_id, Job.status == JobStatus.QUEUED).with_for_update()
         ).first()
         if locked is None:
             continue

@@ -47,6 +47,7 @@ from cake_shared import jobs
 from cake_shared.db import retrying, session_scope
 from cake_shared.models import Dataset, Job, Teacher
 from cake_shared.settings import get_settings
+from cake_shared.status import JobPhase, JobStatus
 from cake_shared.storage import ObjectNotFound, ObjectStore, get_store
 from worker.checkpoints import ObjectStoreCheckpoints
 
@@ -226,11 +227,11 @@ class JobTracker:
             "progress": report.fraction,
             "phase_progress": report.phase_fraction,
         }
-        if report.phase == "synthesizing":
+        if report.phase == JobPhase.SYNTHESIZING:
             self.event("progress", report.message, **base, metrics=report.metrics)
-        elif report.phase == "training":
+        elif report.phase == JobPhase.TRAINING:
             self.event("metrics", report.message, **base, metrics=report.metrics)
-        elif report.phase == "evaluating":
+        elif report.phase == JobPhase.EVALUATING:
             self.event("metrics", "evaluation: " + _describe(report.metrics), **base,
                        metrics=report.metrics)  # fmt: skip
 
@@ -451,8 +452,8 @@ def process_job(
         job_id, token, inputs.attempt, interval_s=settings.progress_interval_s, shutdown=shutdown
     )
     if inputs.cancel_requested:
-        _finish(job_id, token, jobs.CANCELED, message="job canceled before it started")
-        return "canceled"
+        _finish(job_id, token, JobStatus.CANCELED, message="job canceled before it started")
+        return JobStatus.CANCELED
 
     work = Path(tempfile.mkdtemp(prefix=f"cake-{job_id}-"))
     checkpoints: ObjectStoreCheckpoints | None = None
@@ -499,7 +500,7 @@ def process_job(
         if not _finish(
             job_id,
             token,
-            jobs.SUCCEEDED,
+            JobStatus.SUCCEEDED,
             metrics=result.metrics,
             artifacts=rows,
             student=asdict(result.spec.student),
@@ -510,7 +511,7 @@ def process_job(
             return "lost"
         _clear_checkpoints(checkpoints)
         log.info("job %s: succeeded", job_id)
-        return "succeeded"
+        return JobStatus.SUCCEEDED
     except JobCanceled:
         return _stopped(job_id, token, tracker, checkpoints)
     except CakeError as exc:
@@ -520,12 +521,12 @@ def process_job(
         _finish(
             job_id,
             token,
-            jobs.FAILED,
+            JobStatus.FAILED,
             error={"code": exc.code, "message": exc.message},
             data={"attempt": inputs.attempt, "phase": tracker.phase, "code": exc.code},
         )
         _clear_checkpoints(checkpoints)
-        return "failed"
+        return JobStatus.FAILED
     except Exception:
         log.exception("job %s: internal error in attempt %d", job_id, inputs.attempt)
         if tracker.stop_reason == "lost":
@@ -542,7 +543,7 @@ def process_job(
         _finish(
             job_id,
             token,
-            jobs.FAILED,
+            JobStatus.FAILED,
             error={
                 "code": "internal",
                 "message": f"the job failed {inputs.attempt} times because of an internal error "
@@ -551,7 +552,7 @@ def process_job(
             data={"attempt": inputs.attempt, "phase": tracker.phase},
         )
         _clear_checkpoints(checkpoints)
-        return "failed"
+        return JobStatus.FAILED
     except BaseException:
         # Cold shutdown or interpreter exit in the middle of a job: hand it back if we still
         # can, so it resumes on the next start instead of waiting for the heartbeat timeout.
@@ -569,7 +570,7 @@ def process_job(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _finish(job_id: str, token: str, status: str, **details: Any) -> bool:
+def _finish(job_id: str, token: str, status: JobStatus, **details: Any) -> bool:
     """:func:`cake_shared.jobs.finish_job`, riding out a short database outage: the result of
     a whole job is not dropped for a connection that broke at the wrong moment."""
     return retrying(
@@ -609,10 +610,10 @@ def _stopped(
     _finish(
         job_id,
         token,
-        jobs.CANCELED,
+        JobStatus.CANCELED,
         message=f"job canceled during {tracker.phase or 'start-up'}",
         data={"attempt": tracker.attempt, "phase": tracker.phase},
     )
     _clear_checkpoints(checkpoints)
     log.info("job %s: canceled", job_id)
-    return "canceled"
+    return JobStatus.CANCELED

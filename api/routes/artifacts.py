@@ -19,6 +19,7 @@ from api.deps import SessionDep, TenantDep
 from api.errors import ApiError, conflict
 from api.schemas import ANY_CLIENT_ERROR, ArtifactList, problem_responses
 from cake_shared.models import Artifact
+from cake_shared.status import JobStatus
 from cake_shared.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=ANY_CLIENT_ERROR)
@@ -95,7 +96,7 @@ def _download(
     request: Request, session: Any, store: ObjectStore, tenant: str, job_id: str, name: str
 ) -> Response:
     job = service.get_job(session, tenant, job_id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise conflict(
             f"job {job.id} is {job.status}; its artifacts can be downloaded once it has succeeded"
         )

@@ -25,13 +25,11 @@ from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.errors import ApiError, validation_error
 from api.schemas import (
     ANY_CLIENT_ERROR,
-    FINISHED_STATUSES,
     EventList,
     Job,
     JobCreate,
     JobList,
     JobSpecIn,
-    JobStatus,
     problem_responses,
 )
 from api.uploads import (
@@ -46,6 +44,7 @@ from api.uploads import (
 from cake_shared.models import Job as JobRow
 from cake_shared.models import JobEvent
 from cake_shared.models import Teacher as TeacherRow
+from cake_shared.status import TERMINAL_STATUSES, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ANY_CLIENT_ERROR)
 
@@ -317,7 +316,7 @@ async def _stream(
             after_seq = event.seq
             yield _sse(event)
             last_sent = time.monotonic()
-        if (status is None or status in FINISHED_STATUSES) and len(events) < 500:
+        if (status is None or status in TERMINAL_STATUSES) and len(events) < 500:
             final = status or "deleted"
             yield f"event: end\ndata: {json.dumps({'status': final})}\n\n"
             return

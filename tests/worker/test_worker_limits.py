@@ -6,6 +6,7 @@ from worker_support import events, get_job
 
 from cake_shared import jobs
 from cake_shared.queue import queue_depth
+from cake_shared.status import JobStatus
 from worker.runner import process_job
 
 
@@ -26,7 +27,7 @@ def test_a_job_over_the_running_limit_waits_then_runs(make_service, wine_teacher
     assert queue_depth("cpu") == depth + 1
     assert [e.type for e in events(second)].count("waiting") == 1
 
-    assert jobs.finish_job(first, token, jobs.SUCCEEDED, metrics={})
+    assert jobs.finish_job(first, token, JobStatus.SUCCEEDED, metrics={})
     assert process_job(second, worker_id="worker-b:2") == "succeeded"
     assert get_job(second).attempts == 1
 
