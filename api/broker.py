@@ -16,8 +16,11 @@ def enqueue(job_id: str, queue: str) -> None:
 
 
 def ping() -> None:
-    """Raise unless the broker answers (a missing queue module counts as not ready)."""
+    """Raise unless the broker answers (a missing queue module counts as not ready).
+
+    ``ping_broker`` reports a broker that does not answer by raising (connection refused,
+    timeout, a missing folder of the filesystem broker); it returns nothing to test.
+    """
     from cake_shared.queue import ping_broker
 
-    if ping_broker() is False:
-        raise ConnectionError("the broker did not answer")
+    ping_broker()

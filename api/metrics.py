@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cake_shared import workers
 from cake_shared.models import Job, utcnow
+from cake_shared.queue_names import QUEUES
 from cake_shared.settings import Settings
 from cake_shared.status import JobPhase, JobStatus
 
@@ -102,7 +103,7 @@ class JobsCollector(Collector):
             return
         for status in JobStatus:
             jobs.add_metric([status.value], float(counts.get(status, 0)))
-        by_queue = {"cpu": 0, "gpu": 0, **{q: n for q, n in queued}}
+        by_queue = {**dict.fromkeys(QUEUES, 0), **{q: n for q, n in queued}}
         for queue, n in sorted(by_queue.items()):
             depth.add_metric([queue], float(n))
         yield jobs

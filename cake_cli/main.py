@@ -17,10 +17,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from cake_cli import admin, remote, service
 from cake_cli.spec_args import SpecFileError, add_spec_arguments, read_spec_file
+from cake_cli.tables import metrics_table
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -155,7 +155,7 @@ def _distill(args: argparse.Namespace) -> int:
     written = _place_artifacts(result.artifacts, output)
     shutil.rmtree(work, ignore_errors=True)
     student = result.spec.student
-    console.print(_metrics_table(result.metrics, f"{student.arch} (width {student.width:g})"))
+    console.print(metrics_table(result.metrics, student.arch, student.width))
     for path in written:
         console.print(f"wrote {path}", highlight=False)
     return EXIT_OK
@@ -181,21 +181,6 @@ def _place_artifacts(artifacts: dict[str, Path], output: Path) -> list[Path]:
     if "report.md" in artifacts:
         relink_report(output.with_name(renames["report.md"]), renames)
     return written
-
-
-def _metrics_table(metrics: dict[str, float], arch: str) -> Table:
-    table = Table(title=f"student: {arch}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        if key.endswith(("accuracy", "agreement_synthetic", "agreement_eval", "ratio", "estimate")):
-            shown = f"{value:.4f}"
-        elif key.endswith("parameters") or key == "num_samples":
-            shown = f"{int(value):,}"
-        else:
-            shown = f"{value:.2f}"
-        table.add_row(key, shown)
-    return table
 
 
 def main(argv: list[str] | None = None) -> int:

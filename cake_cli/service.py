@@ -32,13 +32,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cake_shared.queue_names import QUEUES
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the ``migrations`` package is installed (beside this one in a checkout or a wheel).
 MIGRATIONS_DIR = ROOT / "migrations"
-QUEUE_NAMES = ("gpu", "cpu")
 COMMANDS = ("serve", "worker", "db")
 #: Seconds the worker gets to hand its job back and exit before it is stopped harder.
 WORKER_STOP_GRACE_S = 30.0
@@ -176,10 +177,12 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_queues(text: str) -> str:
+    """``--queues`` to a clean comma-separated list; a name no queue has is refused (exit 2)
+    here, since a worker consuming it would wait forever for jobs nobody publishes there."""
     queues = [q.strip() for q in text.split(",") if q.strip()]
-    unknown = [q for q in queues if q not in QUEUE_NAMES]
+    unknown = [q for q in queues if q not in QUEUES]
     if not queues or unknown:
-        raise ValueError(f"--queues takes a comma-separated subset of {', '.join(QUEUE_NAMES)}")
+        raise ValueError(f"--queues takes a comma-separated subset of {', '.join(QUEUES)}")
     return ",".join(dict.fromkeys(queues))
 
 

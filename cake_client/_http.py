@@ -15,7 +15,6 @@ Retry rules, and why:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import random
@@ -23,12 +22,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
+from cake_client._retry_after import parse_retry_after
 from cake_client.errors import CakeAPIError, ServiceUnreachable, error_class
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -47,25 +46,6 @@ ProgressCallback = Callable[[int, int], None]
 def new_idempotency_key() -> str:
     """A fresh key for one logical create: reused by its retries, never by another create."""
     return f"cake-client-{uuid.uuid4().hex}"
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.now(UTC).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def normalize_url(url: str | None) -> str:

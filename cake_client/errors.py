@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cake_client._retry_after import parse_retry_after
+
 
 class CakeError(Exception):
     """Base of every exception this package raises."""
@@ -114,8 +116,6 @@ class RateLimited(CakeAPIError):
 
     @property
     def retry_after(self) -> float | None:
-        from cake_client._http import parse_retry_after
-
         return parse_retry_after(self.headers.get("retry-after"))
 
 

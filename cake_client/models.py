@@ -12,12 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus
-
-if TYPE_CHECKING:
-    from cake_client.client import Client
 
 #: Statuses after which a job never changes again (``cake_shared.status.TERMINAL_STATUSES``,
 #: under the name this package has always exported).
@@ -233,6 +230,44 @@ class JobProgress:
     event: JobEvent | None = None
 
 
+class JobCalls(Protocol):
+    """The calls of ``Client.jobs`` (:class:`cake_client.client.Jobs`) that a :class:`Job` makes.
+
+    Why a protocol rather than the ``Client`` type: ``client`` imports this module to build its
+    objects, so this module naming ``Client`` back, even for type checkers only, would close an
+    import cycle. The protocol keeps models below client: it says what a job needs, and
+    ``Jobs`` satisfies it without knowing it.
+    """
+
+    def get(self, job_id: str) -> Job: ...
+
+    # No defaults: a job always passes all three, and ``Jobs.wait`` has them.
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None,
+        on_progress: Callable[[JobProgress], None] | None,
+        poll_interval: float,
+    ) -> Job: ...
+
+    def cancel(self, job_id: str) -> Job: ...
+
+    def events(self, job_id: str, after: str | None = None) -> Iterator[JobEvent]: ...
+
+    def artifacts(self, job_id: str) -> list[Artifact]: ...
+
+    def download(self, job_id: str, name: str, path: str | Path) -> Path: ...
+
+    def download_student(self, job_id: str, path: str | Path) -> Path: ...
+
+
+class JobOwner(Protocol):
+    """What returned a :class:`Job` and serves its actions: a ``Client`` (its ``jobs``)."""
+
+    @property
+    def jobs(self) -> JobCalls: ...
+
+
 @dataclass
 class Job:
     """A distillation job (``job_…``).
@@ -263,10 +298,10 @@ class Job:
     callback_url: str | None = None
     webhook: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
-    _client: Client | None = field(default=None, repr=False, compare=False)
+    _client: JobOwner | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], client: Client | None = None) -> Job:
+    def from_json(cls, data: dict[str, Any], client: JobOwner | None = None) -> Job:
         spec, metrics, metadata = data.get("spec"), data.get("metrics"), data.get("metadata")
         return cls(
             id=str(data.get("id", "")),
@@ -301,7 +336,7 @@ class Job:
         return self.status == JobStatus.SUCCEEDED
 
     # -- actions through the client that returned this job --------------------------------------
-    def _require_client(self) -> Client:
+    def _require_client(self) -> JobOwner:
         if self._client is None:
             raise RuntimeError(
                 "this Job was not returned by a Client; use client.jobs.get(job_id) first"

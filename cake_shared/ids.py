@@ -25,7 +25,3 @@ def new_id(kind: str) -> str:
     millis = int(time.time() * 1000) & ((1 << 48) - 1)
     rand = int.from_bytes(os.urandom(10), "big")
     return f"{PREFIXES[kind]}_{_encode(millis, 10)}{_encode(rand, 16)}"
-
-
-def has_prefix(value: str, kind: str) -> bool:
-    return value.startswith(PREFIXES[kind] + "_")

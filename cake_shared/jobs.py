@@ -28,6 +28,7 @@ from cake_shared.db import session_scope
 from cake_shared.ids import new_id
 from cake_shared.limits import running_slot_free
 from cake_shared.models import Artifact, Job, JobEvent, UTCDateTime, utcnow
+from cake_shared.queue_names import queue_or_fallback
 from cake_shared.settings import get_settings
 from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus, WebhookStatus
 
@@ -253,15 +254,6 @@ def add_claimed_event(
     return True
 
 
-def is_cancel_requested(job_id: str) -> bool:
-    """True when the job was canceled or a cancel was requested (or the job is gone)."""
-    with session_scope() as session:
-        row = session.execute(
-            select(Job.status, Job.cancel_requested).where(Job.id == job_id)
-        ).first()
-    return row is None or bool(row.cancel_requested) or row.status == JobStatus.CANCELED
-
-
 def _webhook_due(now: datetime) -> dict[str, Any]:
     """Update values that schedule the job's callback, when it has one, in the same UPDATE as
     its terminal transition, so the delivery (``cake_shared.webhooks``) cannot be lost."""
@@ -444,7 +436,7 @@ def _enqueue(
             enqueue_job(job_id, queue, countdown=countdown)
 
     try:
-        enqueue(job_id, queue if queue in ("gpu", "cpu") else "cpu")
+        enqueue(job_id, queue_or_fallback(queue))
     except Exception as exc:  # the broker may be down; the sweeper retries
         log.warning("could not enqueue %s on %s: %s", job_id, queue, exc)
 
@@ -575,7 +567,7 @@ def requeue_lost_queued_jobs(
     total: dict[str, int] = {}
     old: dict[str, list[str]] = {}
     for row in rows:
-        queue = row.queue if row.queue in ("gpu", "cpu") else "cpu"
+        queue = queue_or_fallback(row.queue)
         total[queue] = total.get(queue, 0) + 1
         if row.updated_at < cutoff:
             old.setdefault(queue, []).append(row.id)

@@ -19,10 +19,10 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from cake_shared.queue_names import FALLBACK_QUEUE, QUEUES
 from cake_shared.settings import Settings, get_settings
 
 TASK_NAME = "cake.run_job"
-QUEUES = ("gpu", "cpu")
 #: How often an idle embedded worker looks for new message files (seconds); it bounds the
 #: delay from ``POST /v1/jobs`` to ``running`` on the filesystem broker.
 FILESYSTEM_POLL_S = 0.1
@@ -83,9 +83,9 @@ def build_celery(settings: Settings | None = None) -> Celery:
             "interval_max": 0.5,
         },
         task_queues=[Queue(name, exchange, routing_key=name) for name in QUEUES],
-        task_default_queue="cpu",
+        task_default_queue=FALLBACK_QUEUE,
         task_default_exchange="cake",
-        task_default_routing_key="cpu",
+        task_default_routing_key=FALLBACK_QUEUE,
         task_create_missing_queues=False,
         task_serializer="json",
         accept_content=["json"],

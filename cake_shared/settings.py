@@ -14,8 +14,7 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: What ``CAKE_DEFAULT_QUEUE`` may be: ``auto`` picks ``gpu`` when a live GPU worker serves it.
-QUEUE_CHOICES = ("auto", "gpu", "cpu")
+from cake_shared.queue_names import AUTO, QUEUE_CHOICES
 
 
 def absolute_database_url(url: str, base: Path | None = None) -> str:
@@ -77,7 +76,7 @@ class Settings(BaseSettings):
     progress_interval_s: float = 1.0
     visibility_timeout_s: int = 12 * 3600
     default_queue: str = Field(
-        "auto", description="auto (gpu when a live GPU worker serves it, else cpu), gpu or cpu"
+        AUTO, description="auto (gpu when a live GPU worker serves it, else cpu), gpu or cpu"
     )
     worker_device: str | None = None
     # Worker heartbeats (cake_shared.workers): a worker records itself every
@@ -140,6 +139,9 @@ class Settings(BaseSettings):
     @field_validator("default_queue")
     @classmethod
     def _known_queue(cls, value: str) -> str:
+        """Refuse an unknown queue name when the settings are read, i.e. at start-up: a typo
+        must stop the process with one clear line, not route every job to a queue nobody
+        serves or silently to ``cpu`` (the names: :mod:`cake_shared.queue_names`)."""
         queue = value.strip().lower()
         if queue not in QUEUE_CHOICES:
             raise ValueError(

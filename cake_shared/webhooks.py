@@ -14,7 +14,7 @@ or once the next attempt would fall more than ``webhook_max_age_s`` after the jo
 
 The request: ``POST callback_url`` with the job object exactly as ``GET /v1/jobs/{id}``
 returns it at that moment (``webhook.status`` is ``pending`` in it), and the headers
-``Cake-Signature`` (see :mod:`cake_client.webhooks`), ``Cake-Event`` (``job.succeeded``,
+``Cake-Signature`` (see :mod:`cake_shared.signing`), ``Cake-Event`` (``job.succeeded``,
 ``job.failed``, ``job.canceled``), ``Cake-Delivery`` and ``Content-Type: application/json``.
 Redirects are never followed (a 3xx is a failed attempt), proxies from the environment are not
 used, and at most :data:`MAX_RESPONSE_BYTES` of the answer are read.
@@ -37,7 +37,12 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import select, update
 
-from cake_client.webhooks import (
+from cake_shared.db import session_scope
+from cake_shared.job_view import iso_utc, job_json
+from cake_shared.jobs import add_event
+from cake_shared.models import Job, utcnow
+from cake_shared.settings import Settings, get_settings
+from cake_shared.signing import (
     ALGORITHM,
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -46,11 +51,6 @@ from cake_client.webhooks import (
     sign,
     verify_signature,
 )
-from cake_shared.db import session_scope
-from cake_shared.job_view import iso_utc, job_json
-from cake_shared.jobs import add_event
-from cake_shared.models import Job, utcnow
-from cake_shared.settings import Settings, get_settings
 from cake_shared.status import WebhookStatus
 from cake_shared.tenants import get_or_create_tenant
 

@@ -26,12 +26,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from cake_shared.models import Job, JobEvent, Worker, utcnow
+from cake_shared.queue_names import AUTO, CPU, GPU, QUEUES
 from cake_shared.settings import Settings, get_settings
 from cake_shared.status import JobStatus
 
 log = logging.getLogger("cake.workers")
 
-QUEUES = ("gpu", "cpu")
 NO_WORKER = "no_worker"
 #: Events after which a queued job may be reported as unserved again.
 _RESET_EVENTS = (JobStatus.QUEUED, "requeued", "started")
@@ -278,11 +278,17 @@ def workers_per_queue(workers: Iterable[Worker]) -> dict[str, int]:
 
 
 def pick_queue(configured: str, workers: Iterable[Worker]) -> str:
-    """``gpu``/``cpu`` as configured; ``auto``: ``gpu`` when a live CUDA worker serves it."""
+    """``gpu``/``cpu`` as configured; ``auto``: ``gpu`` when a live CUDA worker serves it.
+
+    Anything else is a bug of the caller (``Settings`` refuses other names at start-up), so it
+    raises instead of quietly meaning ``cpu``.
+    """
     if configured in QUEUES:
         return configured
-    gpu = any(w.device == "cuda" and "gpu" in (w.queues or ()) for w in workers)
-    return "gpu" if gpu else "cpu"
+    if configured != AUTO:
+        raise ValueError(f"unknown queue {configured!r}; expected {AUTO} or one of {QUEUES}")
+    gpu = any(w.device == "cuda" and GPU in (w.queues or ()) for w in workers)
+    return GPU if gpu else CPU
 
 
 def route_queue(session: Session, settings: Settings) -> str:

@@ -121,39 +121,6 @@ def train_digits_cnn(seed: int = 0, epochs: int = 40) -> TrainedTeacher:
     )
 
 
-def train_digits_lenet(
-    size: int = 28, channels: int = 1, seed: int = 0, epochs: int = 30
-) -> TrainedTeacher:
-    """LeNet-5 on the digits upsampled to ``channels x size x size`` (an MNIST/CIFAR-sized input).
-
-    Gives the engine realistic teachers at the input sizes the reference was tuned on, from the
-    same real data, so presets can be checked for calibration across input sizes.
-    """
-    from sklearn.datasets import load_digits
-
-    from cake_core.students import build_student
-
-    data = load_digits()
-    small = torch.from_numpy(data.images.astype(np.float32) / 8.0 - 1.0)[:, None]
-    big = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
-    if channels > 1:
-        tint = torch.linspace(0.6, 1.0, channels).view(1, channels, 1, 1)
-        big = big.repeat(1, channels, 1, 1) * tint
-    x_train, x_test, y_train, y_test = _split(big.numpy(), data.target, seed)
-    torch.manual_seed(seed)
-    model = build_student("lenet5", (channels, size, size), 10, 1.0)
-    model = _fit(model, x_train, y_train, epochs=epochs, lr=2e-3, seed=seed)
-    return TrainedTeacher(
-        f"digits{size}_lenet5",
-        model,
-        (channels, size, size),
-        10,
-        x_test,
-        y_test,
-        _accuracy(model, x_test, y_test),
-    )
-
-
 def train_tabular_mlp(name: str = "wine", seed: int = 0, epochs: int = 200) -> TrainedTeacher:
     """MLP on a standardised scikit-learn tabular set (``wine``, ``breast_cancer``, ``iris``)."""
     from sklearn import datasets

@@ -21,6 +21,7 @@ from celery.exceptions import Reject
 
 from cake_shared import workers
 from cake_shared.queue import TASK_NAME, celery_app
+from cake_shared.queue_names import QUEUES
 from worker.runner import process_job
 from worker.sweeper import Sweeper
 from worker.webhooks import WebhookDeliverer
@@ -51,7 +52,7 @@ def _consumer_queues(consumer: Any) -> list[str]:
         names = list(consumer.app.amqp.queues.consume_from)
     except Exception:
         names = []
-    return sorted(names or workers.QUEUES)
+    return sorted(names or QUEUES)
 
 
 @signals.worker_init.connect

@@ -14,13 +14,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import SessionDep, TenantDep
 from api.schemas import ANY_CLIENT_ERROR
+from cake_shared.signing import ALGORITHM, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER
 from cake_shared.tenants import get_or_create_tenant, new_webhook_secret
-from cake_shared.webhooks import (
-    ALGORITHM,
-    DELIVERY_HEADER,
-    EVENT_HEADER,
-    SIGNATURE_HEADER,
-)
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ANY_CLIENT_ERROR)
 
