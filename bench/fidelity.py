@@ -85,6 +85,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, cutmix 0.5": ("fast", {"training": {"cutmix": 0.5}}),
     "default, cutmix 0": ("default", {"training": {"cutmix": 0.0}}),
     "fast, temperature 4": ("fast", {"training": {"temperature": 4.0}}),
+    "fast, cutmix 0.5 clean": ("fast", {"training": {"cutmix": 0.5, "mixup": 0.0}}),
+    "fast, contrastive 0": ("fast", {"synthesis": {"weights": {"contr": 0.0}}}),
+    "fast, contrastive 100": ("fast", {"synthesis": {"weights": {"contr": 100.0}}}),
+    "fast, snapshots 2": ("fast", {"synthesis": {"snapshots": 2}}),
+    "fast, snapshots 2 x 30 epochs": (
+        "fast",
+        {"synthesis": {"snapshots": 2}, "training": {"epochs": 30}},
+    ),
     # the `fast` preset before the fidelity zoo (6,400 samples x 100 steps, TV 1e5, decay 2)
     "fast before zoo": (
         "fast",
