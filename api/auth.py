@@ -5,18 +5,33 @@ database the service is in API.md's single-user local mode: every request is ten
 and ``cake serve`` listens on loopback only. Once a key exists every ``/v1`` request needs one.
 
 Checked keys are trusted for ``auth_cache_s`` (5 s by default) so that pollers cost no
-database round trip per request; a revoked key therefore stops working within that time.
-The per-key request rate limit is a token bucket in this process: with N API processes the
-service-wide rate is up to N times the setting.
+database round trip per request; a revoked key therefore stops working within that time. The
+cache is bounded and evicts the least recently used key (cachetools), and unknown keys are kept
+apart from valid ones, so a flood of random keys can neither grow memory nor push out the keys
+that real clients use.
+
+The per-key request rate is counted by the ``limits`` package (:class:`RequestRate`): in Redis
+when the broker is Redis, so every API process counts against one limit; in this process's
+memory otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
+from cachetools import TTLCache
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter as SharedMovingWindow
+from limits.errors import StorageError
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
@@ -25,8 +40,20 @@ from cake_shared.models import LOCAL_TENANT, utcnow
 from cake_shared.settings import Settings
 from cake_shared.tenants import hash_key, keys_configured, tenant_for_secret
 
+log = logging.getLogger("cake.api.auth")
+
 #: How often ``last_used_at`` is written for a key in use (it is informational).
 LAST_USED_EVERY_S = 60.0
+#: Valid keys kept in the cache at most (least recently used out first). Unknown keys have a
+#: cache of their own of this size, so random keys only ever push out other random keys.
+AUTH_CACHE_ENTRIES = 10_000
+#: After Redis failed to count a request, how long this process counts in memory before it
+#: tries Redis again (so an outage costs one failed call per interval, not one per request).
+SHARED_RATE_RETRY_S = 5.0
+#: Connect and read timeout of a rate-limit call to Redis: a request never waits longer for it.
+SHARED_RATE_TIMEOUT_S = 1.0
+#: Prefix of the rate-limit keys in the broker's Redis database (Celery's keys are unprefixed).
+SHARED_RATE_PREFIX = "cake-rate"
 
 
 @dataclass(frozen=True)
@@ -50,35 +77,89 @@ def missing_key() -> ApiError:
     )
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
+def shared_rate_url(settings: Settings) -> str | None:
+    """Where every API process can count requests: the broker when it is Redis (as deployed:
+    ``docker-compose.yml``, ``tests/e2e``), as a ``limits`` async storage URL; None otherwise
+    (the embedded set-up, one API process, counts in memory)."""
+    url = settings.broker_url or ""
+    if urlparse(url).scheme in ("redis", "rediss"):
+        return "async+" + url
+    return None
 
 
-class RateLimiter:
-    """A token bucket per key: ``rate`` requests per minute, bursts of up to ``rate``."""
+class RequestRate:
+    """At most ``per_minute`` requests per key in any 60 s (the ``limits`` moving window).
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
+    With ``shared_url`` (Redis) the count is shared by every API process, so N processes allow
+    the limit once, not N times. When Redis cannot be reached, this process counts in its own
+    memory for ``SHARED_RATE_RETRY_S`` and then tries Redis again: a broker outage loosens the
+    limit to per-process for a while, but never refuses or fails a request by itself.
+    """
 
-    def take(self, key: str, per_minute: int, now: float | None = None) -> float:
-        """0.0 if the request may go ahead, else the seconds until a token is back."""
+    def __init__(self, shared_url: str | None = None) -> None:
+        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._shared_url = shared_url
+        self._shared: SharedMovingWindow | None = None
+        self._shared_loop: asyncio.AbstractEventLoop | None = None
+        self._shared_down_until = 0.0
+
+    def _shared_limiter(self) -> SharedMovingWindow | None:
+        """The Redis limiter of the running event loop: redis.asyncio connections belong to the
+        loop that opened them. uvicorn runs one loop, so this is built once; a test client that
+        runs each request in a loop of its own gets one per request instead of a broken one."""
+        if not self._shared_url:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._shared is None or self._shared_loop is not loop:
+            storage = RedisStorage(
+                self._shared_url,
+                implementation="redispy",  # the redis package the service already uses
+                wrap_exceptions=True,
+                key_prefix=SHARED_RATE_PREFIX,
+                socket_connect_timeout=SHARED_RATE_TIMEOUT_S,
+                socket_timeout=SHARED_RATE_TIMEOUT_S,
+            )
+            self._shared, self._shared_loop = SharedMovingWindow(storage), loop
+        return self._shared
+
+    async def take(self, key: str, per_minute: int) -> float:
+        """0.0 if the request may go ahead (it is counted), else the seconds (> 0) until the
+        window has room again."""
         if per_minute <= 0:
             return 0.0
-        now = time.monotonic() if now is None else now
-        refill = per_minute / 60.0
-        with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = _Bucket(float(per_minute), now)
-            bucket.tokens = min(float(per_minute), bucket.tokens + (now - bucket.updated) * refill)
-            bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return 0.0
-            return (1.0 - bucket.tokens) / refill
+        item = RateLimitItemPerMinute(per_minute)
+        shared = self._shared_limiter()
+        if shared is not None and time.monotonic() >= self._shared_down_until:
+            try:
+                wait = await self._take_shared(shared, item, key)
+            except StorageError as exc:
+                if not self._shared_down_until:
+                    log.warning(
+                        "cannot count requests in Redis (%s); counting in this process until "
+                        "it answers again",
+                        exc.storage_error or exc,
+                    )
+                self._shared_down_until = time.monotonic() + SHARED_RATE_RETRY_S
+            else:
+                if self._shared_down_until:
+                    log.info("counting requests in Redis again")
+                    self._shared_down_until = 0.0
+                return wait
+        if self._local.hit(item, key):
+            return 0.0
+        return _until_room(self._local.get_window_stats(item, key).reset_time)
+
+    @staticmethod
+    async def _take_shared(limiter: SharedMovingWindow, item: RateLimitItem, key: str) -> float:
+        if await limiter.hit(item, key):
+            return 0.0
+        return _until_room((await limiter.get_window_stats(item, key)).reset_time)
+
+
+def _until_room(reset_time: float) -> float:
+    """Seconds until ``reset_time`` (epoch seconds: the oldest counted request leaves the
+    window), at least a millisecond, so a refusal never reads as "go ahead"."""
+    return max(0.001, reset_time - time.time())
 
 
 @dataclass
@@ -87,10 +168,18 @@ class Authenticator:
 
     settings: Settings
     sessions: sessionmaker[Session]
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    limiter: RequestRate = field(init=False)
     _keys_on: tuple[bool, float] | None = None
-    _cache: dict[str, tuple[Principal | None, float]] = field(default_factory=dict)
+    #: key hash -> Principal; and the hashes of keys the database did not know.
+    _valid: TTLCache[str, Principal] = field(init=False)
+    _unknown: TTLCache[str, bool] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        ttl = self.settings.auth_cache_s
+        self._valid = TTLCache(maxsize=AUTH_CACHE_ENTRIES, ttl=ttl)
+        self._unknown = TTLCache(maxsize=AUTH_CACHE_ENTRIES, ttl=ttl)
+        self.limiter = RequestRate(shared_rate_url(self.settings))
 
     def cached(self, secret: str | None) -> Principal | None:
         """The answer from the cache without touching the database, if it is fresh.
@@ -105,21 +194,21 @@ class Authenticator:
             return LOCAL
         if secret is None:
             raise missing_key()
-        hit = self._cache.get(hash_key(secret))
-        if hit is None or hit[1] < now:
-            return None
-        if hit[0] is None:
+        digest = hash_key(secret)
+        with self._lock:  # a cachetools read reorders the cache: not safe across threads
+            principal = self._valid.get(digest)
+            unknown = principal is None and digest in self._unknown
+        if unknown:
             raise unauthorized("the API key is not valid (unknown or revoked)")
-        return hit[0]
+        return principal
 
     def resolve(self, secret: str | None) -> Principal:
         """Look the key up in the database (thread pool), refresh the cache, answer."""
         now = time.monotonic()
-        ttl = self.settings.auth_cache_s
         with self.sessions() as session:
             keys_on = keys_configured(session)
             with self._lock:
-                self._keys_on = (keys_on, now + ttl)
+                self._keys_on = (keys_on, now + self.settings.auth_cache_s)
             if not keys_on:
                 return LOCAL
             if secret is None:
@@ -127,9 +216,12 @@ class Authenticator:
             digest = hash_key(secret)
             principal = self._lookup(session, secret)
         with self._lock:
-            self._cache[digest] = (principal, now + ttl)
-            if len(self._cache) > 10_000:  # bound memory under a flood of random keys
-                self._cache.clear()
+            if principal is None:
+                self._valid.pop(digest, None)
+                self._unknown[digest] = True
+            else:
+                self._unknown.pop(digest, None)
+                self._valid[digest] = principal
         if principal is None:
             raise unauthorized("the API key is not valid (unknown or revoked)")
         return principal
@@ -145,10 +237,12 @@ class Authenticator:
             session.commit()
         return Principal(tenant=key.tenant, key_id=key.id, requests_per_minute=rate)
 
-    def check_rate(self, principal: Principal) -> None:
+    async def check_rate(self, principal: Principal) -> None:
+        """429 ``rate_limited`` with ``Retry-After`` (whole seconds, at least 1) over the key's
+        request rate; local mode is not limited."""
         if principal.key_id is None:
             return
-        wait = self.limiter.take(principal.key_id, principal.requests_per_minute)
+        wait = await self.limiter.take(principal.key_id, principal.requests_per_minute)
         if wait > 0:
             retry = max(1, math.ceil(wait))
             raise ApiError(
@@ -163,4 +257,5 @@ class Authenticator:
         """Drop the cache (tests; a key created in this process)."""
         with self._lock:
             self._keys_on = None
-            self._cache.clear()
+            self._valid.clear()
+            self._unknown.clear()

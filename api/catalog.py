@@ -1,7 +1,9 @@
 """The student architecture catalogue, computed once in a child process and cached.
 
 Parameter counts need torch (the students are built on the meta device), which the API process
-must not import; the registry is static code, so one computation per process is enough.
+must not import; the registry is static code, so one computation per process is enough. It
+serves GET /v1/architectures only: a job's ``student.arch`` is checked by the engine's torch-free
+rule (``cake_core.architectures``), with no child process.
 """
 
 from __future__ import annotations
@@ -35,11 +37,3 @@ def architectures() -> list[dict[str, Any]]:
                 )
             _items = result.value
         return _items
-
-
-def find(name: str) -> dict[str, Any] | None:
-    return next((a for a in architectures() if a["name"] == name), None)
-
-
-def default_for_rank(rank: int) -> str | None:
-    return next((a["name"] for a in architectures() if rank in a["default_for_ranks"]), None)

@@ -1,7 +1,9 @@
-"""FastAPI dependencies: the app's context (settings, database, store), sessions, the tenant.
+"""FastAPI dependencies: the app's context (settings, database, store, queue), sessions, the
+tenant.
 
-Everything a request needs hangs off ``app.state.ctx`` (built by ``create_app``), not module
-globals, so tests can run several apps with different settings in one process.
+Everything a request needs hangs off ``app.state.ctx`` (built by ``create_app`` from its
+settings), not module globals, so tests can run several apps with different settings (another
+database, another broker) in one process.
 """
 
 from __future__ import annotations
@@ -14,22 +16,18 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from api.auth import Authenticator, Principal
-from cake_shared.settings import Settings
-from cake_shared.storage import ObjectStore
+from cake_shared.services import Services
 
 
 @dataclass
-class AppContext:
-    """Per-app state. ``sse_*`` are attributes so tests can shorten them."""
+class AppContext(Services):
+    """Per-app state: the app's :class:`~cake_shared.services.Services` (settings, engine,
+    session factory, store, job queue; ``AppContext.from_settings`` builds them) and what only
+    the API needs. ``sse_*`` are attributes so tests can shorten them."""
 
-    settings: Settings
-    engine: Engine
-    sessionmaker: sessionmaker[Session]
-    store: ObjectStore
     sse_poll_s: float = 0.5
     sse_heartbeat_s: float = 10.0
     #: Requests that may hold a session from ``get_db`` at once, and threads that may run
@@ -106,7 +104,7 @@ async def current_principal(
         principal = await anyio.to_thread.run_sync(
             ctx.auth.resolve, secret, limiter=ctx.db_limiter()
         )
-    ctx.auth.check_rate(principal)
+    await ctx.auth.check_rate(principal)
     request.state.tenant = principal.tenant
     return principal
 

@@ -1,8 +1,9 @@
 """The FastAPI application factory.
 
-``create_app(settings)`` builds everything a request needs (engine, session factory, store,
-metrics) and hangs it on ``app.state``, so several apps with different settings can coexist
-(tests) and nothing is created at import time. Serve it with
+``create_app(settings)`` builds everything a request needs from its settings (engine, session
+factory, store, job queue, metrics: :class:`api.deps.AppContext`) and hangs it on
+``app.state``, so several apps with different settings can coexist (tests), each publishing to
+its own broker, and nothing is created at import time. Serve it with
 ``uvicorn --factory api.main:create_app`` (settings from ``CAKE_*`` variables).
 
 The API process never imports torch: teacher checks and the architecture catalogue run in
@@ -28,7 +29,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import sessionmaker
 
 from api import catalog, sandbox, schemas
 from api.deps import AppContext, current_principal
@@ -46,9 +46,9 @@ from api.routes import (
 )
 from api.uploads import upload_owner
 from cake_core import __version__
-from cake_shared.db import is_unavailable, make_engine
+from cake_shared.db import is_unavailable
+from cake_shared.services import JobQueue
 from cake_shared.settings import Settings
-from cake_shared.storage import retry_from_settings, store_from_url
 from cake_shared.workers import WorkerWatch
 
 log = logging.getLogger("cake.api")
@@ -163,18 +163,13 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; ``settings`` defaults to the ``CAKE_*`` environment."""
+def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
+    """Build the app; ``settings`` defaults to the ``CAKE_*`` environment (read here, once:
+    this is the entry point of ``uvicorn --factory``), ``queue`` to the Celery broker of the
+    settings (tests pass a stand-in)."""
     settings = settings or Settings()
-    engine = make_engine(settings.resolved_database_url(), settings.db_connect_timeout_s)
-    sessions = sessionmaker(bind=engine, expire_on_commit=False)
-    store = store_from_url(
-        settings.resolved_store_url(),
-        settings.s3_endpoint_url,
-        settings.s3_region,
-        retry_from_settings(settings),
-    )
-    ctx = AppContext(settings=settings, engine=engine, sessionmaker=sessions, store=store)
+    ctx = AppContext.from_settings(settings, queue=queue)
+    sessions = ctx.sessionmaker
     ctx.upload_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_uploads(ctx.upload_dir)
 
@@ -187,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watch.start()
         yield
         watch.stop()
-        engine.dispose()
+        ctx.close()
 
     app = FastAPI(
         title="cake-distill",

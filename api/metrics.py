@@ -43,9 +43,9 @@ class JobsCollector(Collector):
     since the previous one, so the histogram is a proper monotone counter per process.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings | None = None) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
-        self.settings = settings or Settings()
+        self.settings = settings
         self.phase = Histogram(
             "cake_job_phase_duration_seconds",
             "Duration of job phases, for jobs finished since this process started",
@@ -142,7 +142,7 @@ class JobsCollector(Collector):
 class ApiMetrics:
     """The app's registry and its HTTP series."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings | None = None) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "cake_http_requests_total",

@@ -5,7 +5,8 @@ each member's ``.npy`` header is read for dtype and shape, and the data is strea
 4 MiB blocks to check that ``x`` is finite and to find ``y``'s range. Object arrays (pickles) are
 refused from the header alone, as ``allow_pickle=False`` would. This runs in the API process, so
 a zip bomb (a ``savez_compressed`` member that inflates a thousandfold) is refused from the
-central directory before any member is read: streaming it would cost minutes of CPU.
+central directory before any member is read: streaming it would cost minutes of CPU. That check
+is the engine's zip guard (``cake_core.zipguard``), the one teacher files pass too.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from cake_core.errors import DatasetInvalidError
+from cake_core.shapes import MAX_RANK
+from cake_core.zipguard import UnsafeZipError, ZipLimits, check_declared_sizes, open_zip
 
 _BLOCK = 4 << 20
-MAX_RANK = 4
 MAX_RATIO = 100
 """Largest accepted expansion of the whole archive (real data compresses ~2-10x)."""
-_RATIO_FLOOR = 64 << 20
 MAX_ENTRIES = 64
+_ZIP_LIMITS = ZipLimits(max_entries=MAX_ENTRIES, max_expansion=MAX_RATIO, expansion_floor=64 << 20)
 
 
 @dataclass(frozen=True)
@@ -70,21 +72,14 @@ def _blocks(fh: IO[bytes], dtype: Any, count: int, name: str) -> Any:
         yield np.frombuffer(data, dtype=dtype)
 
 
-def _check_entry_count(path: str | Path) -> None:
-    """Refuse an archive that declares many entries before zipfile builds an object per entry
-    (~0.5 KB each: a 1 GiB upload of empty entries would take gigabytes of the API's memory)."""
-    try:
-        with open(path, "rb") as fh:
-            endrec = zipfile._EndRecData(fh)  # type: ignore[attr-defined]
-    except (OSError, ValueError, EOFError, struct.error):
-        endrec = None
-    if endrec is None:
-        return  # not a zip: ZipFile says so next
-    entries = int(endrec[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
-    if entries > MAX_ENTRIES:
-        raise DatasetInvalidError(
-            f"the .npz declares {entries} entries; it must hold only the arrays x and y"
-        )
+def _unsafe_zip_message(exc: UnsafeZipError) -> str:
+    """What the zip guard found, said for a data set."""
+    if exc.kind == "entries":
+        return f"the .npz declares {exc.declared} entries; it must hold only the arrays x and y"
+    return (
+        f"the .npz declares {exc.declared} bytes of arrays in a {exc.size}-byte file (more than "
+        f"{MAX_RATIO}x compression: a zip bomb?); save it with np.savez, uncompressed"
+    )
 
 
 def inspect_npz(path: str | Path) -> DatasetFacts:
@@ -96,21 +91,19 @@ def inspect_npz(path: str | Path) -> DatasetFacts:
     """
     import numpy as np
 
-    _check_entry_count(path)
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError):
+        zf = open_zip(path, _ZIP_LIMITS)
+    except UnsafeZipError as exc:
+        raise DatasetInvalidError(_unsafe_zip_message(exc)) from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
         raise DatasetInvalidError(
             "not an .npz file (np.savez(path, x=x, y=y) writes one)"
         ) from None
     with zf:
-        size = Path(path).stat().st_size
-        declared = sum(info.file_size for info in zf.infolist())
-        if declared > max(MAX_RATIO * size, _RATIO_FLOOR):
-            raise DatasetInvalidError(
-                f"the .npz declares {declared} bytes of arrays in a {size}-byte file (more than "
-                f"{MAX_RATIO}x compression: a zip bomb?); save it with np.savez, uncompressed"
-            )
+        try:
+            check_declared_sizes(zf.infolist(), Path(path).stat().st_size, _ZIP_LIMITS)
+        except UnsafeZipError as exc:
+            raise DatasetInvalidError(_unsafe_zip_message(exc)) from None
         names = set(zf.namelist())
         if "x.npy" not in names or "y.npy" not in names:
             raise DatasetInvalidError("the .npz must contain arrays named 'x' and 'y'")

@@ -1,30 +1,31 @@
 """Request and response models of the REST API (pydantic v2), separate from the ORM models.
 
-The job-spec input models mirror ``cake_core.config``'s dataclasses; their defaults, presets,
-ranges and choices are *read from the engine* so ``/openapi.json`` documents exactly what the
-engine accepts. Validation here is the first line (types, unknown fields, ranges, with a ``loc``
-per field); ``resolve_spec`` stays the authority (cross-field rules, presets).
+The job-spec request models (``StudentIn``, ``LossWeightsIn``, ``SynthesisIn``, ``TrainingIn``,
+``JobSpecIn``) are *built from the engine's spec* (``cake_core.config.spec_fields``): every field,
+its type, range, choices and description are declared once there, so ``/openapi.json``
+documents exactly what the engine accepts and no field can be added to one side only. What the
+API adds is its own: every field optional (null: the preset's value), strict JSON types, and the
+defaults and preset values spelled out in each description. Validation here is the first line
+(types, unknown fields, ranges, with a ``loc`` per field); ``resolve_spec`` stays the authority
+(cross-field rules, presets).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from cake_core.config import (
-    CHOICES,
-    LIMITS,
     PRESETS,
-    InputOptimizer,
     JobSpec,
-    NoiseSchedule,
-    Parameterization,
-    Prior,
-    TrainOptimizer,
-    TrainSchedule,
+    LossWeights,
+    SpecField,
+    StudentSpec,
+    SynthesisSpec,
+    TrainingSpec,
+    spec_fields,
 )
 from cake_shared.status import JobPhase, JobStatus, WebhookStatus
 from cake_shared.webhooks import MAX_URL_LENGTH, CallbackURLError, validate_callback_url
@@ -44,7 +45,6 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-_REFERENCE: dict[str, Any] = _flatten(dataclasses.asdict(JobSpec()))
 _PRESET_VALUES: dict[str, dict[str, Any]] = {name: _flatten(v) for name, v in PRESETS.items()}
 
 
@@ -58,10 +58,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _describe(path: str, text: str, default_note: str | None = None) -> str:
-    """``text`` plus the reference default, what each preset sets, and the allowed range."""
-    parts = [text.rstrip(".") + "."]
-    default = default_note or _fmt(_REFERENCE.get(path))
+def _describe(spec: SpecField) -> str:
+    """The engine's description of a setting plus its reference default, what each preset
+    sets, and its range or choices."""
+    path = spec.path
+    parts = [(spec.info.description or "").rstrip(".") + "."]
+    default = spec.default_note or _fmt(spec.default)
     by_preset = [
         f"{name}: {_fmt(values[path])}"
         for name, values in sorted(_PRESET_VALUES.items())
@@ -71,18 +73,12 @@ def _describe(path: str, text: str, default_note: str | None = None) -> str:
         f"Reference default {default}"
         + (f" (presets {'; '.join(by_preset)})." if by_preset else ".")
     )
-    if path in LIMITS:
-        low, high = LIMITS[path]
-        parts.append(f"Range {_fmt(low)}..{_fmt(high)}.")
-    if path in CHOICES:
-        parts.append("One of " + ", ".join(CHOICES[path]) + ".")
+    if (limits := spec.limits) is not None:
+        parts.append(f"Range {_fmt(limits[0])}..{_fmt(limits[1])}.")
+    if (choices := spec.choices) is not None:
+        parts.append("One of " + ", ".join(choices) + ".")
     parts.append("Omitted or null: the preset's value, else the reference default.")
     return " ".join(parts)
-
-
-def _spec_field(path: str, text: str, default_note: str | None = None) -> Any:
-    low, high = LIMITS.get(path, (None, None))
-    return Field(None, ge=low, le=high, description=_describe(path, text, default_note))
 
 
 class _SpecPart(BaseModel):
@@ -92,207 +88,117 @@ class _SpecPart(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
-# job spec input
+# job spec input, built from the engine's definition
 # --------------------------------------------------------------------------------------------
 
 
-class StudentIn(_SpecPart):
-    arch: str | None = Field(
-        None,
-        description=(
-            "Student architecture, one of GET /v1/architectures (mlp, lenet5, resnet18, vit). "
-            "Default: lenet5 for a [C, H, W] teacher input, else mlp."
+def _input_field(spec: SpecField, sections: dict[type, type[BaseModel]]) -> tuple[Any, Any]:
+    """``(type, Field)`` of one spec setting in a request model: optional, null by default.
+
+    Settings (numbers, flags, choices) are described with their defaults and ranges; free text
+    and nested sections keep the engine's description as is. The range, length cap and schema
+    extras are the engine's; its validators (integral floats for integers) are not: the API
+    takes JSON as typed.
+    """
+    info = spec.info
+    value_type = sections[spec.section] if spec.section is not None else spec.value_type
+    plain = spec.section is not None or spec.value_type is str
+    low, high = spec.limits or (None, None)
+    extra: dict[str, Any] = {}
+    if spec.max_length is not None:
+        extra["max_length"] = spec.max_length
+    if info.json_schema_extra is not None:
+        extra["json_schema_extra"] = info.json_schema_extra
+    return (
+        value_type | None,
+        Field(
+            None,
+            ge=low,
+            le=high,
+            description=info.description if plain else _describe(spec),
+            **extra,
         ),
     )
-    width: float | None = _spec_field(
-        "student.width",
-        "Scales channels and hidden units; 0.5 is the 'Half' variant, 1 the reference size. "
-        "Omitted or null: chosen when the job runs, as the largest width (0.0625..1 in steps "
-        "of 1/32) whose student has at most half the teacher's parameters (the smallest when "
-        "none does); the job's spec then records the width and, in student.width_reason, why. "
-        "An explicit width is used as given (a warning event when the student is larger than "
-        "the teacher)",
-        default_note="null (chosen from the teacher's size)",
-    )
-    width_reason: str | None = Field(
-        None,
-        max_length=2000,
-        description=(
-            "Output only: where the job's width came from ('given in the spec', or how it was "
-            "chosen from the teacher's size). Accepted so a job's spec can be sent again as "
-            "is; ignored on input."
+
+
+def _input_model(
+    name: str, section: type, prefix: str, sections: dict[type, type[BaseModel]]
+) -> type[BaseModel]:
+    """The request model of one spec section (``StudentIn`` for ``StudentSpec``)."""
+    fields = {f.name: _input_field(f, sections) for f in spec_fields(section, prefix)}
+    model = create_model(name, __base__=_SpecPart, __module__=__name__, **fields)
+    sections[section] = model
+    return model
+
+
+_SECTIONS: dict[type, type[BaseModel]] = {}
+StudentIn = _input_model("StudentIn", StudentSpec, "student.", _SECTIONS)
+LossWeightsIn = _input_model("LossWeightsIn", LossWeights, "synthesis.weights.", _SECTIONS)
+SynthesisIn = _input_model("SynthesisIn", SynthesisSpec, "synthesis.", _SECTIONS)
+TrainingIn = _input_model("TrainingIn", TrainingSpec, "training.", _SECTIONS)
+
+
+def _check_callback_url(cls: type[BaseModel], value: str | None) -> str | None:
+    """``callback_url``'s syntax (the deployment's reachability rules are checked later)."""
+    if value is None:
+        return None
+    try:
+        return validate_callback_url(value)
+    except CallbackURLError as exc:
+        raise ValueError(str(exc)) from None
+
+
+_SERVICE_FIELDS: dict[str, Any] = {
+    "eval_dataset_id": (
+        str | None,
+        Field(
+            None,
+            description=(
+                "A data set from POST /v1/datasets used only to report teacher and student "
+                "accuracy; its input shape must equal the teacher's."
+            ),
+            examples=["ds_01J0000000000000000000000"],
         ),
-    )
+    ),
+    "metadata": (
+        dict[str, Any] | None,
+        Field(
+            None,
+            description=(
+                "Free-form JSON object stored with the job and returned as is (16 KiB max)."
+            ),
+            examples=[{"pipeline": "nightly"}],
+        ),
+    ),
+    "callback_url": (
+        str | None,
+        Field(
+            None,
+            max_length=MAX_URL_LENGTH,
+            description=(
+                "When the job ends (succeeded, failed or canceled), POST the job object here, "
+                "signed with the tenant's webhook secret (header Cake-Signature, see GET "
+                "/v1/webhooks/secret); retried with backoff until a 2xx. An http(s) URL of at "
+                "most 2048 characters, without credentials or #fragment."
+            ),
+            examples=["https://ci.example.com/hooks/cake"],
+        ),
+    ),
+}
+"""What a job has besides its spec: the service's own fields of ``JobSpecIn``."""
 
-
-class LossWeightsIn(_SpecPart):
-    cls: float | None = _spec_field("synthesis.weights.cls", "Weight of the classification loss")
-    contr: float | None = _spec_field(
-        "synthesis.weights.contr", "Weight of the contrastive loss between groups"
-    )
-    tv: float | None = _spec_field("synthesis.weights.tv", "Weight of the total-variation prior")
-    entropy: float | None = _spec_field("synthesis.weights.entropy", "Weight of the entropy term")
-    bn: float | None = _spec_field(
-        "synthesis.weights.bn",
-        "Weight of the BatchNorm-statistics prior (teachers with BatchNorm layers only)",
-    )
-
-
-class SynthesisIn(_SpecPart):
-    num_samples: int | None = _spec_field(
-        "synthesis.num_samples", "Number of synthetic inputs to create"
-    )
-    batch_size: int | None = _spec_field(
-        "synthesis.batch_size",
-        "Synthesis mini-batch size; must be a multiple of groups (rounded down to one when "
-        "groups is lowered to the class count)",
-    )
-    groups: int | None = _spec_field(
-        "synthesis.groups",
-        "Classes per contrastive row; must not exceed the teacher's class count",
-        default_note="10, lowered to the teacher's class count when it has fewer",
-    )
-    steps: int | None = _spec_field(
-        "synthesis.steps", "Gradient steps on the inputs per mini-batch"
-    )
-    weights: LossWeightsIn | None = Field(None, description="Weights of the synthesis losses.")
-    noise: float | None = _spec_field("synthesis.noise", "Step size of the first mini-batch")
-    noise_schedule: NoiseSchedule | None = _spec_field(
-        "synthesis.noise_schedule", "How the step size decays across mini-batches"
-    )
-    noise_decay_magnitude: float | None = _spec_field(
-        "synthesis.noise_decay_magnitude",
-        "Orders of magnitude the step size decays from the first to the last mini-batch",
-    )
-    langevin: bool | None = _spec_field(
-        "synthesis.langevin", "Add Langevin noise after every step (LAKE)"
-    )
-    optimizer: InputOptimizer | None = _spec_field(
-        "synthesis.optimizer", "Optimizer on the synthetic inputs"
-    )
-    prior: Prior | None = _spec_field(
-        "synthesis.prior", "Distribution the synthetic inputs start from"
-    )
-    soft_labels: bool | None = _spec_field(
-        "synthesis.soft_labels", "Store the teacher's softmax (true) or its argmax (false)"
-    )
-    chunk_batches: int | None = _spec_field(
-        "synthesis.chunk_batches",
-        "Mini-batches synthesized at once (0: automatic); speed and memory only",
-    )
-    snapshots: int | None = _spec_field(
-        "synthesis.snapshots",
-        "Also keep each sample at this many evenly spaced points of its trajectory; at most steps",
-    )
-    augment: bool | None = _spec_field(
-        "synthesis.augment", "Show the teacher randomly shifted images during synthesis"
-    )
-    parameterization: Parameterization | None = _spec_field(
-        "synthesis.parameterization",
-        "What the optimizer moves: the pixels, or their 1/frequency-scaled spectrum (fourier; "
-        "images only)",
-    )
-
-
-class TrainingIn(_SpecPart):
-    epochs: int | None = _spec_field("training.epochs", "Training epochs of the student")
-    batch_size: int | None = _spec_field("training.batch_size", "Training batch size")
-    lr: float | None = _spec_field("training.lr", "Peak learning rate")
-    optimizer: TrainOptimizer | None = _spec_field(
-        "training.optimizer", "Student optimizer (sgd is Nesterov SGD)"
-    )
-    schedule: TrainSchedule | None = _spec_field("training.schedule", "Learning-rate schedule")
-    weight_decay: float | None = _spec_field("training.weight_decay", "Weight decay")
-    temperature: float | None = _spec_field("training.temperature", "Distillation temperature")
-    holdout_fraction: float | None = _spec_field(
-        "training.holdout_fraction",
-        "Share of synthetic samples held out to measure agreement_synthetic",
-    )
-    relabel: bool | None = _spec_field(
-        "training.relabel", "Ask the teacher again for every training batch"
-    )
-    mixup: float | None = _spec_field("training.mixup", "Mixup strength (needs relabel)")
-    input_noise: float | None = _spec_field(
-        "training.input_noise", "Gaussian noise added to training inputs (needs relabel)"
-    )
-    adversarial: float | None = _spec_field(
-        "training.adversarial",
-        "Step size moving half of each batch toward teacher-student disagreement",
-    )
-    adversarial_steps: int | None = _spec_field(
-        "training.adversarial_steps", "Signed-gradient steps of that search"
-    )
-    translate: float | None = _spec_field(
-        "training.translate",
-        "Random shift of each training image, up to this share of its side (images; needs relabel)",
-    )
-    noise_mix: float | None = _spec_field(
-        "training.noise_mix",
-        "Share of each training batch replaced by fresh standard-normal noise (needs relabel)",
-    )
-    cutmix: float | None = _spec_field(
-        "training.cutmix",
-        "Share of image batches that paste a random box of another sample into each image "
-        "instead of mixup (needs relabel)",
-    )
-
-
-_PRESET_DOC = (
-    "Named set of values for every field left out: one of "
-    + ", ".join(sorted(PRESETS))
-    + ". Default (null): 'default'."
+JobSpecIn = create_model(
+    "JobSpecIn",
+    __base__=_SpecPart,
+    __module__=__name__,
+    __doc__="A job spec without the teacher: the one-shot form's ``spec`` part.",
+    __validators__={"_callback_url": field_validator("callback_url")(_check_callback_url)},
+    **{f.name: _input_field(f, _SECTIONS) for f in spec_fields(JobSpec)},
+    **_SERVICE_FIELDS,
 )
 
 
-class JobSpecIn(_SpecPart):
-    """A job spec without the teacher: the one-shot form's ``spec`` part."""
-
-    student: StudentIn | None = Field(
-        None, description="The student to train; omitted: the default for the teacher's input."
-    )
-    synthesis: SynthesisIn | None = Field(None, description="CAKE synthesis settings.")
-    training: TrainingIn | None = Field(None, description="Student training settings.")
-    preset: str | None = Field(
-        None, description=_PRESET_DOC, json_schema_extra={"enum": [*sorted(PRESETS), None]}
-    )
-    eval_dataset_id: str | None = Field(
-        None,
-        description=(
-            "A data set from POST /v1/datasets used only to report teacher and student "
-            "accuracy; its input shape must equal the teacher's."
-        ),
-        examples=["ds_01J0000000000000000000000"],
-    )
-    seed: int | None = _spec_field("seed", "Random seed; the same seed reproduces the job")
-    metadata: dict[str, Any] | None = Field(
-        None,
-        description="Free-form JSON object stored with the job and returned as is (16 KiB max).",
-        examples=[{"pipeline": "nightly"}],
-    )
-    callback_url: str | None = Field(
-        None,
-        max_length=MAX_URL_LENGTH,
-        description=(
-            "When the job ends (succeeded, failed or canceled), POST the job object here, "
-            "signed with the tenant's webhook secret (header Cake-Signature, see GET "
-            "/v1/webhooks/secret); retried with backoff until a 2xx. An http(s) URL of at "
-            "most 2048 characters, without credentials or #fragment."
-        ),
-        examples=["https://ci.example.com/hooks/cake"],
-    )
-
-    @field_validator("callback_url")
-    @classmethod
-    def _callback_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return validate_callback_url(value)
-        except CallbackURLError as exc:
-            raise ValueError(str(exc)) from None
-
-
-class JobCreate(JobSpecIn):
+class JobCreate(JobSpecIn):  # type: ignore[misc, valid-type]
     """``POST /v1/jobs`` as JSON: only ``teacher_id`` is required."""
 
     teacher_id: str = Field(

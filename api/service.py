@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
-from api import broker, catalog, quotas, schemas
+from api import quotas, schemas
 from api.deps import AppContext
 from api.errors import ApiError, not_found, spec_error, validation_error
 from api.npz import DatasetFacts
 from api.uploads import TeacherFacts, UploadedFile
+from cake_core.architectures import student_arch
 from cake_core.config import JobSpec, WorkLimitError, WorkLimits, check_work, resolve_spec
 from cake_core.errors import SpecError
 from cake_shared import workers
@@ -293,27 +294,10 @@ def plan_job(
     shape = list(teacher.input_shape)
     if settings is not None:
         _check_work(spec, shape, settings, loc)
-    rank = len(shape)
-    arch_loc = [*loc, "student", "arch"]
-    if spec.student.arch is None:
-        default = catalog.default_for_rank(rank)
-        if default is None:
-            raise validation_error(arch_loc, f"no student architecture takes inputs of rank {rank}")
-        spec.student.arch = default
-    else:
-        entry = catalog.find(spec.student.arch)
-        if entry is None:
-            names = ", ".join(a["name"] for a in catalog.architectures())
-            raise validation_error(
-                arch_loc, f"unknown architecture {spec.student.arch!r}; choose one of: {names}"
-            )
-        if rank not in entry["input_ranks"]:
-            ranks = " or ".join(str(r) for r in entry["input_ranks"])
-            raise validation_error(
-                arch_loc,
-                f"{entry['name']} needs an input of rank {ranks}; the teacher's input shape "
-                f"{shape} has rank {rank}",
-            )
+    try:  # the engine's own check (torch-free), so the worker never meets a student it refuses
+        spec.student.arch = student_arch(spec.student.arch, shape)
+    except SpecError as exc:
+        raise validation_error([*loc, *exc.field.split(".")], exc.reason) from None
 
     metadata = body.metadata or {}
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
@@ -410,8 +394,8 @@ def insert_job(
     return job
 
 
-def enqueue(session: Session, job: Job) -> None:
-    """Send the committed job's id to the broker.
+def enqueue(ctx: AppContext, session: Session, job: Job) -> None:
+    """Send the committed job's id to the app's broker (``ctx.queue``).
 
     The row is committed first so a fast worker always finds it. If the broker does not answer,
     the job is still accepted: the database is the source of truth, the job stays ``queued``
@@ -420,7 +404,7 @@ def enqueue(session: Session, job: Job) -> None:
     duplicate job.
     """
     try:
-        broker.enqueue(job.id, job.queue)
+        ctx.queue.enqueue(job.id, job.queue)
     except Exception as exc:
         log.warning("could not enqueue job %s on %s: %s", job.id, job.queue, exc)
         add_event(

@@ -48,7 +48,8 @@ def check_teacher_file(
     import torch
 
     from cake_core.errors import SpecError, TeacherInvalidError
-    from cake_core.teacher import check_teacher, load_teacher, parse_input_shape
+    from cake_core.shapes import parse_input_shape
+    from cake_core.teacher import check_teacher, load_teacher
 
     torch.set_num_threads(1)  # the probe is tiny; leave the cores to the API and workers
     try:
@@ -74,9 +75,9 @@ def check_teacher_file(
 
 def architecture_catalogue(report: Report = _no_report) -> list[dict[str, Any]]:
     """Every registered student architecture with example parameter counts (needs torch)."""
+    from cake_core.architectures import DEFAULT_FOR_RANK
     from cake_core.config import LIMITS, StudentSpec
     from cake_core.students import list_archs
-    from cake_core.students.registry import default_arch
 
     report("computing")
     width_min, width_max = LIMITS["student.width"]
@@ -102,7 +103,9 @@ def architecture_catalogue(report: Report = _no_report) -> list[dict[str, Any]]:
                 "object": "architecture",
                 "description": arch.description,
                 "input_ranks": list(arch.input_ranks),
-                "default_for_ranks": [r for r in range(1, 5) if default_arch([1] * r) == arch.name],
+                "default_for_ranks": sorted(
+                    r for r, name in DEFAULT_FOR_RANK.items() if name == arch.name
+                ),
                 "width": {
                     "default": StudentSpec().width,  # None: chosen from the teacher's size
                     "min": float(width_min),

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import tempfile
 import threading
@@ -31,6 +30,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api import sandbox
 from api.errors import ApiError, validation_error
+from cake_core.errors import SpecError
+from cake_core.shapes import parse_input_shape
 from cake_shared.settings import Settings
 
 log = logging.getLogger("cake.api")
@@ -388,36 +389,15 @@ def _find_non_finite(value: Any, where: list[str | int]) -> tuple[str, list[str 
     return None
 
 
-_SHAPE_LIST = re.compile(r"[0-9]{1,18}(?:[ \t]*,[ \t]*[0-9]{1,18})*")
-_SHAPE_HINT = "must be a JSON array of positive integers, e.g. [1,28,28], or the form 1,28,28"
-
-
 def parse_input_shape_field(text: str, loc: list[str | int]) -> list[int]:
-    """Syntax of the ``input_shape`` part, parsed strictly: a JSON array of positive ints
-    (``[1,28,28]``), or comma-separated positive ints (``1,28,28``, ``13``). Anything else,
-    broken JSON such as ``[13,`` included, is a 422 naming the field.
-
-    Bounds (rank, per-dimension and total size) are the engine's and are checked by the engine
-    in the teacher check, so they are not duplicated here.
+    """The ``input_shape`` part, read by the engine's shape parser in the service's strict
+    grammar (a JSON array of positive ints, ``[1,28,28]``, or ``1,28,28``; broken JSON such as
+    ``[13,`` is refused) with the engine's bounds; any problem is a 422 naming the field.
     """
-    stripped = text.strip()
-    value: Any
-    if stripped.startswith("["):
-        try:
-            value = json.loads(stripped)
-        except (ValueError, RecursionError):  # JSONDecodeError, or an integer of 4300+ digits
-            raise validation_error(loc, f"is not valid JSON; {_SHAPE_HINT}") from None
-    elif _SHAPE_LIST.fullmatch(stripped):
-        value = [int(part) for part in stripped.split(",")]
-    else:
-        raise validation_error(loc, _SHAPE_HINT)
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
-    ):
-        raise validation_error(loc, _SHAPE_HINT)
-    return value
+    try:
+        return list(parse_input_shape(text, strict=True))
+    except SpecError as exc:
+        raise validation_error(loc, exc.reason) from None
 
 
 def parse_int_field(text: str | None, loc: list[str | int], minimum: int) -> int | None:

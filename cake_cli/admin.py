@@ -15,21 +15,25 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cake_shared.settings import Settings
 
 COMMANDS = ("keys", "tenants")
 LIMIT_FIELDS = ("max_running_jobs", "max_queued_jobs", "max_stored_bytes", "requests_per_minute")
 
 
-def _session() -> Any:
+def _session(settings: Settings) -> Any:
+    """A session on the settings' database, migrated first."""
     from sqlalchemy.orm import Session
 
     from cake_cli.service import upgrade_database
     from cake_shared.db import make_engine
-    from cake_shared.settings import get_settings
 
-    upgrade_database()
-    return Session(make_engine(get_settings().resolved_database_url()), expire_on_commit=False)
+    url = settings.resolved_database_url()
+    upgrade_database(url=url)
+    return Session(make_engine(url), expire_on_commit=False)
 
 
 def _key_out(row: Any) -> dict[str, Any]:
@@ -47,10 +51,10 @@ def _key_out(row: Any) -> dict[str, Any]:
     }
 
 
-def _keys(args: argparse.Namespace) -> int:
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
     from cake_shared import tenants
 
-    with _session() as session:
+    with _session(settings) as session:
         if args.keys_command == "create":
             try:
                 created = tenants.create_key(session, args.tenant, args.name)
@@ -88,16 +92,14 @@ def _keys(args: argparse.Namespace) -> int:
         return 0
 
 
-def _tenants(args: argparse.Namespace) -> int:
+def _tenants(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
     from cake_shared.limits import limits_for, stored_bytes
     from cake_shared.models import Tenant
-    from cake_shared.settings import get_settings
     from cake_shared.tenants import TENANT_NAME, get_or_create_tenant
 
-    settings = get_settings()
-    with _session() as session:
+    with _session(settings) as session:
         if args.tenants_command == "set":
             if not TENANT_NAME.match(args.tenant):
                 print(f"error: invalid tenant name {args.tenant!r}", file=sys.stderr)
@@ -165,11 +167,11 @@ def add_parsers(sub: Any) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from cake_cli.service import _use_data_dir
+    from cake_cli.service import read_settings
 
-    _use_data_dir(args.data_dir)
     try:
-        return _keys(args) if args.command == "keys" else _tenants(args)
+        settings = read_settings(args.data_dir)
+        return _keys(args, settings) if args.command == "keys" else _tenants(args, settings)
     except Exception as exc:  # database unreachable, migration failed...
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -84,7 +84,7 @@ def _distill(args: argparse.Namespace) -> int:
     from cake_core.errors import CakeError, JobCanceled, SpecError
     from cake_core.pipeline import DirectoryCheckpoints, run_job
     from cake_core.pipeline import Progress as JobProgress
-    from cake_core.teacher import parse_input_shape
+    from cake_core.shapes import parse_input_shape
 
     console = Console()
     try:

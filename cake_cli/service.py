@@ -6,7 +6,9 @@ migrations applied, a real Celery worker process on the filesystem broker (no br
 and the API on 127.0.0.1:8000, with the logs of both in one console. The data folder, database
 URL and store URL are resolved to absolute values once, when the settings are read, and handed
 to the worker (``python -m cake_cli.main worker`` of the installed package) through its
-environment, so both open the same database from any working folder. Ctrl-C or SIGTERM stops
+environment, so both open the same database from any working folder. Each command reads its
+settings once (:func:`read_settings`) and passes them to what it builds: the API
+(``create_app(settings)``), the worker's services, the migrations. Ctrl-C or SIGTERM stops
 both: the worker hands its running job back to the queue (it resumes from its checkpoints on
 the next start) and exits.
 
@@ -37,6 +39,8 @@ from cake_shared.queue_names import QUEUES
 if TYPE_CHECKING:
     from alembic.config import Config
 
+    from cake_shared.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the ``migrations`` package is installed (beside this one in a checkout or a wheel).
 MIGRATIONS_DIR = ROOT / "migrations"
@@ -53,10 +57,9 @@ log = logging.getLogger("cake.serve")
 
 # -- migrations -----------------------------------------------------------------------------
 def alembic_config(url: str | None = None) -> Config:
-    """An Alembic configuration built in code, so migrations run from any working folder.
-
-    ``url`` overrides the settings' database URL (tests migrate databases of their own).
-    """
+    """An Alembic configuration built in code, so migrations run from any working folder,
+    on the database at ``url`` (without one, ``migrations/env.py`` reads the ``CAKE_*``
+    settings, as for a hand-run ``alembic``)."""
     from alembic.config import Config
 
     if not (MIGRATIONS_DIR / "env.py").is_file():
@@ -72,28 +75,30 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def upgrade_database(revision: str = "head", url: str | None = None) -> None:
+def upgrade_database(revision: str = "head", *, url: str) -> None:
+    """Migrate the database at ``url`` up to ``revision``."""
     from alembic import command
 
     command.upgrade(alembic_config(url), revision)
 
 
-def downgrade_database(revision: str = "-1", url: str | None = None) -> None:
+def downgrade_database(revision: str = "-1", *, url: str) -> None:
+    """Migrate the database at ``url`` down to ``revision``."""
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
 
 
-def database_revisions(url: str | None = None) -> tuple[str | None, str | None]:
-    """(the database's current revision, the migrations' head): equal when migrated."""
+def database_revisions(url: str) -> tuple[str | None, str | None]:
+    """(the current revision of the database at ``url``, the migrations' head): equal when
+    migrated."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     from cake_shared.db import make_engine
-    from cake_shared.settings import get_settings
 
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    engine = make_engine(url or get_settings().resolved_database_url())
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
@@ -124,14 +129,13 @@ def _shown_url(url: str) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _use_data_dir(data_dir: Path | None) -> None:
-    """Point this process and its children at ``data_dir`` (settings are read from the env)."""
-    if data_dir is None:
-        return
-    os.environ["CAKE_DATA_DIR"] = str(data_dir.resolve())
-    from cake_shared.settings import get_settings
+def read_settings(data_dir: Path | None = None) -> Settings:
+    """A command's settings, read once: the ``CAKE_*`` environment, with ``--data-dir`` (when
+    given) over ``CAKE_DATA_DIR``. Raises pydantic's ValidationError (a ValueError) for
+    invalid settings, e.g. an unknown queue name."""
+    from cake_shared.settings import Settings
 
-    get_settings.cache_clear()
+    return Settings() if data_dir is None else Settings(data_dir=data_dir)
 
 
 def settings_error(exc: Exception) -> str:
@@ -147,16 +151,13 @@ def settings_error(exc: Exception) -> str:
     return "invalid settings: " + "; ".join(parts)
 
 
-def pin_settings() -> Any:
-    """Read the settings once, resolved to absolute locations, and write those into this
-    process's environment so that every child (the worker, the check sandbox) gets them.
+def pin_settings(data_dir: Path | None = None) -> Settings:
+    """:func:`read_settings`, with their absolute locations written into this process's
+    environment so that every child (the worker, the check sandbox) gets them.
 
     Raises pydantic's ValidationError for invalid settings (e.g. an unknown queue name).
     """
-    from cake_shared.settings import get_settings
-
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = read_settings(data_dir)
     settings.pin_environment()
     return settings
 
@@ -210,11 +211,9 @@ def worker_argv(queues: str, concurrency: int, loglevel: str = "INFO") -> list[s
     ]
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(settings: Settings) -> dict[str, str]:
     """The worker child's environment: this one with the settings' absolute locations."""
-    from cake_shared.settings import get_settings
-
-    return {**os.environ, **get_settings().child_env()}
+    return {**os.environ, **settings.child_env()}
 
 
 def worker_command(queues: str, concurrency: int = 1) -> list[str]:
@@ -241,16 +240,18 @@ def worker_command(queues: str, concurrency: int = 1) -> list[str]:
     ]
 
 
-def start_worker_process(queues: str = "cpu,gpu", concurrency: int = 1) -> subprocess.Popen[bytes]:
+def start_worker_process(
+    settings: Settings, queues: str = "cpu,gpu", concurrency: int = 1
+) -> subprocess.Popen[bytes]:
     """A real Celery worker (``cake worker``) as a child process that writes to this console.
 
-    It gets the settings' absolute locations through its environment and keeps this
+    It gets the absolute locations of ``settings`` through its environment and keeps this
     process's working folder; it needs neither ``PYTHONPATH`` nor a source checkout. It runs in
     its own session so that a Ctrl-C in the terminal reaches only ``cake serve``, which then
     stops the worker in order (see :func:`stop_worker_process`).
     """
     return subprocess.Popen(
-        worker_command(queues, concurrency), env=_child_env(), start_new_session=True
+        worker_command(queues, concurrency), env=_child_env(settings), start_new_session=True
     )
 
 
@@ -338,24 +339,23 @@ def serve(
     """Run the API (and, unless ``with_worker`` is False, one worker process)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     [%(name)s] %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    _use_data_dir(data_dir)
     try:
         import uvicorn
 
-        from api.main import create_app  # noqa: F401  (fail early, before starting a worker)
+        from api.main import create_app  # fail early, before starting a worker
     except ImportError as exc:
         print(f"error: the API cannot be loaded: {exc}", file=sys.stderr)
         return 1
 
     try:
-        settings = pin_settings()
+        settings = pin_settings(data_dir)
     except ValueError as exc:  # pydantic's ValidationError
         print(f"error: {settings_error(exc)}", file=sys.stderr)
         return 2
     url = settings.resolved_database_url()
     log.info("data folder %s", settings.data_dir)
     log.info("database %s: applying migrations", _shown_url(url))
-    upgrade_database()
+    upgrade_database(url=url)
     if not is_loopback(host) and not allow_remote and not _keys_configured(url):
         print(
             f"error: refusing to listen on {host}: no API keys are configured, so the service "
@@ -370,15 +370,15 @@ def serve(
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, _raise_terminate)
     try:
+        app = create_app(settings)
         if with_worker:
-            worker = start_worker_process(queues, 1)
+            worker = start_worker_process(settings, queues, 1)
             threading.Thread(
                 target=_watch_worker, args=(worker, stopping), name="worker-watch", daemon=True
             ).start()
             log.info("worker started (pid %d, queues %s)", worker.pid, queues)
         uvicorn.run(
-            "api.main:create_app",
-            factory=True,
+            app,
             host=host,
             port=port,
             log_level=log_level,
@@ -416,15 +416,14 @@ def run_worker(
             print(f"error: the parent process {parent_pid} is already gone", file=sys.stderr)
             return 1
         watch_parent(parent_pid)
-    _use_data_dir(data_dir)
     try:
-        settings = pin_settings()
+        settings = pin_settings(data_dir)
     except ValueError as exc:  # pydantic's ValidationError
         print(f"error: {settings_error(exc)}", file=sys.stderr)
         return 2
     url = settings.resolved_database_url()
     try:
-        current, head = database_revisions()
+        current, head = database_revisions(url)
     except Exception as exc:
         reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
         print(
@@ -437,16 +436,22 @@ def run_worker(
         print(f"error: {problem}", file=sys.stderr)
         return 2
     from cake_shared import workers
+    from cake_shared.services import Services
 
+    services = Services.from_settings(settings)
     # The device is found in the heartbeat's thread (NVML, no CUDA context before the pool
     # forks) while the main thread imports the worker (torch).
-    workers.start_heartbeat(workers.worker_name(), queues.split(","), concurrency)
+    heartbeat = workers.Heartbeat(services, workers.worker_name(), queues.split(","), concurrency)
+    heartbeat.start()
     try:
-        from worker.app import app
+        from worker.app import create_worker_app
 
+        app = create_worker_app(services, heartbeat)
         app.worker_main(argv=worker_argv(queues, concurrency, loglevel))
     finally:
-        workers.stop_heartbeat()
+        if heartbeat.running:  # the worker's shutdown has stopped it already, unless it failed
+            heartbeat.stop()
+        services.close()
     return 0
 
 
@@ -535,16 +540,18 @@ def dispatch(args: argparse.Namespace) -> int:
             parent_pid=args.parent_pid,
         )
     if args.command == "db":
-        _use_data_dir(args.data_dir)
-        from cake_shared.settings import get_settings
-
-        url = _shown_url(get_settings().resolved_database_url())
+        try:
+            database = read_settings(args.data_dir).resolved_database_url()
+        except ValueError as exc:  # pydantic's ValidationError
+            print(f"error: {settings_error(exc)}", file=sys.stderr)
+            return 2
+        url = _shown_url(database)
         try:
             if args.db_command == "upgrade":
-                upgrade_database(args.revision)
+                upgrade_database(args.revision, url=database)
                 print(f"database {url} upgraded to {args.revision}")
             else:
-                downgrade_database(args.revision)
+                downgrade_database(args.revision, url=database)
                 print(f"database {url} downgraded to {args.revision}")
         except Exception as exc:
             print(f"error: migration failed: {exc}", file=sys.stderr)

@@ -1,11 +1,11 @@
 """Python client of the cake-distill REST API: ``from cake_client import Client``.
 
-Only ``httpx`` is needed (no torch, no database, no pydantic), so pipelines can use the client
-without the engine. The other modules of this project it imports are :mod:`cake_shared.status`
-(the job status and phase words) and :mod:`cake_shared.signing` (the webhook signature rule),
-shipped in the same distribution and importing nothing but the standard library, so the
-service and the client read one definition of each. See :mod:`cake_client.client` for an
-example.
+Only ``httpx`` and ``httpx-sse`` (the job's live event stream) are needed (no torch, no
+database, no pydantic), so pipelines can use the client without the engine. The other modules
+of this project it imports are :mod:`cake_shared.status` (the job status and phase words) and
+:mod:`cake_shared.signing` (the webhook signature rule), shipped in the same distribution and
+importing nothing but the standard library, so the service and the client read one definition
+of each. See :mod:`cake_client.client` for an example.
 """
 
 from cake_client.client import Client, Datasets, Jobs, Teachers, build_spec, shape_list

@@ -1,4 +1,7 @@
-"""HTTP plumbing: retries with backoff, problem documents to exceptions, streamed multipart.
+"""HTTP plumbing: retries with backoff, problem documents to exceptions.
+
+The multipart body of uploads is :mod:`cake_client.multipart`; the event stream is read by
+httpx-sse (:meth:`cake_client.client.Jobs.stream_events`).
 
 Retry rules, and why:
 
@@ -20,10 +23,8 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import httpx
 
@@ -38,9 +39,6 @@ DEFAULT_MAX_RETRIES = 6
 SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: The longest ``Retry-After`` the client will sleep for; longer hints are cut to this.
 MAX_RETRY_AFTER_S = 120.0
-UPLOAD_CHUNK = 1 << 20
-
-ProgressCallback = Callable[[int, int], None]
 
 
 def new_idempotency_key() -> str:
@@ -85,95 +83,6 @@ def _problem_error(response: httpx.Response) -> CakeAPIError:
         method=response.request.method,
         url=str(response.request.url),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# streamed multipart
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FilePart:
-    name: str
-    path: Path
-    filename: str | None = None
-    content_type: str = "application/octet-stream"
-
-
-@dataclass
-class MultipartBody:
-    """A multipart/form-data body read from disk in 1 MiB blocks as httpx sends it.
-
-    Why not httpx's ``files=``: it gives no progress, and its size peeking depends on the file
-    object. This body knows its exact length up front (so the request carries Content-Length,
-    which lets the service refuse an oversized upload at once), reports bytes handed to the
-    socket to ``on_progress(sent, total)``, and can be iterated again for a retry (each pass
-    reopens the files), so memory stays one block whatever the file size.
-    """
-
-    fields: dict[str, str]
-    files: list[FilePart]
-    on_progress: ProgressCallback | None = None
-    boundary: str = field(default_factory=lambda: "cake-" + uuid.uuid4().hex)
-
-    def _field_head(self, name: str) -> bytes:
-        return (
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-        )
-
-    def _file_head(self, part: FilePart) -> bytes:
-        filename = (part.filename or part.path.name).replace('"', "%22")
-        return (
-            f"--{self.boundary}\r\n"
-            f'Content-Disposition: form-data; name="{part.name}"; filename="{filename}"\r\n'
-            f"Content-Type: {part.content_type}\r\n\r\n"
-        ).encode()
-
-    def _tail(self) -> bytes:
-        return f"--{self.boundary}--\r\n".encode()
-
-    @property
-    def content_type(self) -> str:
-        return f"multipart/form-data; boundary={self.boundary}"
-
-    def __len__(self) -> int:
-        total = len(self._tail())
-        for name, value in self.fields.items():
-            total += len(self._field_head(name)) + len(value.encode()) + 2
-        for part in self.files:
-            total += len(self._file_head(part)) + part.path.stat().st_size + 2
-        return total
-
-    def __iter__(self) -> Iterator[bytes]:
-        total = len(self)
-        sent = 0
-
-        def report(n: int) -> None:
-            nonlocal sent
-            sent += n
-            if self.on_progress is not None:
-                self.on_progress(sent, total)
-
-        if self.on_progress is not None:
-            self.on_progress(0, total)
-        for name, value in self.fields.items():
-            block = self._field_head(name) + value.encode() + b"\r\n"
-            yield block
-            report(len(block))
-        for part in self.files:
-            head = self._file_head(part)
-            yield head
-            report(len(head))
-            fh: BinaryIO
-            with open(part.path, "rb") as fh:
-                while block := fh.read(UPLOAD_CHUNK):
-                    yield block
-                    report(len(block))
-            yield b"\r\n"
-            report(2)
-        tail = self._tail()
-        yield tail
-        report(len(tail))
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,47 +251,3 @@ class Transport:
                 "",
                 f"the service answered {method} {path} with a body that is not JSON",
             ) from None
-
-
-# --------------------------------------------------------------------------------------------
-# Server-Sent Events
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SSEMessage:
-    """One dispatched SSE message (the fields of the WHATWG event-stream format)."""
-
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-    retry_ms: int | None = None
-
-
-def parse_sse(lines: Iterable[str]) -> Iterator[SSEMessage | None]:
-    """SSE lines to messages. Yields ``None`` for comments (heartbeats), so a consumer can check
-    a deadline even while nothing but keep-alives arrive."""
-    event, data, last_id, retry = "", [], None, None
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data or event:
-                yield SSEMessage(event or "message", "\n".join(data), last_id, retry)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            yield None
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-        elif name == "id":
-            if "\0" not in value:
-                last_id = value
-        elif name == "retry" and value.isdigit():
-            retry = int(value)
-    if data:
-        yield SSEMessage(event or "message", "\n".join(data), last_id, retry)

@@ -26,19 +26,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
-from cake_client._http import (
-    DEFAULT_MAX_RETRIES,
-    FilePart,
-    MultipartBody,
-    ProgressCallback,
-    Transport,
-    new_idempotency_key,
-    parse_sse,
-)
+from cake_client._http import DEFAULT_MAX_RETRIES, Transport, new_idempotency_key
 from cake_client.errors import (
     ChecksumMismatch,
     NotReady,
@@ -57,6 +50,7 @@ from cake_client.models import (
     Page,
     Teacher,
 )
+from cake_client.multipart import FilePart, MultipartBody, ProgressCallback
 from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus
 
 T = TypeVar("T")
@@ -259,6 +253,34 @@ class _StreamBroken(Exception):
     """The SSE connection failed or closed mid-way (internal: triggers reconnect/polling)."""
 
 
+@dataclass
+class _Deadlined:
+    """The part of a response that httpx-sse's ``EventSource`` reads (``headers`` and
+    ``iter_text``), raising ``WaitTimeout`` once ``deadline`` has passed.
+
+    Why: httpx-sse consumes heartbeat comments without yielding anything, so a loop over its
+    events alone would not notice the deadline of ``wait(timeout=...)`` while the service sends
+    nothing but heartbeats (a queued job), and the read timeout never fires either: every
+    heartbeat is a successful read. Checking at each chunk of text sees every heartbeat.
+    httpx-sse 0.4 reads exactly these two members of the response; should a later version read
+    another, ``test_wait_times_out_while_only_heartbeats_arrive`` fails.
+    """
+
+    response: httpx.Response
+    job_id: str
+    deadline: float | None
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self.response.headers
+
+    def iter_text(self) -> Iterator[str]:
+        for text in self.response.iter_text():
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise WaitTimeout(self.job_id, 0.0)
+            yield text
+
+
 class _Tracker:
     """Turns job snapshots and events into ``JobProgress`` reports with monotone progress."""
 
@@ -439,12 +461,11 @@ class Jobs(_Resource):
         except (ServiceUnreachable, ServerError, NotReady, RateLimited) as exc:
             raise _StreamBroken(str(exc)) from exc
         try:
-            if "text/event-stream" not in response.headers.get("content-type", ""):
-                raise _StreamBroken("the service did not answer with an event stream")
-            for message in parse_sse(response.iter_lines()):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeout(job_id, 0.0)
-                if message is None:
+            source = EventSource(cast(httpx.Response, _Deadlined(response, job_id, deadline)))
+            for message in source.iter_sse():
+                if not message.data:
+                    # the reconnection hint, or a heartbeat that httpx-sse dispatches as an
+                    # empty message once an id was seen: nothing to report
                     continue
                 if message.event == "end":
                     state.ended = True
@@ -460,6 +481,8 @@ class Jobs(_Resource):
                 event = JobEvent.from_json(payload)
                 state.last_id = event.id or message.id or state.last_id
                 yield event
+        except SSEError as exc:  # the answer is not an event stream
+            raise _StreamBroken(f"the service did not answer with an event stream: {exc}") from exc
         except httpx.ReadTimeout as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(job_id, 0.0) from None

@@ -1,16 +1,47 @@
-"""Job spec: plain dataclasses, validated with errors that name the field.
+"""Job spec: the one definition of its fields, defaults, ranges, choices and presets.
 
 The spec is what a user sends (CLI ``--spec`` or the REST API) and what the manifest records.
-``resolve_spec`` turns a partial dict into a complete, validated :class:`JobSpec`: preset values
-first, then the user's values on top, so the stored spec always has every default filled in.
+Each field is declared once, below: its type, its default (the dataclass default, the
+reference value), its range and its documentation (a pydantic ``Field`` in the annotation).
+Everything else is read from here:
+
+* :func:`resolve_spec` validates with pydantic from these declarations and turns its errors into
+  :class:`~cake_core.errors.SpecError` naming the field, for the CLI, the worker and the bench;
+* the REST API builds its request models (``api.schemas``) from :func:`spec_fields`, so
+  ``/openapi.json`` documents exactly these ranges and defaults and the API refuses what the
+  engine would refuse;
+* :data:`LIMITS` and :data:`CHOICES` are derived tables of the same ranges and choices.
+
+The classes stay plain dataclasses, so the engine and the tests can build one directly (with
+any values) without validation; only :func:`resolve_spec` checks. ``resolve_spec`` turns a
+partial dict into a complete, validated :class:`JobSpec`: preset values first, then the user's
+values on top, so the stored spec always has every default filled in. This module imports no
+torch: the API process uses it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import math
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Literal
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from cake_core.errors import SpecError
 
@@ -30,121 +61,39 @@ WIDTH_PENDING = (
 )
 """``student.width_reason`` of a width left to the budget, before the teacher is measured."""
 
-
-@dataclass
-class StudentSpec:
-    """Which student to build. ``arch`` None means "the default for the teacher's input rank".
-
-    ``width`` None means "chosen from a parameter budget once the teacher is known": the largest
-    width whose student has at most half the teacher's parameters (never below the smallest
-    accepted width; see ``cake_core.students.choose_width``). An explicit width is used as given.
-    ``width_reason`` says where the width came from; it is output only: :func:`resolve_spec`
-    ignores a value given on input, and the pipeline sets it when it chooses the width.
-    """
-
-    arch: str | None = None
-    width: float | None = None
-    width_reason: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.width_reason is None:
-            self.width_reason = WIDTH_PENDING if self.width is None else WIDTH_GIVEN
+MIN_WIDTH = 0.0625
+"""Smallest ``student.width`` a spec accepts (also the lower bound of a width chosen for it)."""
+MAX_WIDTH = 8.0
+"""Largest ``student.width`` a spec accepts."""
 
 
-@dataclass
-class LossWeights:
-    """Weights of the synthesis loss terms (reference: cls 1e3, contr 1e1, tv 1e5, entropy 0).
-
-    ``bn`` (beyond the reference, DeepInversion's prior) pulls each mini-batch's per-channel
-    statistics at every BatchNorm layer of the teacher toward the layer's running statistics;
-    it does nothing for a teacher without BatchNorm.
-    """
-
-    cls: float = 1e3
-    contr: float = 1e1
-    tv: float = 1e5
-    entropy: float = 0.0
-    bn: float = 0.0
+def _integral_float(value: Any) -> Any:
+    """``20.0`` -> ``20``: a JSON writer may write an integer field as a float; other values
+    pass unchanged, so ``10.5`` is still an error that names the field."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
-@dataclass
-class SynthesisSpec:
-    """CAKE synthesis: ``num_samples`` inputs in mini-batches of ``batch_size``, ``steps`` each.
-
-    ``noise`` is the step size of the first mini-batch; it decays by ``noise_decay_magnitude``
-    orders of magnitude to the last one. ``chunk_batches`` is how many mini-batches run at once
-    (0: chosen from the input size); it changes speed and memory, never the result's
-    distribution. ``augment`` (beyond the reference) shows the teacher each image at a random
-    small circular shift at every step, so samples hold features the teacher recognises wherever
-    they sit rather than pixel-exact adversarial patterns. ``snapshots`` > 1 also keeps each
-    sample at evenly spaced earlier steps of its trajectory (beyond the reference): samples at
-    several distances from the boundary, labelled with logits the synthesis computed anyway.
-    """
-
-    num_samples: int = 25600
-    batch_size: int = 100
-    groups: int = 10
-    steps: int = 500
-    weights: LossWeights = field(default_factory=LossWeights)
-    noise: float = 0.1
-    noise_schedule: NoiseSchedule = "linear"
-    noise_decay_magnitude: float = 4.0
-    langevin: bool = False
-    optimizer: InputOptimizer = "sgd"
-    prior: Prior = "normal"
-    soft_labels: bool = True
-    chunk_batches: int = 0
-    snapshots: int = 1
-    augment: bool = False
-    parameterization: Parameterization = "pixel"
+# Strict scalars: "100" is not a number and true is not 1. Only the scalars are strict (a
+# strict dataclass would also refuse the dict a nested section arrives as). Integer fields
+# take integral floats (see _integral_float), number fields take integers.
+Int = Annotated[int, Strict(), BeforeValidator(_integral_float)]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
 
-@dataclass
-class TrainingSpec:
-    """Student training on the synthetic set.
+@dataclass(frozen=True)
+class DefaultNote:
+    """Annotation metadata: how to document a default that is not just the value (a width
+    chosen from the teacher's size, groups lowered to its class count)."""
 
-    The reference trains on stored soft labels. ``relabel`` asks the teacher again for every
-    training batch, which lets ``mixup`` and ``input_noise`` augment the synthetic samples
-    without the labels going stale, and ``adversarial`` move half of each batch one signed
-    gradient step (of that size) toward where student and teacher disagree most. Each is
-    switchable and measured in ``bench/quality``; ``adversarial_steps`` > 1 searches further
-    (that many steps of that size). ``noise_mix`` replaces that share of each batch with fresh
-    standard-normal noise, labelled by the teacher like the rest: the teacher's answers away
-    from the synthetic samples, which on some teachers taught the student more than the
-    synthetic set itself (the zoo's floor rows). ``cutmix`` is the share of image batches that
-    paste a box of another sample into each image (CutMix) instead of ``mixup``'s blend.
-    """
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    optimizer: TrainOptimizer = "sgd"
-    schedule: TrainSchedule = "onecycle"
-    weight_decay: float = 5e-4
-    temperature: float = 1.0
-    holdout_fraction: float = 0.01
-    relabel: bool = False
-    mixup: float = 0.0
-    input_noise: float = 0.0
-    adversarial: float = 0.0
-    adversarial_steps: int = 1
-    translate: float = 0.0
-    noise_mix: float = 0.0
-    cutmix: float = 0.0
+    text: str
 
 
-@dataclass
-class JobSpec:
-    """Everything a distillation job needs besides the teacher itself."""
-
-    student: StudentSpec = field(default_factory=StudentSpec)
-    synthesis: SynthesisSpec = field(default_factory=SynthesisSpec)
-    training: TrainingSpec = field(default_factory=TrainingSpec)
-    preset: str | None = None
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# The spec's own validation config: unknown fields are errors, NaN and Infinity are refused.
+_SPEC_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # Presets hold only the fields they change from the dataclass defaults (the reference values).
@@ -202,51 +151,442 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "reference": {},
 }
+DEFAULT_PRESET = "default"
+"""The preset of a spec that names none."""
 
-_LIMITS: dict[str, tuple[float, float]] = {
-    "student.width": (0.0625, 8.0),
-    "synthesis.num_samples": (1, 10_000_000),
-    "synthesis.batch_size": (2, 100_000),
-    "synthesis.groups": (1, 1000),
-    "synthesis.steps": (1, 100_000),
-    "synthesis.noise": (1e-12, 10.0),
-    "synthesis.noise_decay_magnitude": (0.0, 12.0),
-    "synthesis.chunk_batches": (0, 100_000),
-    "synthesis.snapshots": (1, 100),
-    "synthesis.weights.cls": (0.0, 1e12),
-    "synthesis.weights.contr": (0.0, 1e12),
-    "synthesis.weights.tv": (0.0, 1e12),
-    "synthesis.weights.entropy": (0.0, 1e12),
-    "synthesis.weights.bn": (0.0, 1e12),
-    "training.epochs": (1, 10_000),
-    "training.batch_size": (1, 100_000),
-    "training.lr": (1e-12, 100.0),
-    "training.weight_decay": (0.0, 1.0),
-    "training.temperature": (1e-3, 100.0),
-    "training.holdout_fraction": (0.0, 0.5),
-    "training.mixup": (0.0, 100.0),
-    "training.input_noise": (0.0, 100.0),
-    "training.adversarial": (0.0, 100.0),
-    "training.adversarial_steps": (1, 100),
-    "training.translate": (0.0, 0.5),
-    "training.noise_mix": (0.0, 1.0),
-    "training.cutmix": (0.0, 1.0),
-    "seed": (0, 2**63 - 1),
+
+# --------------------------------------------------------------------------------------------
+# the spec
+# --------------------------------------------------------------------------------------------
+
+
+@with_config(_SPEC_CONFIG)
+@dataclass
+class StudentSpec:
+    """Which student to build. ``arch`` None means "the default for the teacher's input rank".
+
+    ``width`` None means "chosen from a parameter budget once the teacher is known": the largest
+    width whose student has at most half the teacher's parameters (never below the smallest
+    accepted width; see ``cake_core.students.choose_width``). An explicit width is used as given.
+    ``width_reason`` says where the width came from; it is output only: :func:`resolve_spec`
+    ignores a value given on input, and the pipeline sets it when it chooses the width.
+    """
+
+    arch: Annotated[
+        Str | None,
+        Field(
+            description=(
+                "Student architecture, one of GET /v1/architectures (mlp, lenet5, resnet18, "
+                "vit). Default: lenet5 for a [C, H, W] teacher input, else mlp."
+            )
+        ),
+    ] = None
+    width: Annotated[
+        Float | None,
+        Field(
+            ge=MIN_WIDTH,
+            le=MAX_WIDTH,
+            description=(
+                "Scales channels and hidden units; 0.5 is the 'Half' variant, 1 the reference "
+                "size. Omitted or null: chosen when the job runs, as the largest width "
+                "(0.0625..1 in steps of 1/32) whose student has at most half the teacher's "
+                "parameters (the smallest when none does); the job's spec then records the "
+                "width and, in student.width_reason, why. An explicit width is used as given "
+                "(a warning event when the student is larger than the teacher)"
+            ),
+        ),
+        DefaultNote("null (chosen from the teacher's size)"),
+    ] = None
+    width_reason: Annotated[
+        Str | None,
+        Field(
+            max_length=2000,
+            description=(
+                "Output only: where the job's width came from ('given in the spec', or how it "
+                "was chosen from the teacher's size). Accepted so a job's spec can be sent "
+                "again as is; ignored on input."
+            ),
+        ),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.width_reason is None:
+            self.width_reason = WIDTH_PENDING if self.width is None else WIDTH_GIVEN
+
+
+_WEIGHT = Field(ge=0.0, le=1e12)
+
+
+@with_config(_SPEC_CONFIG)
+@dataclass
+class LossWeights:
+    """Weights of the synthesis loss terms (reference: cls 1e3, contr 1e1, tv 1e5, entropy 0).
+
+    ``bn`` (beyond the reference, DeepInversion's prior) pulls each mini-batch's per-channel
+    statistics at every BatchNorm layer of the teacher toward the layer's running statistics;
+    it does nothing for a teacher without BatchNorm.
+    """
+
+    cls: Annotated[Float, _WEIGHT, Field(description="Weight of the classification loss")] = 1e3
+    contr: Annotated[
+        Float, _WEIGHT, Field(description="Weight of the contrastive loss between groups")
+    ] = 1e1
+    tv: Annotated[Float, _WEIGHT, Field(description="Weight of the total-variation prior")] = 1e5
+    entropy: Annotated[Float, _WEIGHT, Field(description="Weight of the entropy term")] = 0.0
+    bn: Annotated[
+        Float,
+        _WEIGHT,
+        Field(
+            description=(
+                "Weight of the BatchNorm-statistics prior (teachers with BatchNorm layers only)"
+            )
+        ),
+    ] = 0.0
+
+
+@with_config(_SPEC_CONFIG)
+@dataclass
+class SynthesisSpec:
+    """CAKE synthesis: ``num_samples`` inputs in mini-batches of ``batch_size``, ``steps`` each.
+
+    ``noise`` is the step size of the first mini-batch; it decays by ``noise_decay_magnitude``
+    orders of magnitude to the last one. ``chunk_batches`` is how many mini-batches run at once
+    (0: chosen from the input size); it changes speed and memory, never the result's
+    distribution. ``augment`` (beyond the reference) shows the teacher each image at a random
+    small circular shift at every step, so samples hold features the teacher recognises wherever
+    they sit rather than pixel-exact adversarial patterns. ``snapshots`` > 1 also keeps each
+    sample at evenly spaced earlier steps of its trajectory (beyond the reference): samples at
+    several distances from the boundary, labelled with logits the synthesis computed anyway.
+    """
+
+    num_samples: Annotated[
+        Int, Field(ge=1, le=10_000_000, description="Number of synthetic inputs to create")
+    ] = 25600
+    batch_size: Annotated[
+        Int,
+        Field(
+            ge=2,
+            le=100_000,
+            description=(
+                "Synthesis mini-batch size; must be a multiple of groups (rounded down to one "
+                "when groups is lowered to the class count)"
+            ),
+        ),
+    ] = 100
+    groups: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=1000,
+            description="Classes per contrastive row; must not exceed the teacher's class count",
+        ),
+        DefaultNote("10, lowered to the teacher's class count when it has fewer"),
+    ] = 10
+    steps: Annotated[
+        Int, Field(ge=1, le=100_000, description="Gradient steps on the inputs per mini-batch")
+    ] = 500
+    weights: Annotated[LossWeights, Field(description="Weights of the synthesis losses.")] = field(
+        default_factory=LossWeights
+    )
+    noise: Annotated[
+        Float, Field(ge=1e-12, le=10.0, description="Step size of the first mini-batch")
+    ] = 0.1
+    noise_schedule: Annotated[
+        NoiseSchedule, Field(description="How the step size decays across mini-batches")
+    ] = "linear"
+    noise_decay_magnitude: Annotated[
+        Float,
+        Field(
+            ge=0.0,
+            le=12.0,
+            description=(
+                "Orders of magnitude the step size decays from the first to the last mini-batch"
+            ),
+        ),
+    ] = 4.0
+    langevin: Annotated[Bool, Field(description="Add Langevin noise after every step (LAKE)")] = (
+        False
+    )
+    optimizer: Annotated[InputOptimizer, Field(description="Optimizer on the synthetic inputs")] = (
+        "sgd"
+    )
+    prior: Annotated[Prior, Field(description="Distribution the synthetic inputs start from")] = (
+        "normal"
+    )
+    soft_labels: Annotated[
+        Bool, Field(description="Store the teacher's softmax (true) or its argmax (false)")
+    ] = True
+    chunk_batches: Annotated[
+        Int,
+        Field(
+            ge=0,
+            le=100_000,
+            description="Mini-batches synthesized at once (0: automatic); speed and memory only",
+        ),
+    ] = 0
+    snapshots: Annotated[
+        Int,
+        Field(
+            ge=1,
+            le=100,
+            description=(
+                "Also keep each sample at this many evenly spaced points of its trajectory; "
+                "at most steps"
+            ),
+        ),
+    ] = 1
+    augment: Annotated[
+        Bool, Field(description="Show the teacher randomly shifted images during synthesis")
+    ] = False
+    parameterization: Annotated[
+        Parameterization,
+        Field(
+            description=(
+                "What the optimizer moves: the pixels, or their 1/frequency-scaled spectrum "
+                "(fourier; images only)"
+            )
+        ),
+    ] = "pixel"
+
+
+@with_config(_SPEC_CONFIG)
+@dataclass
+class TrainingSpec:
+    """Student training on the synthetic set.
+
+    The reference trains on stored soft labels. ``relabel`` asks the teacher again for every
+    training batch, which lets ``mixup`` and ``input_noise`` augment the synthetic samples
+    without the labels going stale, and ``adversarial`` move half of each batch one signed
+    gradient step (of that size) toward where student and teacher disagree most. Each is
+    switchable and measured in ``bench/quality``; ``adversarial_steps`` > 1 searches further
+    (that many steps of that size). ``noise_mix`` replaces that share of each batch with fresh
+    standard-normal noise, labelled by the teacher like the rest: the teacher's answers away
+    from the synthetic samples, which on some teachers taught the student more than the
+    synthetic set itself (the zoo's floor rows). ``cutmix`` is the share of image batches that
+    paste a box of another sample into each image (CutMix) instead of ``mixup``'s blend.
+    """
+
+    epochs: Annotated[Int, Field(ge=1, le=10_000, description="Training epochs of the student")] = (
+        30
+    )
+    batch_size: Annotated[Int, Field(ge=1, le=100_000, description="Training batch size")] = 128
+    lr: Annotated[Float, Field(ge=1e-12, le=100.0, description="Peak learning rate")] = 0.1
+    optimizer: Annotated[
+        TrainOptimizer, Field(description="Student optimizer (sgd is Nesterov SGD)")
+    ] = "sgd"
+    schedule: Annotated[TrainSchedule, Field(description="Learning-rate schedule")] = "onecycle"
+    weight_decay: Annotated[Float, Field(ge=0.0, le=1.0, description="Weight decay")] = 5e-4
+    temperature: Annotated[
+        Float, Field(ge=1e-3, le=100.0, description="Distillation temperature")
+    ] = 1.0
+    holdout_fraction: Annotated[
+        Float,
+        Field(
+            ge=0.0,
+            le=0.5,
+            description="Share of synthetic samples held out to measure agreement_synthetic",
+        ),
+    ] = 0.01
+    relabel: Annotated[
+        Bool, Field(description="Ask the teacher again for every training batch")
+    ] = False
+    mixup: Annotated[
+        Float, Field(ge=0.0, le=100.0, description="Mixup strength (needs relabel)")
+    ] = 0.0
+    input_noise: Annotated[
+        Float,
+        Field(
+            ge=0.0,
+            le=100.0,
+            description="Gaussian noise added to training inputs (needs relabel)",
+        ),
+    ] = 0.0
+    adversarial: Annotated[
+        Float,
+        Field(
+            ge=0.0,
+            le=100.0,
+            description="Step size moving half of each batch toward teacher-student disagreement",
+        ),
+    ] = 0.0
+    adversarial_steps: Annotated[
+        Int, Field(ge=1, le=100, description="Signed-gradient steps of that search")
+    ] = 1
+    translate: Annotated[
+        Float,
+        Field(
+            ge=0.0,
+            le=0.5,
+            description=(
+                "Random shift of each training image, up to this share of its side (images; "
+                "needs relabel)"
+            ),
+        ),
+    ] = 0.0
+    noise_mix: Annotated[
+        Float,
+        Field(
+            ge=0.0,
+            le=1.0,
+            description=(
+                "Share of each training batch replaced by fresh standard-normal noise (needs "
+                "relabel)"
+            ),
+        ),
+    ] = 0.0
+    cutmix: Annotated[
+        Float,
+        Field(
+            ge=0.0,
+            le=1.0,
+            description=(
+                "Share of image batches that paste a random box of another sample into each "
+                "image instead of mixup (needs relabel)"
+            ),
+        ),
+    ] = 0.0
+
+
+@with_config(_SPEC_CONFIG)
+@dataclass
+class JobSpec:
+    """Everything a distillation job needs besides the teacher itself."""
+
+    student: Annotated[
+        StudentSpec,
+        Field(description="The student to train; omitted: the default for the teacher's input."),
+    ] = field(default_factory=StudentSpec)
+    synthesis: Annotated[SynthesisSpec, Field(description="CAKE synthesis settings.")] = field(
+        default_factory=SynthesisSpec
+    )
+    training: Annotated[TrainingSpec, Field(description="Student training settings.")] = field(
+        default_factory=TrainingSpec
+    )
+    preset: Annotated[
+        Str | None,
+        Field(
+            description=(
+                "Named set of values for every field left out: one of "
+                + ", ".join(sorted(PRESETS))
+                + f". Default (null): '{DEFAULT_PRESET}'."
+            ),
+            json_schema_extra={"enum": [*sorted(PRESETS), None]},
+        ),
+    ] = None
+    seed: Annotated[
+        Int,
+        Field(ge=0, le=2**63 - 1, description="Random seed; the same seed reproduces the job"),
+    ] = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# reading the definition: fields, ranges, choices
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpecField:
+    """One field of a spec section as declared above, for those who document or re-validate it.
+
+    ``value_type`` is the bare value type (``int``, ``float``, ``bool``, ``str``, a ``Literal``
+    or a nested section's dataclass), without None and without the engine's validators (which
+    are the engine's leniencies, not the field's type). ``default`` is the reference value.
+    ``info`` holds the declared range (``ge``/``le``, ``max_length``), description and schema
+    extras.
+    """
+
+    name: str
+    path: str
+    value_type: Any
+    default: Any
+    info: FieldInfo
+    default_note: str | None
+
+    @property
+    def section(self) -> type | None:
+        """The nested section's dataclass (``synthesis.weights`` -> LossWeights), else None."""
+        return self.value_type if dataclasses.is_dataclass(self.value_type) else None
+
+    @property
+    def limits(self) -> tuple[float, float] | None:
+        """Inclusive (low, high) when the field declares a range."""
+        low = next((m.ge for m in self.info.metadata if isinstance(m, annotated_types.Ge)), None)
+        high = next((m.le for m in self.info.metadata if isinstance(m, annotated_types.Le)), None)
+        return None if low is None or high is None else (low, high)
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest accepted text of a string field, when it declares one."""
+        caps = [m.max_length for m in self.info.metadata if isinstance(m, annotated_types.MaxLen)]
+        return caps[0] if caps else None
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The allowed values of an enumerated field."""
+        return (
+            typing.get_args(self.value_type)
+            if typing.get_origin(self.value_type) is Literal
+            else None
+        )
+
+
+def _bare(annotation: Any) -> Any:
+    """``Annotated[Float | None, ...]`` -> ``float``: the value type alone."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _bare(members[0])
+    return annotation
+
+
+@functools.cache
+def spec_fields(section: type = JobSpec, prefix: str = "") -> tuple[SpecField, ...]:
+    """The declared fields of ``section`` (a spec dataclass), in declaration order."""
+    hints = typing.get_type_hints(section, include_extras=True)
+    out = []
+    for f in dataclasses.fields(section):
+        annotation = hints[f.name]
+        info = FieldInfo.from_annotation(annotation)
+        note = next((m.text for m in info.metadata if isinstance(m, DefaultNote)), None)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append(SpecField(f.name, prefix + f.name, _bare(annotation), default, info, note))
+    return tuple(out)
+
+
+def _leaves(section: type = JobSpec, prefix: str = "") -> list[SpecField]:
+    out: list[SpecField] = []
+    for spec_field in spec_fields(section, prefix):
+        if spec_field.section is not None:
+            out += _leaves(spec_field.section, spec_field.path + ".")
+        else:
+            out.append(spec_field)
+    return out
+
+
+LIMITS: dict[str, tuple[float, float]] = {
+    f.path: limits for f in _leaves() if (limits := f.limits) is not None
 }
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "synthesis.noise_schedule": ("linear", "cosine"),
-    "synthesis.optimizer": ("sgd", "adam"),
-    "synthesis.prior": ("normal", "uniform"),
-    "synthesis.parameterization": ("pixel", "fourier"),
-    "training.optimizer": ("sgd", "adamw"),
-    "training.schedule": ("onecycle", "cosine"),
+"""Inclusive (low, high) of every numeric field, by dotted path (read from the declarations)."""
+CHOICES: dict[str, tuple[str, ...]] = {
+    f.path: choices for f in _leaves() if (choices := f.choices) is not None
 }
+"""Allowed values of every enumerated field, by dotted path (read from the declarations)."""
 
 
-LIMITS = _LIMITS
-"""Inclusive (low, high) of every numeric field, by dotted path (public: the API documents them)."""
-CHOICES = _CHOICES
-"""Allowed values of every enumerated field, by dotted path."""
+# --------------------------------------------------------------------------------------------
+# resolving and validating
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _validator() -> TypeAdapter[JobSpec]:
+    """Built on first use: the CLI's ``--help`` need not pay for it."""
+    return TypeAdapter(JobSpec)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -259,72 +599,65 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
-    """Build dataclass ``cls`` from ``data``, type-checking each field; unknown keys are errors."""
-    if not isinstance(data, dict):
-        raise SpecError(path or "spec", f"expected an object, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            where = f"{path}.{key}" if path else key
-            raise SpecError(where, f"unknown field; known fields: {', '.join(sorted(known))}")
-    values: dict[str, Any] = {}
-    for name in known:
-        if name not in data:
-            continue
-        where = f"{path}.{name}" if path else name
-        default = getattr(cls(), name)
-        values[name] = _coerce(default, data[name], where)
-    return cls(**values)
+_UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
+_RANGE = ("greater_than_equal", "less_than_equal", "greater_than", "less_than")
 
 
-def _coerce(default: Any, value: Any, where: str) -> Any:
-    if is_dataclass(default):
-        return _build(type(default), value, where)
-    if where == "student.width" and (default is None or value is None):
-        return None if value is None else _coerce(0.0, value, where)  # None: from the budget
-    if where in ("student.arch", "student.width_reason", "preset"):
-        if value is not None and not isinstance(value, str):
-            raise SpecError(where, "expected a string or null")
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise SpecError(where, "expected true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SpecError(where, "expected an integer")
-        if isinstance(value, float) and not value.is_integer():
-            raise SpecError(where, f"expected an integer, got {value}")
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SpecError(where, "expected a number")
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond a float's range (JSON allows any digits)
-            raise SpecError(where, f"must be a finite number, got {_num(value)}") from None
-        if not math.isfinite(number):
-            raise SpecError(where, "must be a finite number")
-        return number
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise SpecError(where, "expected a string")
-        return value
-    return value
+def _section_at(path: tuple[str | int, ...]) -> type:
+    """The spec dataclass that holds the field at ``path``."""
+    section: type = JobSpec
+    for part in path[:-1]:
+        found = next((f.section for f in spec_fields(section) if f.name == part), None)
+        if found is None:
+            break
+        section = found
+    return section
 
 
-def _check_ranges(spec: JobSpec) -> None:
-    flat = _flatten(spec.to_dict())
-    for key, (low, high) in _LIMITS.items():
-        value = flat[key]
-        if value is None:  # student.width: chosen from the budget when the job runs
-            continue
-        if not low <= value <= high:
-            raise SpecError(key, f"must be between {low:g} and {high:g}, got {_num(value)}")
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise SpecError(key, f"must be one of {', '.join(choices)}; got {flat[key]!r}")
+def _spec_error(err: ErrorDetails) -> SpecError:
+    """Pydantic's error about one field, in the engine's words (the CLI shows it verbatim)."""
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc)
+    kind, value = err["type"], err.get("input")
+    if kind in _UNKNOWN:
+        known = ", ".join(sorted(f.name for f in spec_fields(_section_at(loc))))
+        return SpecError(where, f"unknown field; known fields: {known}")
+    if kind.startswith(("dataclass", "dict", "model")):
+        return SpecError(where or "spec", f"expected an object, got {type(value).__name__}")
+    if kind in _RANGE and where in LIMITS:
+        low, high = LIMITS[where]
+        return SpecError(where, f"must be between {low:g} and {high:g}, got {_num(value)}")
+    if kind == "literal_error" and where in CHOICES:
+        return SpecError(where, f"must be one of {', '.join(CHOICES[where])}; got {value!r}")
+    if kind == "bool_type":
+        return SpecError(where, "expected true or false")
+    if kind.startswith("int_"):
+        got = f", got {value}" if isinstance(value, float) else ""
+        return SpecError(where, f"expected an integer{got}")
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+        # an int beyond a float's range (JSON allows any digits)
+        return SpecError(where, f"must be a finite number, got {_num(value)}")
+    if kind.startswith("float_"):
+        return SpecError(where, "expected a number")
+    if kind == "finite_number":
+        return SpecError(where, "must be a finite number")
+    if kind == "string_type":
+        return SpecError(where, "expected a string or null")
+    return SpecError(where, err["msg"])
+
+
+def _validate(data: dict[str, Any]) -> JobSpec:
+    """Build the spec from ``data``; the first problem (an unknown field first) as SpecError."""
+    try:
+        return _validator().validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = next((e for e in errors if e["type"] in _UNKNOWN), errors[0])
+        raise _spec_error(first) from None
+
+
+def _check_cross_field(spec: JobSpec) -> None:
+    """The rules that tie fields together (each field's own range was checked on input)."""
     syn = spec.synthesis
     if syn.batch_size % syn.groups:
         raise SpecError(
@@ -353,17 +686,6 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def resolve_spec(
     data: dict[str, Any] | None = None,
     *,
@@ -376,22 +698,26 @@ def resolve_spec(
     the batch size is rounded down to a multiple of it), while an explicit ``groups`` above the
     class count is an error. ``student.width`` left out stays None (the pipeline chooses it from
     the teacher's size) and ``student.width_reason`` says so.
+
+    Raises:
+        SpecError: naming the first field that is unknown, of the wrong type, out of its
+            declared range or in conflict with another.
     """
     data = dict(data or {})
     preset_name = data.get("preset")
     if preset_name is None:
-        preset_name = "default"
+        preset_name = DEFAULT_PRESET
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise SpecError("preset", f"unknown preset {preset_name!r}; choose one of {presets()}")
     user_groups = isinstance(data.get("synthesis"), dict) and "groups" in data["synthesis"]
     user_batch = isinstance(data.get("synthesis"), dict) and "batch_size" in data["synthesis"]
     merged = _deep_merge(PRESETS[preset_name], data)
     merged["preset"] = preset_name
-    spec = _build(JobSpec, merged, "")
+    spec = _validate(merged)
     spec.student.width_reason = WIDTH_PENDING if spec.student.width is None else WIDTH_GIVEN
     if num_classes is not None:
         _fit_groups(spec, num_classes, user_groups=user_groups, user_batch=user_batch)
-    _check_ranges(spec)
+    _check_cross_field(spec)
     return spec
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from cake_core.architectures import student_arch
 from cake_core.batchnorm import tap_batchnorm
 from cake_core.config import WIDTH_GIVEN, JobSpec, resolve_spec
 from cake_core.device import Runtime, default_runtime, tune_attention
@@ -36,7 +37,7 @@ from cake_core.export import (
     write_sample_grid,
 )
 from cake_core.report import write_curves, write_report
-from cake_core.students import build_student, choose_width, default_arch
+from cake_core.students import build_student, choose_width
 from cake_core.synthesis import SyntheticChunk, plan_synthesis, synthesize
 from cake_core.teacher import TeacherInfo, inspect_teacher
 
@@ -180,7 +181,7 @@ def run_job(
     )
     runtime = tune_attention(teacher, info.input_shape, spec.synthesis.batch_size, runtime)
     with runtime.kernels():
-        arch = spec.student.arch or default_arch(info.input_shape)
+        arch = student_arch(spec.student.arch, info.input_shape)  # the check the API made
         spec.student.arch = arch
         if spec.student.width is None:
             choice = choose_width(arch, info.input_shape, info.num_classes, info.parameters)

@@ -38,9 +38,19 @@ from typing import Any
 
 import torch
 
-from cake_core.errors import SpecError, TeacherInvalidError
+from cake_core.errors import TeacherInvalidError
+from cake_core.shapes import MAX_DIM, MAX_INPUT_ELEMENTS, MAX_RANK, format_shape, parse_input_shape
+from cake_core.zipguard import (
+    UnsafeZipError,
+    ZipLimits,
+    check_declared_sizes,
+    open_zip,
+)
 
 __all__ = [
+    "MAX_DIM",
+    "MAX_INPUT_ELEMENTS",
+    "MAX_RANK",
     "TeacherInfo",
     "check_teacher",
     "file_sha256",
@@ -49,15 +59,6 @@ __all__ = [
     "parse_input_shape",
     "sniff_archive",
 ]
-
-MAX_DIM = 4096
-"""Largest allowed size of one input dimension."""
-
-MAX_RANK = 4
-"""Largest allowed number of input dimensions (without the batch dimension)."""
-
-MAX_INPUT_ELEMENTS = 2**22
-"""Largest allowed number of elements of one input sample (16 MiB of float32)."""
 
 _CHUNK = 1 << 20
 _SNIFF_BYTES = 512
@@ -71,13 +72,14 @@ _LEGACY_TORCH_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 # A TorchScript archive is read from memory by the C++ reader. torch.jit.save stores tensors and
 # pickles uncompressed and deflates only the code files (about 2-4x), so declared sizes far
 # beyond the file size mean a zip bomb: both the total and each compressed member are bounded.
-_MAX_EXPANSION = 64
-_MAX_EXPANSION_FLOOR = 64 << 20
-_MAX_MEMBER_RATIO = 100
-_MAX_MEMBER_RATIO_FLOOR = 1 << 20
-# Python's zipfile builds one object per central-directory entry (~0.5 KB each); a real
-# TorchScript archive has a few per tensor and code file, far below this.
-_MAX_ENTRIES = 100_000
+# A real archive has a few entries per tensor and code file, far below the entry cap.
+_ZIP_LIMITS = ZipLimits(
+    max_entries=100_000,
+    max_expansion=64,
+    expansion_floor=64 << 20,
+    max_member_ratio=100,
+    member_floor=1 << 20,
+)
 
 # TorchScript operators that touch the file system: ``torch.from_file`` maps any readable file
 # into a tensor (whose bytes a model could raise as its error message, i.e. hand back to the
@@ -118,75 +120,6 @@ class TeacherInfo:
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
         }
-
-
-# --------------------------------------------------------------------------------------------
-# input shape
-# --------------------------------------------------------------------------------------------
-
-
-def parse_input_shape(value: str | Sequence[int]) -> tuple[int, ...]:
-    """Parse and validate the declared input shape of one sample (no batch dimension).
-
-    Accepts ``"1,28,28"``, ``"[1, 28, 28]"``, ``"(1, 28, 28)"``, ``"13"`` (a trailing comma is
-    allowed, as in ``"(13,)"``) or a sequence of ints. The bounds keep a probe batch and the
-    synthesis buffers to a size the service can afford; they are checked here so the user gets a
-    validation error on the spec rather than an out-of-memory failure later.
-
-    Raises:
-        SpecError: with field ``"input_shape"`` and the reason.
-    """
-    field = "input_shape"
-    if isinstance(value, str):
-        text = value.strip()
-        if (text[:1], text[-1:]) in {("[", "]"), ("(", ")")}:
-            text = text[1:-1].strip()
-        if text.endswith(","):
-            text = text[:-1].rstrip()
-        if not text:
-            raise SpecError(field, "is empty; give the shape of one sample, e.g. 1,28,28")
-        dims: list[int] = []
-        for part in text.split(","):
-            token = part.strip()
-            if not re.fullmatch(r"[+-]?\d+", token):
-                what = f"{token[:20]!r} is not an integer" if token else "has an empty entry"
-                raise SpecError(field, f"{what}; give comma-separated integers, e.g. 1,28,28")
-            dims.append(int(token))
-    elif isinstance(value, bytes | bytearray) or not isinstance(value, Sequence | torch.Size):
-        raise SpecError(
-            field, f"must be a list of integers or a string like '1,28,28', not {_kind(value)}"
-        )
-    else:
-        dims = []
-        for item in value:
-            if isinstance(item, bool):
-                raise SpecError(field, "dimensions must be integers, not booleans")
-            try:
-                dims.append(int(item.__index__()))  # ints and integer-like (numpy) scalars
-            except (AttributeError, TypeError):
-                raise SpecError(
-                    field, f"dimensions must be integers, got {_kind(item)} {item!r:.20}"
-                ) from None
-
-    if not 1 <= len(dims) <= MAX_RANK:
-        raise SpecError(
-            field,
-            f"has {len(dims)} dimensions; give 1 to {MAX_RANK} dimensions without the batch "
-            "dimension, e.g. 1,28,28 or 13",
-        )
-    for d in dims:
-        if not 1 <= d <= MAX_DIM:
-            raise SpecError(field, f"dimension {d} is out of range; each must be 1..{MAX_DIM}")
-    total = 1
-    for d in dims:
-        total *= d
-    if total > MAX_INPUT_ELEMENTS:
-        raise SpecError(
-            field,
-            f"{_fmt_shape(dims)} has {total} elements per sample; at most {MAX_INPUT_ELEMENTS} "
-            "are allowed",
-        )
-    return tuple(dims)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,26 +169,38 @@ def sniff_archive(path: str | os.PathLike[str]) -> None:
         "directory cannot be read); upload the complete file written by torch.jit.save"
     )
     try:
-        with open(path, "rb") as fh:
-            # The end record is read first, so an archive declaring millions of entries is
-            # refused before zipfile builds an object for each of them.
-            endrec = zipfile._EndRecData(fh)  # type: ignore[attr-defined]
-    except (OSError, ValueError, EOFError, struct.error):
-        raise corrupt from None
-    if endrec is None:
-        raise corrupt
-    entries = int(endrec[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
-    if entries > _MAX_ENTRIES:
-        raise TeacherInvalidError(
-            f"the archive declares {entries} entries; a TorchScript archive has far fewer "
-            f"(at most {_MAX_ENTRIES} are accepted), so the file is corrupt or malicious"
-        )
-    try:
-        with zipfile.ZipFile(path) as zf:
+        # The declared entry count is read first, so an archive declaring millions of entries
+        # is refused before zipfile builds an object for each of them.
+        with open_zip(path, _ZIP_LIMITS) as zf:
             infos = zf.infolist()
+    except UnsafeZipError as exc:
+        raise TeacherInvalidError(_unsafe_zip_message(exc)) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error):
         raise corrupt from None
     _check_zip_entries(infos, size)
+    try:
+        check_declared_sizes(infos, size, _ZIP_LIMITS)
+    except UnsafeZipError as exc:
+        raise TeacherInvalidError(_unsafe_zip_message(exc)) from None
+
+
+def _unsafe_zip_message(exc: UnsafeZipError) -> str:
+    """What the zip guard found, said for a teacher file."""
+    if exc.kind == "entries":
+        return (
+            f"the archive declares {exc.declared} entries; a TorchScript archive has far fewer "
+            f"(at most {exc.limit} are accepted), so the file is corrupt or malicious"
+        )
+    if exc.kind == "member" and exc.member is not None:
+        return (
+            f"the archive entry {_member(exc.member)} expands from {exc.compressed} to "
+            f"{exc.declared} bytes (a zip bomb?); TorchScript archives compress at most a few "
+            "times, so the file is corrupt or malicious"
+        )
+    return (
+        f"the archive declares {exc.declared} bytes of uncompressed data in a {exc.size}-byte "
+        "file; TorchScript archives are stored uncompressed, so the file is corrupt or malicious"
+    )
 
 
 def _describe_non_zip(head: bytes) -> str:
@@ -306,7 +251,8 @@ def _check_zip_entries(infos: list[zipfile.ZipInfo], size: int) -> None:
     """Validate the central directory of a zip that should be a TorchScript archive.
 
     Torch's reader takes the archive prefix from the first entry's name and looks up every record
-    as ``<prefix>/<record>``, so the check does the same.
+    as ``<prefix>/<record>``, so the check does the same. Declared sizes (zip bombs) are
+    checked after this, by the shared zip guard.
     """
     if not infos:
         raise TeacherInvalidError(
@@ -339,7 +285,6 @@ def _check_zip_entries(infos: list[zipfile.ZipInfo], size: int) -> None:
             f"and code/ entries): {_EXPORT_HINT}"
         )
 
-    declared = 0
     for info in infos:
         if info.flag_bits & 0x1:
             raise TeacherInvalidError(
@@ -355,20 +300,6 @@ def _check_zip_entries(infos: list[zipfile.ZipInfo], size: int) -> None:
                 f"the archive is corrupt or malicious: the stored entry {_member(info)} declares "
                 f"{info.file_size} bytes but holds {info.compress_size}"
             )
-        if info.file_size > max(
-            _MAX_MEMBER_RATIO * max(info.compress_size, 1), _MAX_MEMBER_RATIO_FLOOR
-        ):
-            raise TeacherInvalidError(
-                f"the archive entry {_member(info)} expands from {info.compress_size} to "
-                f"{info.file_size} bytes (a zip bomb?); TorchScript archives compress at most "
-                "a few times, so the file is corrupt or malicious"
-            )
-        declared += info.file_size
-    if declared > max(_MAX_EXPANSION * size, _MAX_EXPANSION_FLOOR):
-        raise TeacherInvalidError(
-            f"the archive declares {declared} bytes of uncompressed data in a {size}-byte file; "
-            "TorchScript archives are stored uncompressed, so the file is corrupt or malicious"
-        )
 
 
 def _member(info: zipfile.ZipInfo) -> str:
@@ -569,15 +500,16 @@ def check_teacher(
     with torch.no_grad():
         out1 = _run(module, x1, hint=" (is the batch size fixed in the model?)")
     if not isinstance(out1, torch.Tensor) or tuple(out1.shape) != (1, num_classes):
-        got = _fmt_shape(out1.shape) if isinstance(out1, torch.Tensor) else _kind(out1)
+        got = format_shape(out1.shape) if isinstance(out1, torch.Tensor) else _kind(out1)
         raise TeacherInvalidError(
-            f"for an input of shape {_fmt_shape(x1.shape)} the output is {got}, expected "
+            f"for an input of shape {format_shape(x1.shape)} the output is {got}, expected "
             f"[1, {num_classes}]: the model must accept any batch size (was it traced or "
             "reshaped with a fixed batch size?)"
         )
     if not bool(torch.isfinite(out1).all()):
         raise TeacherInvalidError(
-            f"logits contain NaN or Inf for a standard-normal input of shape {_fmt_shape(x1.shape)}"
+            "logits contain NaN or Inf for a standard-normal input of shape "
+            f"{format_shape(x1.shape)}"
         )
     return num_classes
 
@@ -599,7 +531,7 @@ def _run(module: torch.nn.Module, x: torch.Tensor, hint: str = "") -> Any:
             return module(x)
     except Exception as exc:
         raise TeacherInvalidError(
-            f"the model failed on an input of shape {_fmt_shape(x.shape)}{hint}: "
+            f"the model failed on an input of shape {format_shape(x.shape)}{hint}: "
             + _short_reason(exc)
         ) from None
 
@@ -613,12 +545,12 @@ def _check_output(out: Any, batch: int, in_shape: torch.Size) -> int:
         raise TeacherInvalidError(f"logits are {dtype}, expected a floating-point tensor")
     if out.dim() != 2:
         raise TeacherInvalidError(
-            f"output has shape {_fmt_shape(out.shape)}, expected [batch, classes]"
+            f"output has shape {format_shape(out.shape)}, expected [batch, classes]"
         )
     if out.shape[0] != batch:
         raise TeacherInvalidError(
-            f"output has shape {_fmt_shape(out.shape)} for an input of shape "
-            f"{_fmt_shape(in_shape)}, expected [{batch}, classes]: the first output dimension "
+            f"output has shape {format_shape(out.shape)} for an input of shape "
+            f"{format_shape(in_shape)}, expected [{batch}, classes]: the first output dimension "
             "must be the batch"
         )
     num_classes = int(out.shape[1])
@@ -631,7 +563,7 @@ def _check_output(out: Any, batch: int, in_shape: torch.Size) -> int:
     if not bool(finite.all()):
         what = "NaN" if bool(torch.isnan(out.detach()).any()) else "Inf"
         raise TeacherInvalidError(
-            f"logits contain {what} for a standard-normal input of shape {_fmt_shape(in_shape)}"
+            f"logits contain {what} for a standard-normal input of shape {format_shape(in_shape)}"
         )
     return num_classes
 
@@ -658,13 +590,13 @@ def _check_gradient(out: torch.Tensor, x: torch.Tensor, gen: torch.Generator) ->
     if not bool(torch.isfinite(grad).all()):
         raise TeacherInvalidError(
             "the gradient of the logits with respect to the input contains NaN or Inf for a "
-            f"standard-normal input of shape {_fmt_shape(x.shape)}"
+            f"standard-normal input of shape {format_shape(x.shape)}"
         )
     if not bool((grad != 0).any()):
         raise TeacherInvalidError(
             "the output does not depend differentiably on the input (the gradient with respect "
             f"to the input is zero everywhere for a standard-normal input of shape "
-            f"{_fmt_shape(x.shape)})"
+            f"{format_shape(x.shape)})"
         )
 
 
@@ -753,11 +685,6 @@ def _short_reason(exc: BaseException, path: str | os.PathLike[str] | None = None
     if len(reason) > _MAX_REASON_CHARS:
         reason = reason[: _MAX_REASON_CHARS - 3].rstrip() + "..."
     return reason
-
-
-def _fmt_shape(shape: Sequence[int]) -> str:
-    """Format a shape the way users write it: ``[4, 1, 28, 28]``."""
-    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
 
 
 def _kind(value: object) -> str:

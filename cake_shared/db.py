@@ -6,6 +6,9 @@ connect gives up after ``CAKE_DB_CONNECT_TIMEOUT_S`` instead of hanging on an un
 server, and TCP keepalives notice a peer that vanished without closing the connection.
 :func:`retrying` lets a worker's state changes (claim, finish, hand back) ride out an outage of
 about a minute (``CAKE_DB_RETRY_*``).
+
+There is no process-wide engine here: each process builds its own from its settings at its
+entry point (:class:`cake_shared.services.Services`) and passes it down.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -24,7 +26,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from cake_shared.backoff import backoff_delay, call_with_retries
-from cake_shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from cake_shared.settings import Settings
 
 log = logging.getLogger("cake.db")
 T = TypeVar("T")
@@ -72,21 +76,10 @@ def make_engine(url: str, connect_timeout_s: int = 5) -> Engine:
     )
 
 
-@lru_cache
-def get_engine() -> Engine:
-    settings = get_settings()
-    return make_engine(settings.resolved_database_url(), settings.db_connect_timeout_s)
-
-
-@lru_cache
-def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
-
-
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    session = get_sessionmaker()()
+def session_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of ``sessions`` that commits on success and rolls back on error."""
+    session = sessions()
     try:
         yield session
         session.commit()
@@ -108,17 +101,18 @@ def is_unavailable(exc: BaseException) -> bool:
 def retrying(
     what: str,
     call: Callable[[], T],
+    settings: Settings,
     *,
     attempts: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """``call()``, tried again with exponential backoff while the database is unavailable.
+    """``call()``, tried again with exponential backoff while the database is unavailable
+    (tries and backoff: ``settings.db_retry_*``, ``attempts`` overrides the tries).
 
     For state changes that must not be dropped (a job's claim, its end, a hand-back). Each
     of them is a compare-and-set on the job's claim token, so a retry after a commit whose
     answer was lost does not apply twice: it finds the state already changed and says so.
     """
-    settings = get_settings()
     attempts = attempts or settings.db_retry_attempts
 
     def log_retry(exc: BaseException, delay: float, failures: int) -> None:

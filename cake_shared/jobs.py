@@ -9,6 +9,11 @@ workers writing the same job.
 State machine: ``queued -> running -> succeeded | failed | canceled``, plus ``running ->
 queued`` when a worker hands a job back (shutdown, retry after an internal error) or stops
 answering (the sweeper). Terminal states never change again.
+
+The operations that open their own transactions take the process's
+:class:`~cake_shared.services.Services` first (its session factory, settings and job queue);
+the ones that work inside the caller's transaction (:func:`add_event`, :func:`request_cancel`)
+take the caller's session.
 """
 
 from __future__ import annotations
@@ -19,18 +24,19 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from cake_shared.db import session_scope
 from cake_shared.ids import new_id
 from cake_shared.limits import running_slot_free
 from cake_shared.models import Artifact, Job, JobEvent, UTCDateTime, utcnow
 from cake_shared.queue_names import queue_or_fallback
-from cake_shared.settings import get_settings
 from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus, WebhookStatus
+
+if TYPE_CHECKING:
+    from cake_shared.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,7 @@ class TenantAtCapacity(Exception):
     """The job's tenant runs as many jobs as its limit allows: the job stays queued."""
 
 
-def defer_job(job_id: str, wait_s: float) -> bool:
+def defer_job(services: Services, job_id: str, wait_s: float) -> bool:
     """Note that a queued job waits for a free slot and publish it again, to be retried in
     ``wait_s``; False when another message of the job already did (nothing published).
 
@@ -91,7 +97,7 @@ def defer_job(job_id: str, wait_s: float) -> bool:
     ``updated_at`` only) still counts. The first deferral adds a ``waiting`` event.
     """
     now = utcnow()
-    with session_scope() as session:
+    with services.session_scope() as session:
         result = session.execute(
             update(Job)
             .where(
@@ -120,22 +126,22 @@ def defer_job(job_id: str, wait_s: float) -> bool:
                 "the tenant runs as many jobs as its limit allows; the job starts when one ends",
             )
         queue = session.scalar(select(Job.queue).where(Job.id == job_id)) or "cpu"
-    _enqueue(job_id, queue, None, countdown=wait_s)
+    _enqueue(services, job_id, queue, None, countdown=wait_s)
     return True
 
 
-def claim_job(job_id: str, worker_id: str) -> str | None:
+def claim_job(services: Services, job_id: str, worker_id: str) -> str | None:
     """Atomically take ``job_id`` for ``worker_id``; the claim token, or None when refused.
 
     A job is claimable when it is queued, or running with a heartbeat older than
     ``job_heartbeat_timeout_s`` (its worker died) and attempts left. A redelivered message for a
     job that a live worker runs, or for a finished or canceled job, is refused.
     """
-    settings = get_settings()
+    settings = services.settings
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.job_heartbeat_timeout_s)
     token = uuid.uuid4().hex
-    with session_scope() as session:
+    with services.session_scope() as session:
         if not running_slot_free(session, settings, job_id):
             raise TenantAtCapacity(job_id)
         result = session.execute(
@@ -169,9 +175,9 @@ def claim_job(job_id: str, worker_id: str) -> str | None:
     return token
 
 
-def heartbeat(job_id: str, token: str) -> bool:
+def heartbeat(services: Services, job_id: str, token: str) -> bool:
     """Mark the job alive; False when this worker no longer holds the claim."""
-    with session_scope() as session:
+    with services.session_scope() as session:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
@@ -182,6 +188,7 @@ def heartbeat(job_id: str, token: str) -> bool:
 
 
 def update_progress(
+    services: Services,
     job_id: str,
     token: str,
     phase: str,
@@ -200,7 +207,7 @@ def update_progress(
     }
     if metrics is not None:
         values["metrics"] = json_safe(dict(metrics))
-    with session_scope() as session:
+    with services.session_scope() as session:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
@@ -218,8 +225,8 @@ class ClaimState:
     cancel_requested: bool
 
 
-def claim_state(job_id: str, token: str) -> ClaimState:
-    with session_scope() as session:
+def claim_state(services: Services, job_id: str, token: str) -> ClaimState:
+    with services.session_scope() as session:
         row = session.execute(
             select(Job.status, Job.claim_token, Job.cancel_requested).where(Job.id == job_id)
         ).first()
@@ -230,6 +237,7 @@ def claim_state(job_id: str, token: str) -> ClaimState:
 
 
 def add_claimed_event(
+    services: Services,
     job_id: str,
     token: str,
     type: str,
@@ -242,7 +250,7 @@ def add_claimed_event(
     PostgreSQL), so a sweeper's requeue cannot slip in between the check and the insert: a
     worker that was frozen past its heartbeat timeout cannot add its stale progress to the log
     of the attempt that replaced it."""
-    with session_scope() as session:
+    with services.session_scope() as session:
         owned = session.execute(
             select(Job.id)
             .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
@@ -267,6 +275,7 @@ def _webhook_due(now: datetime) -> dict[str, Any]:
 
 
 def finish_job(
+    services: Services,
     job_id: str,
     token: str,
     status: JobStatus,
@@ -308,7 +317,7 @@ def finish_job(
         JobStatus.FAILED: f"job failed: {error.get('message') if error else 'unknown error'}",
         JobStatus.CANCELED: "job canceled",
     }
-    with session_scope() as session:
+    with services.session_scope() as session:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
@@ -346,6 +355,7 @@ def finish_job(
 
 
 def requeue_job(
+    services: Services,
     job_id: str,
     token: str,
     *,
@@ -360,7 +370,7 @@ def requeue_job(
     ``refund_attempt`` does not count this attempt toward ``job_max_attempts`` (a clean
     hand-back at shutdown is not a failure). The checkpoints stay, so the next attempt resumes.
     """
-    with session_scope() as session:
+    with services.session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
             return False
@@ -383,7 +393,7 @@ def requeue_job(
             return False
         queue = job.queue
         add_event(session, job_id, "requeued", reason, level=level, data=data)
-    _enqueue(job_id, queue, enqueue)
+    _enqueue(services, job_id, queue, enqueue)
     return True
 
 
@@ -421,19 +431,19 @@ def request_cancel(session: Session, job_id: str) -> str | None:
 
 
 def _enqueue(
+    services: Services,
     job_id: str,
     queue: str,
     enqueue: Callable[[str, str], None] | None,
     countdown: float | None = None,
 ) -> None:
-    """Publish after the commit (to be run in ``countdown`` seconds, if given); a failed publish
-    is only logged: the job is queued in the database and :func:`requeue_lost_queued_jobs`
-    publishes it again later."""
+    """Publish after the commit to ``services.queue`` (or ``enqueue``), to be run in
+    ``countdown`` seconds if given; a failed publish is only logged: the job is queued in the
+    database and :func:`requeue_lost_queued_jobs` publishes it again later."""
     if enqueue is None:
-        from cake_shared.queue import enqueue_job
 
         def enqueue(job_id: str, queue: str) -> None:
-            enqueue_job(job_id, queue, countdown=countdown)
+            services.queue.enqueue(job_id, queue, countdown=countdown)
 
     try:
         enqueue(job_id, queue_or_fallback(queue))
@@ -449,6 +459,7 @@ class SweepResult:
 
 
 def requeue_stale_jobs(
+    services: Services,
     *,
     is_dead_claim: Callable[[str], bool] | None = None,
     enqueue: Callable[[str, str], None] | None = None,
@@ -461,11 +472,11 @@ def requeue_stale_jobs(
     fails with ``max_attempts``; a job with a pending cancel ends ``canceled``. Each change is a
     compare-and-set on the claim token, so sweepers in several workers can run at once.
     """
-    settings = get_settings()
+    settings = services.settings
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.job_heartbeat_timeout_s)
     outcome = SweepResult([], [], [])
-    with session_scope() as session:
+    with services.session_scope() as session:
         rows = session.execute(
             select(
                 Job.id,
@@ -492,7 +503,7 @@ def requeue_stale_jobs(
             guard.append(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
         why = "its worker process died" if dead else "its worker stopped sending heartbeats"
         kind: str  # the event: the final status, or requeued
-        with session_scope() as session:
+        with services.session_scope() as session:
             if row.cancel_requested:
                 values: dict[str, Any] = {"status": JobStatus.CANCELED, "phase": JobPhase.CANCELED}
                 kind, message, level = JobStatus.CANCELED, f"job canceled ({why})", "info"
@@ -533,7 +544,7 @@ def requeue_stale_jobs(
             add_event(session, row.id, kind, message, level=level, data={"reason": why})
         if kind == "requeued":
             outcome.requeued.append(row.id)
-            _enqueue(row.id, row.queue, enqueue)
+            _enqueue(services, row.id, row.queue, enqueue)
         elif kind == JobStatus.FAILED:
             outcome.failed.append(row.id)
         else:
@@ -542,6 +553,7 @@ def requeue_stale_jobs(
 
 
 def requeue_lost_queued_jobs(
+    services: Services,
     older_than_s: float,
     *,
     depth: Callable[[str], int] | None = None,
@@ -552,13 +564,13 @@ def requeue_lost_queued_jobs(
 
     Only jobs queued for longer than ``older_than_s`` qualify, and only as many of them (oldest
     first) as the queue's broker depth (``depth(queue)``, default
-    :func:`cake_shared.queue.queue_depth`) falls short of the number of queued jobs, so jobs
+    ``services.queue.depth``) falls short of the number of queued jobs, so jobs
     simply waiting behind a long one are not published again and again.
     """
     if depth is None:
-        from cake_shared.queue import queue_depth as depth
+        depth = services.queue.depth
     cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with session_scope() as session:
+    with services.session_scope() as session:
         rows = session.execute(
             select(Job.id, Job.queue, Job.updated_at)
             .where(Job.status == JobStatus.QUEUED)
@@ -585,7 +597,7 @@ def requeue_lost_queued_jobs(
         # Messages are consumed in order, so the oldest jobs still queued are the likeliest to
         # have lost theirs; the next sweep takes the next ones if the shortfall remains.
         for job_id in ids[:deficit]:
-            with session_scope() as session:
+            with services.session_scope() as session:
                 # Touch updated_at so that the next sweep waits ``older_than_s`` again.
                 result = session.execute(
                     update(Job)
@@ -595,6 +607,6 @@ def requeue_lost_queued_jobs(
                 )
                 if result.rowcount != 1:
                     continue
-            _enqueue(job_id, queue, enqueue)
+            _enqueue(services, job_id, queue, enqueue)
             published.append(job_id)
     return published

@@ -1,4 +1,4 @@
-"""The job queue: one Celery app, configured from settings, shared by the API and the workers.
+"""The job queue: a Celery app configured from settings, shared by the API and the workers.
 
 A message carries the job id only; the database holds everything else (spec, state, results),
 so a lost or duplicated message is harmless: the worker claims the job in the database before
@@ -8,19 +8,25 @@ With no ``CAKE_BROKER_URL`` the broker is kombu's filesystem transport under
 ``CAKE_DATA_DIR/broker``: the embedded service needs no broker server. With Redis the
 visibility timeout is set longer than any single step, so an unacknowledged message of a
 long-running job is not redelivered to a second worker while the first still works on it.
+
+Each process builds one :class:`CeleryQueue` from its settings (inside its
+:class:`~cake_shared.services.Services`); there is no process-wide Celery app, so two apps
+with different brokers in one process each publish to their own. Celery itself is imported
+when a queue first talks to its broker, not when this module is, which keeps it off the API's
+start-up.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 from pathlib import Path
-from typing import Any
-
-from celery import Celery
-from kombu import Exchange, Queue
+from typing import TYPE_CHECKING, Any
 
 from cake_shared.queue_names import FALLBACK_QUEUE, QUEUES
-from cake_shared.settings import Settings, get_settings
+from cake_shared.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 TASK_NAME = "cake.run_job"
 #: How often an idle embedded worker looks for new message files (seconds); it bounds the
@@ -62,9 +68,12 @@ def _broker_options(settings: Settings, url: str) -> dict[str, Any]:
     return {}
 
 
-def build_celery(settings: Settings | None = None) -> Celery:
-    """A Celery app for ``settings``; most callers want the cached :func:`celery_app`."""
-    settings = settings or get_settings()
+def build_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings``; most callers want a :class:`CeleryQueue`, which builds
+    one when it first needs it."""
+    from celery import Celery
+    from kombu import Exchange, Queue
+
     url = settings.resolved_broker_url()
     if url.rstrip("/") == "filesystem:":
         url = "filesystem://localhost//"  # kombu warns about a missing host otherwise
@@ -114,45 +123,70 @@ def build_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-@lru_cache
-def celery_app() -> Celery:
-    """The process-wide Celery app (cached: settings are read once)."""
-    return build_celery(get_settings())
+class CeleryQueue:
+    """Publishes job ids to the broker of ``settings`` (a
+    :class:`~cake_shared.services.JobQueue`); a worker consumes from the same :attr:`app`.
 
-
-def enqueue_job(job_id: str, queue: str, countdown: float | None = None) -> None:
-    """Publish ``job_id`` to ``queue`` (``gpu`` or ``cpu``); raises when the broker is down.
-
-    Call it after the job row is committed: a worker that gets the message before the row
-    exists would find nothing to run.
+    The Celery app is built on first use (once, also when threads race), so building a
+    ``CeleryQueue`` costs nothing and imports nothing.
     """
-    if queue not in QUEUES:
-        raise ValueError(f"unknown queue {queue!r}; expected one of {', '.join(QUEUES)}")
-    celery_app().send_task(
-        TASK_NAME, args=[job_id], queue=queue, routing_key=queue, countdown=countdown
-    )
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._app: Celery | None = None
+        self._lock = threading.Lock()
 
-def ping_broker(timeout: float = 2.0) -> None:
-    """Raise if the broker cannot be reached within about ``timeout`` seconds (``/readyz``)."""
-    app = celery_app()
-    settings = get_settings()
-    if settings.resolved_broker_url().startswith("filesystem"):
-        for folder in filesystem_folders(settings).values():
-            if not folder.is_dir():
-                raise OSError(f"broker folder {folder.name!r} is missing")
-    with app.connection_for_write(connect_timeout=timeout) as conn:
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = build_celery(self.settings)
+        return self._app
 
+    def enqueue(self, job_id: str, queue: str, countdown: float | None = None) -> None:
+        """Publish ``job_id`` to ``queue`` (``gpu`` or ``cpu``); raises when the broker is
+        down.
 
-def queue_depth(queue: str) -> int:
-    """Messages waiting in ``queue`` (not counting ones a worker holds); for metrics and the
-    sweeper. A queue the broker has never seen holds 0."""
-    from kombu.exceptions import ChannelError
+        Call it after the job row is committed: a worker that gets the message before the row
+        exists would find nothing to run.
+        """
+        if queue not in QUEUES:
+            raise ValueError(f"unknown queue {queue!r}; expected one of {', '.join(QUEUES)}")
+        self.app.send_task(
+            TASK_NAME, args=[job_id], queue=queue, routing_key=queue, countdown=countdown
+        )
 
-    with celery_app().connection_for_read() as conn:
-        channel = conn.default_channel
-        try:
-            return int(channel.queue_declare(queue=queue, passive=True).message_count)
-        except ChannelError:
-            return 0
+    def ping(self, timeout: float = 2.0) -> None:
+        """Raise if the broker cannot be reached within about ``timeout`` seconds
+        (``/readyz``)."""
+        app = self.app  # building it creates the filesystem broker's folders
+        if self.settings.resolved_broker_url().startswith("filesystem"):
+            for folder in filesystem_folders(self.settings).values():
+                if not folder.is_dir():
+                    raise OSError(f"broker folder {folder.name!r} is missing")
+        with app.connection_for_write(connect_timeout=timeout) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+            )
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (not counting ones a worker holds); for metrics and
+        the sweeper. A queue the broker has never seen holds 0."""
+        from kombu.exceptions import ChannelError
+
+        with self.app.connection_for_read() as conn:
+            channel = conn.default_channel
+            try:
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except ChannelError:
+                return 0
+
+    def close(self) -> None:
+        """Let go of the app (a later call builds a new one). Its broker connections are not
+        closed: kombu keeps them in a process-wide pool per broker URL, shared by every Celery
+        app of the process on that broker, which would find the pool closed."""
+        with self._lock:
+            app, self._app = self._app, None
+        if app is not None:
+            app.close()

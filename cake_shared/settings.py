@@ -2,12 +2,16 @@
 
 With nothing set the service runs embedded on one machine: SQLite and a local-disk store under
 ``CAKE_DATA_DIR`` and a broker that needs no server (kombu's filesystem transport).
+
+A process reads its :class:`Settings` once, at its entry point (``create_app``, the worker's
+Celery app, a CLI command), and hands them down, usually inside a
+:class:`~cake_shared.services.Services`; nothing reads them from a module-level cache, so two
+apps with different settings can live in one process and mean what their settings say.
 """
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -191,8 +195,3 @@ class Settings(BaseSettings):
 
     def broker_folder(self) -> Path:
         return (self.data_dir / "broker").resolve()
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

@@ -21,10 +21,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from cake_shared.backoff import backoff_delay, call_with_retries
+
+if TYPE_CHECKING:
+    from cake_shared.settings import Settings
 
 CHUNK = 1 << 20
 log = logging.getLogger("cake.store")
@@ -351,10 +354,8 @@ def store_from_url(
     raise ValueError(f"unsupported store URL scheme {parsed.scheme!r}; use file:// or s3://")
 
 
-def get_store() -> ObjectStore:
-    from cake_shared.settings import get_settings
-
-    settings = get_settings()
+def store_from_settings(settings: Settings) -> ObjectStore:
+    """The object store that ``settings`` name, with their retry policy."""
     return store_from_url(
         settings.resolved_store_url(),
         settings.s3_endpoint_url,
@@ -363,7 +364,7 @@ def get_store() -> ObjectStore:
     )
 
 
-def retry_from_settings(settings: Any) -> Retry:
+def retry_from_settings(settings: Settings) -> Retry:
     """The :class:`Retry` of ``CAKE_STORE_RETRY_*`` (a :class:`~cake_shared.settings.Settings`)."""
     return Retry(
         attempts=settings.store_retry_attempts,

@@ -31,17 +31,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
 
-from cake_shared.db import session_scope
 from cake_shared.job_view import iso_utc, job_json
 from cake_shared.jobs import add_event
 from cake_shared.models import Job, utcnow
-from cake_shared.settings import Settings, get_settings
+from cake_shared.settings import Settings
 from cake_shared.signing import (
     ALGORITHM,
     DELIVERY_HEADER,
@@ -53,6 +52,9 @@ from cake_shared.signing import (
 )
 from cake_shared.status import WebhookStatus
 from cake_shared.tenants import get_or_create_tenant
+
+if TYPE_CHECKING:
+    from cake_shared.services import Services
 
 __all__ = [
     "ALGORITHM",
@@ -256,10 +258,10 @@ class Claim:
     finished_at: datetime
 
 
-def due_deliveries(limit: int = 20) -> list[str]:
+def due_deliveries(services: Services, limit: int = 20) -> list[str]:
     """Ids of jobs with a pending delivery whose next attempt is due, oldest first."""
     now = utcnow()
-    with session_scope() as session:
+    with services.session_scope() as session:
         return list(
             session.scalars(
                 select(Job.id)
@@ -270,11 +272,11 @@ def due_deliveries(limit: int = 20) -> list[str]:
         )
 
 
-def claim_delivery(job_id: str) -> Claim | None:
+def claim_delivery(services: Services, job_id: str) -> Claim | None:
     """Take the next attempt of ``job_id``'s delivery if it is due and nobody else took it."""
-    settings = get_settings()
+    settings = services.settings
     now = utcnow()
-    with session_scope() as session:
+    with services.session_scope() as session:
         seen = session.scalar(
             select(Job.webhook_attempts).where(
                 Job.id == job_id,
@@ -318,11 +320,11 @@ def claim_delivery(job_id: str) -> Claim | None:
         return Claim(job.id, attempt, job.callback_url, body, headers, job.finished_at or now)
 
 
-def record_attempt(claim: Claim, result: AttemptResult) -> str:
+def record_attempt(services: Services, claim: Claim, result: AttemptResult) -> str:
     """Write the attempt's event and the delivery's next state; returns ``delivered``,
     ``retry``, ``failed``, ``superseded`` (a later attempt took over: this one outlived its
     lease) or ``gone`` (the job was deleted meanwhile)."""
-    settings = get_settings()
+    settings = services.settings
     now = utcnow()
     data: dict[str, Any] = {
         "attempt": claim.attempt,
@@ -333,7 +335,7 @@ def record_attempt(claim: Claim, result: AttemptResult) -> str:
         "duration_ms": result.duration_ms,
     }
     what = f"attempt {claim.attempt}: {result.describe()} in {result.duration_ms:.0f} ms"
-    with session_scope() as session:
+    with services.session_scope() as session:
         if session.get(Job, claim.job_id) is None:
             return "gone"
         if result.ok:
@@ -412,10 +414,10 @@ def record_attempt(claim: Claim, result: AttemptResult) -> str:
         return outcome
 
 
-def deliver(job_id: str, settings: Settings | None = None) -> str | None:
+def deliver(services: Services, job_id: str) -> str | None:
     """Claim, send and record one attempt of ``job_id``'s delivery; None when not due or taken."""
-    settings = settings or get_settings()
-    claim = claim_delivery(job_id)
+    settings = services.settings
+    claim = claim_delivery(services, job_id)
     if claim is None:
         return None
     result = post_once(
@@ -425,17 +427,17 @@ def deliver(job_id: str, settings: Settings | None = None) -> str | None:
         timeout_s=settings.webhook_timeout_s,
         allow_private=settings.webhook_allow_private,
     )
-    outcome = record_attempt(claim, result)
+    outcome = record_attempt(services, claim, result)
     log.info("job %s: webhook attempt %d: %s -> %s", job_id, claim.attempt, result.describe(),
              outcome)  # fmt: skip
     return outcome
 
 
-def deliver_due(limit: int = 20) -> dict[str, str]:
+def deliver_due(services: Services, limit: int = 20) -> dict[str, str]:
     """Send every due attempt (up to ``limit``) one after another; job id -> outcome."""
     outcomes: dict[str, str] = {}
-    for job_id in due_deliveries(limit):
-        outcome = deliver(job_id)
+    for job_id in due_deliveries(services, limit):
+        outcome = deliver(services, job_id)
         if outcome is not None:
             outcomes[job_id] = outcome
     return outcomes

@@ -20,15 +20,18 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from cake_shared.models import Job, JobEvent, Worker, utcnow
 from cake_shared.queue_names import AUTO, CPU, GPU, QUEUES
-from cake_shared.settings import Settings, get_settings
+from cake_shared.settings import Settings
 from cake_shared.status import JobStatus
+
+if TYPE_CHECKING:
+    from cake_shared.services import Services
 
 log = logging.getLogger("cake.workers")
 
@@ -129,7 +132,8 @@ def _version() -> str | None:
 
 @dataclass
 class Heartbeat:
-    """A daemon thread that records this worker every ``interval_s`` and removes it at stop.
+    """A daemon thread that records this worker every ``interval_s`` (default
+    ``worker_heartbeat_s``) in the database of ``services`` and removes it at stop.
 
     ``device`` None is found in the thread: the first beat goes out at once with
     :func:`quick_device`, the next ones with what torch says (:func:`detect_device`), so the
@@ -137,6 +141,7 @@ class Heartbeat:
     that cannot be reached is logged once per outage, not on every beat.
     """
 
+    services: Services
     worker_id: str
     queues: Sequence[str]
     concurrency: int = 1
@@ -149,13 +154,11 @@ class Heartbeat:
     _refine: bool = field(default=False, repr=False)
 
     def beat(self) -> None:
-        from cake_shared.db import session_scope
-
         if self.device is None:
-            requested = get_settings().worker_device
+            requested = self.services.settings.worker_device
             self.device = quick_device(requested)
             self._refine = not _explicit(requested)
-        with session_scope() as session:
+        with self.services.session_scope() as session:
             record_heartbeat(
                 session,
                 self.worker_id,
@@ -167,7 +170,7 @@ class Heartbeat:
         self.beats += 1
 
     def _run(self) -> None:
-        interval = self.interval_s or get_settings().worker_heartbeat_s
+        interval = self.interval_s or self.services.settings.worker_heartbeat_s
         failing = False
         while not self._stop.is_set():
             try:
@@ -186,17 +189,15 @@ class Heartbeat:
                 failing = True
             if self._refine and not self._stop.is_set():
                 self._refine = False
-                self.device = detect_device(get_settings().worker_device)  # imports torch
+                self.device = detect_device(self.services.settings.worker_device)  # torch
                 continue  # record what torch says at once
             self._stop.wait(interval)
         if self._remove:  # after the last beat, so nothing records it again
             self._remove_row()
 
     def _remove_row(self) -> None:
-        from cake_shared.db import session_scope
-
         try:
-            with session_scope() as session:
+            with self.services.session_scope() as session:
                 remove_worker(session, self.worker_id)
         except Exception as exc:  # it goes stale after worker_live_s anyway
             log.warning("could not remove worker %s: %s", self.worker_id, type(exc).__name__)
@@ -231,36 +232,9 @@ class Heartbeat:
             self._remove_row()
 
 
-_current: Heartbeat | None = None
-_current_lock = threading.Lock()
-
-
-def start_heartbeat(worker_id: str, queues: Iterable[str], concurrency: int = 1) -> Heartbeat:
-    """The process's heartbeat, started once (later calls return the running one)."""
-    global _current
-    with _current_lock:
-        if _current is None or not _current.running:
-            _current = Heartbeat(worker_id, [q for q in queues if q], concurrency).start()
-        return _current
-
-
-def stop_heartbeat(wait: bool = True) -> None:
-    """Stop the process's heartbeat and remove its row; ``wait=False`` from a signal handler
-    (the heartbeat's thread removes the row; a later call with ``wait`` waits for that)."""
-    global _current
-    with _current_lock:
-        if _current is not None:
-            _current.stop(wait=wait)
-            if wait:
-                _current = None
-
-
 # -- the API's side ---------------------------------------------------------------------------
-def live_workers(
-    session: Session, settings: Settings | None = None, now: datetime | None = None
-) -> list[Worker]:
+def live_workers(session: Session, settings: Settings, now: datetime | None = None) -> list[Worker]:
     """Workers whose last heartbeat is at most ``worker_live_s`` old, oldest first."""
-    settings = settings or get_settings()
     cutoff = (now or utcnow()) - timedelta(seconds=settings.worker_live_s)
     return list(
         session.scalars(

@@ -1,6 +1,7 @@
-"""Alembic environment: the database URL comes from the service settings, the target schema
-from :mod:`cake_shared.models`, so ``cake db upgrade`` and a hand-run ``alembic upgrade head``
-migrate the same database the service uses.
+"""Alembic environment: the database URL comes from the caller (``cake db upgrade`` passes
+its settings' URL) or, for a hand-run ``alembic upgrade head``, from the ``CAKE_*`` settings
+read here; the target schema from :mod:`cake_shared.models`. Both migrate the same database
+the service uses.
 
 SQLite gets batch mode (it cannot ALTER most things in place).
 """
@@ -14,7 +15,7 @@ from sqlalchemy import Connection
 
 from cake_shared.db import make_engine, normalize_url
 from cake_shared.models import Base
-from cake_shared.settings import get_settings
+from cake_shared.settings import Settings
 
 config = context.config
 if config.config_file_name is not None:  # the `alembic` command line, with alembic.ini
@@ -23,7 +24,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url()
+    url = config.get_main_option("sqlalchemy.url") or Settings().resolved_database_url()
     return normalize_url(url)
 
 

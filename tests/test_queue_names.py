@@ -69,11 +69,12 @@ def test_publishing_consuming_and_the_cli_read_the_same_names(
     from cake_shared import queue
 
     assert queue.QUEUES is QUEUES and workers.QUEUES is QUEUES
-    app = queue.build_celery(Settings(data_dir=tmp_path / "data"))
+    publisher = queue.CeleryQueue(Settings(data_dir=tmp_path / "data"))
+    app = publisher.app
     assert tuple(q.name for q in app.conf.task_queues) == QUEUES
     assert app.conf.task_default_queue == FALLBACK_QUEUE
     with pytest.raises(ValueError, match="unknown queue 'gpux'"):
-        queue.enqueue_job("job_x", "gpux")  # refused before the broker is asked
+        publisher.enqueue("job_x", "gpux")  # refused before the broker is asked
     assert parse_queues("cpu, gpu,cpu") == "cpu,gpu"
     with pytest.raises(ValueError, match="subset of gpu, cpu"):
         parse_queues("cpu,gpux")

@@ -1,8 +1,9 @@
 """Run one job: claim it, fetch its inputs, run the engine, record every step, upload results.
 
-:func:`process_job` is what the Celery task calls, and what tests call in-process. It claims the
-job in the database first (a redelivered message for a job another live worker runs, or for a
-finished or canceled job, does nothing), then runs :func:`cake_core.pipeline.run_job` with:
+:func:`process_job` is what the Celery task calls, and what tests call in-process, with the
+worker's :class:`~cake_shared.services.Services` (settings, database, store, queue). It claims
+the job in the database first (a redelivered message for a job another live worker runs, or for
+a finished or canceled job, does nothing), then runs :func:`cake_core.pipeline.run_job` with:
 
 - ``on_progress`` writing phase and progress to the database (phase changes at once, otherwise
   at most every ``progress_interval_s``) and an event for each phase change, synthesis chunk,
@@ -34,7 +35,6 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,10 @@ from cake_core.device import Runtime, default_runtime
 from cake_core.errors import CakeError, DatasetInvalidError, JobCanceled, TeacherInvalidError
 from cake_core.pipeline import Progress, run_job
 from cake_shared import jobs
-from cake_shared.db import retrying, session_scope
 from cake_shared.models import Dataset, Job, Teacher
-from cake_shared.settings import get_settings
+from cake_shared.services import Services
 from cake_shared.status import JobPhase, JobStatus
-from cake_shared.storage import ObjectNotFound, ObjectStore, get_store
+from cake_shared.storage import ObjectNotFound, ObjectStore
 from worker.checkpoints import ObjectStoreCheckpoints
 
 log = logging.getLogger("cake.worker")
@@ -97,12 +96,6 @@ def claim_is_dead(claimed_by: str) -> bool:
     return False
 
 
-@lru_cache
-def worker_runtime() -> Runtime:
-    """The device this worker computes on: ``CAKE_WORKER_DEVICE`` or CUDA when present."""
-    return default_runtime(get_settings().worker_device)
-
-
 @dataclass
 class _JobInputs:
     attempt: int
@@ -125,6 +118,7 @@ class JobTracker:
 
     def __init__(
         self,
+        services: Services,
         job_id: str,
         token: str,
         attempt: int,
@@ -132,6 +126,7 @@ class JobTracker:
         interval_s: float,
         shutdown: threading.Event | None = None,
     ) -> None:
+        self.services = services
         self.job_id = job_id
         self.token = token
         self.attempt = attempt
@@ -154,7 +149,7 @@ class JobTracker:
     # -- database writes ------------------------------------------------------------------
     def _write_progress(self, phase: str, fraction: float) -> None:
         try:
-            if not jobs.update_progress(self.job_id, self.token, phase, fraction):
+            if not jobs.update_progress(self.services, self.job_id, self.token, phase, fraction):
                 self.stop_reason = self.stop_reason or "lost"
             self._pending = None
         except SQLAlchemyError as exc:
@@ -182,7 +177,7 @@ class JobTracker:
                     # Fenced like every other write: once the claim is lost (frozen past the
                     # heartbeat timeout, job taken over), nothing more lands in the job's log.
                     written = jobs.add_claimed_event(
-                        self.job_id, self.token, type_, message, level, data
+                        self.services, self.job_id, self.token, type_, message, level, data
                     )
                 except SQLAlchemyError as exc:
                     if strict:
@@ -242,7 +237,7 @@ class JobTracker:
         if self.stop_reason == "lost":
             return False
         try:
-            state = jobs.claim_state(self.job_id, self.token)
+            state = jobs.claim_state(self.services, self.job_id, self.token)
         except SQLAlchemyError as exc:
             log.warning("job %s: claim not checked: %s", self.job_id, exc)
             return True
@@ -263,7 +258,7 @@ class JobTracker:
             return False
         self._last_check = now
         try:
-            state = jobs.claim_state(self.job_id, self.token)
+            state = jobs.claim_state(self.services, self.job_id, self.token)
         except SQLAlchemyError as exc:
             log.warning("job %s: cancel flag not read: %s", self.job_id, exc)
             return False
@@ -281,7 +276,7 @@ class JobTracker:
                 self._write_progress(*self._pending)
             elif since >= HEARTBEAT_S:
                 try:
-                    if not jobs.heartbeat(self.job_id, self.token):
+                    if not jobs.heartbeat(self.services, self.job_id, self.token):
                         self.stop_reason = self.stop_reason or "lost"
                 except SQLAlchemyError as exc:
                     log.warning("job %s: heartbeat not written: %s", self.job_id, exc)
@@ -308,7 +303,9 @@ class JobTracker:
         if self._events and (exc_type is None or issubclass(exc_type, Exception)):
             # The log must be complete before the job's last event; wait out a short outage.
             try:
-                retrying(f"event log of job {self.job_id}", lambda: self.flush_events(strict=True))
+                self.services.retrying(
+                    f"event log of job {self.job_id}", lambda: self.flush_events(strict=True)
+                )
             except SQLAlchemyError as exc:
                 log.warning("job %s: %d event(s) lost: %s", self.job_id, len(self._events), exc)
 
@@ -333,8 +330,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_inputs(job_id: str) -> _JobInputs | None:
-    with session_scope() as session:
+def _load_inputs(services: Services, job_id: str) -> _JobInputs | None:
+    with services.session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
             return None
@@ -410,10 +407,10 @@ def _clear_checkpoints(checkpoints: ObjectStoreCheckpoints | None) -> None:
 SLOT_WAIT_S = 5.0
 
 
-def _wait_for_slot(job_id: str) -> None:
+def _wait_for_slot(services: Services, job_id: str) -> None:
     """Publish the job again to be retried in ``SLOT_WAIT_S``: it stays queued, never dropped
     (were the publish lost, the sweeper publishes queued jobs the broker no longer holds)."""
-    if jobs.defer_job(job_id, SLOT_WAIT_S):
+    if jobs.defer_job(services, job_id, SLOT_WAIT_S):
         log.info(
             "job %s: its tenant is at its running-jobs limit; retry in %g s", job_id, SLOT_WAIT_S
         )
@@ -422,6 +419,7 @@ def _wait_for_slot(job_id: str) -> None:
 
 
 def process_job(
+    services: Services,
     job_id: str,
     *,
     worker_id: str | None = None,
@@ -434,32 +432,45 @@ def process_job(
     One of ``skipped`` (not claimable), ``waiting`` (its tenant is at its running-jobs limit;
     published again for later), ``succeeded``, ``failed``, ``canceled``, ``requeued``
     (handed back for a retry or at shutdown) or ``lost`` (another worker took the job over).
+
+    ``services`` are the worker's settings, database, store and queue; ``runtime`` (default:
+    ``CAKE_WORKER_DEVICE``, else CUDA when present) and ``store`` (default:
+    ``services.store``) may be given by the caller.
     """
-    settings = get_settings()
+    settings = services.settings
     worker_id = worker_id or worker_identity()
     try:
-        token = retrying(f"claim of job {job_id}", lambda: jobs.claim_job(job_id, worker_id))
+        token = services.retrying(
+            f"claim of job {job_id}", lambda: jobs.claim_job(services, job_id, worker_id)
+        )
     except jobs.TenantAtCapacity:
-        _wait_for_slot(job_id)
+        _wait_for_slot(services, job_id)
         return "waiting"
     if token is None:
         log.info("job %s: not claimable (running elsewhere, finished or unknown); skipped", job_id)
         return "skipped"
-    inputs = retrying(f"start of job {job_id}", lambda: _load_inputs(job_id))
+    inputs = services.retrying(f"start of job {job_id}", lambda: _load_inputs(services, job_id))
     if inputs is None:  # deleted between claim and load
         return "skipped"
     tracker = JobTracker(
-        job_id, token, inputs.attempt, interval_s=settings.progress_interval_s, shutdown=shutdown
+        services,
+        job_id,
+        token,
+        inputs.attempt,
+        interval_s=settings.progress_interval_s,
+        shutdown=shutdown,
     )
     if inputs.cancel_requested:
-        _finish(job_id, token, JobStatus.CANCELED, message="job canceled before it started")
+        _finish(
+            services, job_id, token, JobStatus.CANCELED, message="job canceled before it started"
+        )
         return JobStatus.CANCELED
 
     work = Path(tempfile.mkdtemp(prefix=f"cake-{job_id}-"))
     checkpoints: ObjectStoreCheckpoints | None = None
     try:
-        runtime = runtime or worker_runtime()
-        store = store or get_store()
+        runtime = runtime or default_runtime(settings.worker_device)
+        store = store or services.store
         checkpoints = ObjectStoreCheckpoints(store, job_id, scratch=work, guard=tracker.owns)
         tracker.event(
             "started",
@@ -498,6 +509,7 @@ def process_job(
                 raise JobCanceled("claim lost or canceled")
             rows = _upload_artifacts(store, job_id, result.artifacts)
         if not _finish(
+            services,
             job_id,
             token,
             JobStatus.SUCCEEDED,
@@ -513,12 +525,13 @@ def process_job(
         log.info("job %s: succeeded", job_id)
         return JobStatus.SUCCEEDED
     except JobCanceled:
-        return _stopped(job_id, token, tracker, checkpoints)
+        return _stopped(services, job_id, token, tracker, checkpoints)
     except CakeError as exc:
         if tracker.stop_reason == "lost":
             return "lost"
         log.info("job %s: failed (%s): %s", job_id, exc.code, exc.message)
         _finish(
+            services,
             job_id,
             token,
             JobStatus.FAILED,
@@ -533,6 +546,7 @@ def process_job(
             return "lost"
         if inputs.attempt < settings.job_max_attempts:
             _requeue(
+                services,
                 job_id,
                 token,
                 reason=f"internal error in attempt {inputs.attempt} of "
@@ -541,6 +555,7 @@ def process_job(
             )
             return "requeued"
         _finish(
+            services,
             job_id,
             token,
             JobStatus.FAILED,
@@ -558,6 +573,7 @@ def process_job(
         # can, so it resumes on the next start instead of waiting for the heartbeat timeout.
         with contextlib.suppress(Exception):
             jobs.requeue_job(
+                services,
                 job_id,
                 token,
                 reason="worker stopped; job handed back",
@@ -570,22 +586,25 @@ def process_job(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _finish(job_id: str, token: str, status: JobStatus, **details: Any) -> bool:
+def _finish(services: Services, job_id: str, token: str, status: JobStatus, **details: Any) -> bool:
     """:func:`cake_shared.jobs.finish_job`, riding out a short database outage: the result of
     a whole job is not dropped for a connection that broke at the wrong moment."""
-    return retrying(
-        f"end of job {job_id}", lambda: jobs.finish_job(job_id, token, status, **details)
+    return services.retrying(
+        f"end of job {job_id}",
+        lambda: jobs.finish_job(services, job_id, token, status, **details),
     )
 
 
-def _requeue(job_id: str, token: str, **details: Any) -> bool:
+def _requeue(services: Services, job_id: str, token: str, **details: Any) -> bool:
     """:func:`cake_shared.jobs.requeue_job` with the same patience as :func:`_finish`."""
-    return retrying(
-        f"hand-back of job {job_id}", lambda: jobs.requeue_job(job_id, token, **details)
+    return services.retrying(
+        f"hand-back of job {job_id}",
+        lambda: jobs.requeue_job(services, job_id, token, **details),
     )
 
 
 def _stopped(
+    services: Services,
     job_id: str,
     token: str,
     tracker: JobTracker,
@@ -597,6 +616,7 @@ def _stopped(
         return "lost"
     if tracker.stop_reason == "shutdown":
         jobs.requeue_job(
+            services,
             job_id,
             token,
             reason="worker shutting down; the job goes back to the queue and resumes from its "
@@ -608,6 +628,7 @@ def _stopped(
         log.info("job %s: handed back at shutdown", job_id)
         return "requeued"
     _finish(
+        services,
         job_id,
         token,
         JobStatus.CANCELED,

@@ -18,7 +18,8 @@ import time
 
 from cake_shared import jobs
 from cake_shared.queue import filesystem_folders
-from cake_shared.settings import get_settings
+from cake_shared.services import Services
+from cake_shared.settings import Settings
 from worker.runner import claim_is_dead
 
 log = logging.getLogger("cake.worker.sweeper")
@@ -27,17 +28,8 @@ log = logging.getLogger("cake.worker.sweeper")
 PROCESSED_MESSAGE_TTL_S = 3600.0
 
 
-def default_interval_s() -> float:
-    return get_settings().sweep_interval_s
-
-
-def default_lost_after_s() -> float:
-    """How long a job may sit queued before the sweeper checks that the broker still has it."""
-    return get_settings().lost_job_after_s
-
-
-def prune_processed_messages(max_age_s: float = PROCESSED_MESSAGE_TTL_S) -> int:
-    settings = get_settings()
+def prune_processed_messages(settings: Settings, max_age_s: float = PROCESSED_MESSAGE_TTL_S) -> int:
+    """Delete the filesystem broker's processed message files older than ``max_age_s``."""
     if not settings.resolved_broker_url().startswith("filesystem"):
         return 0
     folder = filesystem_folders(settings)["processed"]
@@ -53,36 +45,42 @@ def prune_processed_messages(max_age_s: float = PROCESSED_MESSAGE_TTL_S) -> int:
     return removed
 
 
-def sweep_once(lost_after_s: float | None = None) -> jobs.SweepResult:
-    """One pass; returns what changed (requeued ids include lost queued jobs re-published)."""
-    result = jobs.requeue_stale_jobs(is_dead_claim=claim_is_dead)
+def sweep_once(services: Services, lost_after_s: float | None = None) -> jobs.SweepResult:
+    """One pass; returns what changed (requeued ids include lost queued jobs re-published).
+
+    ``lost_after_s`` (default ``lost_job_after_s``): how long a job may sit queued before the
+    sweeper checks that the broker still has it.
+    """
+    result = jobs.requeue_stale_jobs(services, is_dead_claim=claim_is_dead)
     for job_id in result.requeued:
         log.warning("job %s: worker gone; requeued", job_id)
     for job_id in result.failed:
         log.warning("job %s: failed after too many attempts", job_id)
     lost = jobs.requeue_lost_queued_jobs(
-        default_lost_after_s() if lost_after_s is None else lost_after_s
+        services, services.settings.lost_job_after_s if lost_after_s is None else lost_after_s
     )
     for job_id in lost:
         log.info("job %s: queued but not in the broker; published again", job_id)
     result.requeued.extend(lost)
-    prune_processed_messages()
+    prune_processed_messages(services.settings)
     return result
 
 
 class Sweeper:
-    """Runs :func:`sweep_once` now and then every ``interval_s`` on a daemon thread."""
+    """Runs :func:`sweep_once` now and then every ``interval_s`` (default
+    ``sweep_interval_s``) on a daemon thread."""
 
-    def __init__(self, interval_s: float | None = None) -> None:
+    def __init__(self, services: Services, interval_s: float | None = None) -> None:
+        self.services = services
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        interval = self.interval_s or default_interval_s()
+        interval = self.interval_s or self.services.settings.sweep_interval_s
         while True:
             try:
-                sweep_once()
+                sweep_once(self.services)
             except Exception as exc:  # the database or broker may be down; try again later
                 reason = getattr(exc, "orig", None) or exc
                 log.warning("sweep failed (%s: %s); retrying in %.0f s",

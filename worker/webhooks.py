@@ -14,15 +14,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from cake_shared import webhooks
-from cake_shared.settings import get_settings
+from cake_shared.services import Services
 
 log = logging.getLogger("cake.worker.webhooks")
 
 
-def deliver_round(pool: ThreadPoolExecutor, limit: int) -> int:
+def deliver_round(services: Services, pool: ThreadPoolExecutor, limit: int) -> int:
     """Send the attempts due now (up to ``limit``) on ``pool``; how many were sent."""
-    due = webhooks.due_deliveries(limit)
-    futures = [pool.submit(webhooks.deliver, job_id) for job_id in due]
+    due = webhooks.due_deliveries(services, limit)
+    futures = [pool.submit(webhooks.deliver, services, job_id) for job_id in due]
     wait(futures)
     sent = 0
     for future in futures:
@@ -34,9 +34,13 @@ def deliver_round(pool: ThreadPoolExecutor, limit: int) -> int:
 
 
 class WebhookDeliverer:
-    """Runs :func:`deliver_round` until stopped, on a daemon thread."""
+    """Runs :func:`deliver_round` until stopped, on a daemon thread (every ``poll_s``, default
+    ``webhook_poll_s``, ``concurrency`` attempts at once, default ``webhook_concurrency``)."""
 
-    def __init__(self, poll_s: float | None = None, concurrency: int | None = None) -> None:
+    def __init__(
+        self, services: Services, poll_s: float | None = None, concurrency: int | None = None
+    ) -> None:
+        self.services = services
         self.poll_s = poll_s
         self.concurrency = concurrency
         self._stop = threading.Event()
@@ -48,14 +52,14 @@ class WebhookDeliverer:
         self._wake.set()
 
     def _run(self) -> None:
-        settings = get_settings()
+        settings = self.services.settings
         poll = self.poll_s or settings.webhook_poll_s
         workers = self.concurrency or settings.webhook_concurrency
         with ThreadPoolExecutor(workers, thread_name_prefix="cake-webhook") as pool:
             while not self._stop.is_set():
                 self._wake.clear()
                 try:
-                    sent = deliver_round(pool, workers)
+                    sent = deliver_round(self.services, pool, workers)
                 except Exception as exc:  # the database may be down; try again later
                     reason = getattr(exc, "orig", None) or exc
                     log.warning("webhook round failed (%s: %s)", type(exc).__name__, reason)

@@ -8,7 +8,6 @@ body parameter; the OpenAPI request body is declared by hand and points at ``Job
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -16,9 +15,10 @@ import anyio
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import idempotency, service
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
@@ -109,7 +109,7 @@ def _create_json(
         replayed = idempotency.commit_created(session, idem, ttl, 202, out)
         if replayed is not None:
             return replayed
-        service.enqueue(session, job)
+        service.enqueue(ctx, session, job)
     return idempotency.created_response(202, out, f"/v1/jobs/{job.id}")
 
 
@@ -152,7 +152,7 @@ def _create_one_shot(
         replayed = idempotency.commit_created(session, idem, ttl, 202, out)
         if replayed is not None:
             return replayed
-        service.enqueue(session, job)
+        service.enqueue(ctx, session, job)
     return idempotency.created_response(202, out, f"/v1/jobs/{job.id}")
 
 
@@ -270,6 +270,15 @@ def delete_job(request: Request, job_id: JobId, session: SessionDep, tenant: Ten
 # --------------------------------------------------------------------------------------------
 
 
+#: Line end of every field: the service has always sent ``\n`` (sse-starlette's default is
+#: ``\r\n``; both are valid SSE, this keeps the bytes clients have seen).
+SSE_SEP = "\n"
+#: The reconnection delay the stream's first message suggests to EventSource clients (ms).
+SSE_RETRY_MS = 2000
+#: Events read per database poll; a full batch means more may be waiting, so no ``end`` yet.
+SSE_BATCH = 500
+
+
 def _after_seq(session: Any, job_id: str, after: str | None) -> int:
     if not after:
         return 0
@@ -291,39 +300,40 @@ def _poll(ctx: AppContext, job_id: str, after_seq: int) -> tuple[str | None, lis
                 select(JobEvent)
                 .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
                 .order_by(JobEvent.seq)
-                .limit(500)
+                .limit(SSE_BATCH)
             )
         )
         return status, events
 
 
-def _sse(event: JobEvent) -> str:
+def _sse(event: JobEvent) -> ServerSentEvent:
+    """``id:`` the event id, ``event:`` its type, ``data:`` the event as compact JSON."""
     data = json.dumps(service.event_out(event), separators=(",", ":"))
     kind = "".join(ch for ch in event.type if ch not in "\r\n") or "message"
-    return f"id: {event.id}\nevent: {kind}\ndata: {data}\n\n"
+    return ServerSentEvent(data, event=kind, id=event.id, sep=SSE_SEP)
 
 
-async def _stream(
-    request: Request, ctx: AppContext, job_id: str, after_seq: int
-) -> AsyncIterator[str]:
+def _keep_alive() -> ServerSentEvent:
+    """The heartbeat comment: it keeps proxies from closing an idle stream and tells clients
+    (``cake_client`` reads 45 s of silence as a dead stream) that the server is there."""
+    return ServerSentEvent(comment="keep-alive", sep=SSE_SEP)
+
+
+async def _stream(ctx: AppContext, job_id: str, after_seq: int) -> AsyncIterator[ServerSentEvent]:
     """Poll the database every ``sse_poll_s``; end after the job finished and its events are
-    out, with a final ``end`` event so EventSource clients know not to reconnect."""
-    yield "retry: 2000\n\n"
-    last_sent = time.monotonic()
+    out, with a final ``end`` event so EventSource clients know not to reconnect.
+
+    Heartbeats and a client that goes away are sse-starlette's work (``job_events``): the
+    library cancels this generator on disconnect, so no poll outlives its listener."""
+    yield ServerSentEvent(retry=SSE_RETRY_MS, sep=SSE_SEP)
     while True:
         status, events = await run_in_threadpool(_poll, ctx, job_id, after_seq)
         for event in events:
             after_seq = event.seq
             yield _sse(event)
-            last_sent = time.monotonic()
-        if (status is None or status in TERMINAL_STATUSES) and len(events) < 500:
-            final = status or "deleted"
-            yield f"event: end\ndata: {json.dumps({'status': final})}\n\n"
-            return
-        if time.monotonic() - last_sent >= ctx.sse_heartbeat_s:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        if await request.is_disconnected():
+        if (status is None or status in TERMINAL_STATUSES) and len(events) < SSE_BATCH:
+            final = json.dumps({"status": status or "deleted"})
+            yield ServerSentEvent(final, event="end", sep=SSE_SEP)
             return
         await anyio.sleep(ctx.sse_poll_s)
 
@@ -359,10 +369,12 @@ def job_events(
     if accept and "text/event-stream" in accept.lower():
         after_seq = _after_seq(session, job.id, after or last_event_id)
         ctx: AppContext = request.app.state.ctx
-        return StreamingResponse(
-            _stream(request, ctx, job.id, after_seq),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        return EventSourceResponse(
+            _stream(ctx, job.id, after_seq),
+            headers={"Cache-Control": "no-cache"},
+            ping=ctx.sse_heartbeat_s,
+            ping_message_factory=_keep_alive,
+            sep=SSE_SEP,
         )
     after_seq = _after_seq(session, job.id, after)
     rows = list(

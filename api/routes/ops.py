@@ -13,7 +13,6 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api import broker
 from api.deps import AppContext
 from api.errors import ApiError
 from api.schemas import Health, Ready, problem_responses
@@ -37,7 +36,7 @@ async def _check(name: str, fn: Callable[[], Any]) -> str:
             await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
     except TimeoutError:
         return f"no answer within {CHECK_TIMEOUT_S:g} s"
-    except ImportError:
+    except ImportError:  # the broker's client library (Celery) cannot be loaded
         return "not configured (queue module unavailable)"
     except Exception as exc:
         log.warning("readiness check %s failed: %s", name, exc)
@@ -61,7 +60,7 @@ async def readyz(request: Request) -> dict[str, Any]:
     checks = {
         "database": await _check("database", database),
         "store": await _check("store", ctx.store.ping),
-        "broker": await _check("broker", broker.ping),
+        "broker": await _check("broker", ctx.queue.ping),
     }
     failing = [f"{name}: {state}" for name, state in checks.items() if state != "ok"]
     if failing:

@@ -78,7 +78,6 @@ ARCH = register(
             "LeNet-5 (ReLU, max pooling) for small images [C, H, W]; width 0.5 is "
             "LeNet-5-Half. Padding and pooling adapt to the image size (8x8 and up)."
         ),
-        input_ranks=(3,),
         builder=LeNet5,
     )
 )

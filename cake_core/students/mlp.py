@@ -53,7 +53,6 @@ ARCH = register(
             "MLP, 2 hidden layers of 256 x width units with BatchNorm and ReLU; flattens any "
             "input. Best for 13-64 tabular features or small flattened images."
         ),
-        input_ranks=(1, 2, 3),
         builder=MLP,
     )
 )

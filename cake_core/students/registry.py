@@ -4,35 +4,46 @@ A job spec names its student by string (``student.arch``) and a width multiplier
 (``student.width``); the input shape and class count come from the teacher. This module turns
 that triple into an ``nn.Module`` and turns every way it can be wrong into a :class:`SpecError`
 that names the setting to fix, so the CLI and the service can show the message verbatim.
-Architecture modules register themselves on import (see ``cake_core.students.__init__``).
+Architecture modules register themselves on import (see ``cake_core.students.__init__``). Which
+names exist and which input ranks each takes is ``cake_core.architectures`` (torch-free, so the
+API checks a spec by the same rule); shapes are read by ``cake_core.shapes``.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from cake_core.architectures import INPUT_RANKS, check_arch, default_arch
+from cake_core.config import MAX_WIDTH, MIN_WIDTH
 from cake_core.errors import SpecError
+from cake_core.shapes import parse_input_shape
 
-MAX_WIDTH = 8.0
-MIN_WIDTH = 0.0625
-"""Smallest width a spec accepts (``LIMITS["student.width"]``) and the default's lower bound."""
+__all__ = [
+    "DEFAULT_MAX_WIDTH",
+    "MAX_WIDTH",
+    "MIN_WIDTH",
+    "WIDTH_STEP",
+    "StudentArch",
+    "WidthChoice",
+    "budget_widths",
+    "build_student",
+    "choose_width",
+    "default_arch",
+    "get_arch",
+    "list_archs",
+    "register",
+    "scaled",
+]
+
 DEFAULT_MAX_WIDTH = 1.0
 """The default student is never wider than the reference size."""
 WIDTH_STEP = 1 / 32
 """Widths the default student is chosen from: MIN_WIDTH..DEFAULT_MAX_WIDTH in these steps."""
-
-# What each accepted input rank means; used in error messages and docs.
-RANK_LAYOUTS: dict[int, str] = {
-    1: "[features]",
-    2: "[sequence, dim]",
-    3: "[channels, height, width]",
-}
 
 Builder = Callable[[tuple[int, ...], int, float], nn.Module]
 
@@ -45,30 +56,14 @@ def scaled(base: int, width: float, minimum: int = 1) -> int:
     return max(minimum, math.floor(base * width + 0.5))
 
 
-def _shape_text(shape: object) -> str:
-    if isinstance(shape, Sequence) and not isinstance(shape, str):
-        return "[" + ", ".join(str(d) for d in shape) + "]"
-    return repr(shape)
-
-
-def _ranks_text(ranks: Sequence[int]) -> str:
-    parts = [f"{r} {RANK_LAYOUTS.get(r, '')}".rstrip() for r in ranks]
-    if len(parts) == 1:
-        return parts[0]
-    return ", ".join(parts[:-1]) + " or " + parts[-1]
-
-
 def _as_shape(input_shape: Sequence[int]) -> tuple[int, ...] | None:
-    """The shape as a tuple of positive ints, or None when it is not one."""
+    """The shape as a tuple of positive ints (any rank and size), or None when it is not one."""
+    if isinstance(input_shape, str):  # a shape here is a sequence; text is the CLI's to parse
+        return None
     try:
-        if any(isinstance(d, bool) for d in input_shape):
-            return None
-        shape = tuple(operator.index(d) for d in input_shape)
-    except TypeError:
+        return parse_input_shape(input_shape, bounded=False)
+    except SpecError:
         return None
-    if not shape or min(shape) < 1:
-        return None
-    return shape
 
 
 def _check_width(width: float) -> float:
@@ -94,16 +89,20 @@ def _check_num_classes(num_classes: int) -> int:
 
 @dataclass(frozen=True)
 class StudentArch:
-    """One buildable architecture: a name, what it is for, and which input ranks it takes.
+    """One buildable architecture: a name, what it is for, and how to build it.
 
-    ``input_ranks`` counts dimensions without the batch: 1 = [features], 2 = [seq, dim],
-    3 = [C, H, W]. ``builder`` receives already-validated arguments.
+    ``builder`` receives already-validated arguments. The input ranks it takes are
+    ``cake_core.architectures.INPUT_RANKS[name]`` (see :attr:`input_ranks`).
     """
 
     name: str
     description: str
-    input_ranks: tuple[int, ...]
     builder: Builder
+
+    @property
+    def input_ranks(self) -> tuple[int, ...]:
+        """Accepted ranks without the batch: 1 = [features], 2 = [seq, dim], 3 = [C, H, W]."""
+        return INPUT_RANKS[self.name]
 
     def accepts(self, input_shape: Sequence[int]) -> bool:
         """Whether ``input_shape`` (no batch dim) is positive ints of an accepted rank."""
@@ -117,17 +116,12 @@ class StudentArch:
         num_classes = _check_num_classes(num_classes)
         shape = _as_shape(input_shape)
         if shape is None:
+            got = list(input_shape) if isinstance(input_shape, Sequence) else input_shape
             raise SpecError(
                 "student.arch",
-                f"input shape must be a non-empty list of positive integers; "
-                f"got {_shape_text(input_shape)}",
+                f"input shape must be a non-empty list of positive integers; got {got!r}",
             )
-        if len(shape) not in self.input_ranks:
-            raise SpecError(
-                "student.arch",
-                f"{self.name} needs an input of rank {_ranks_text(self.input_ranks)}; "
-                f"got {_shape_text(shape)}",
-            )
+        check_arch(self.name, shape)
         return shape, num_classes, width
 
     def build(self, input_shape: Sequence[int], num_classes: int, width: float = 1.0) -> nn.Module:
@@ -168,7 +162,13 @@ _REGISTRY: dict[str, StudentArch] = {}
 
 
 def register(arch: StudentArch) -> StudentArch:
-    """Add ``arch`` under its name; a second architecture with the same name is a bug."""
+    """Add ``arch`` under its name; a name missing from ``cake_core.architectures`` or a second
+    architecture with the same name is a bug."""
+    if arch.name not in INPUT_RANKS:
+        raise ValueError(
+            f"student architecture {arch.name!r} has no input ranks in "
+            "cake_core.architectures.INPUT_RANKS"
+        )
     if arch.name in _REGISTRY:
         raise ValueError(f"student architecture {arch.name!r} is already registered")
     _REGISTRY[arch.name] = arch
@@ -177,11 +177,7 @@ def register(arch: StudentArch) -> StudentArch:
 
 def get_arch(name: str) -> StudentArch:
     """The architecture called ``name``; unknown names list the valid choices."""
-    arch = _REGISTRY.get(name) if isinstance(name, str) else None
-    if arch is None:
-        choices = ", ".join(sorted(_REGISTRY))
-        raise SpecError("student.arch", f"unknown architecture {name!r}; choose one of: {choices}")
-    return arch
+    return _REGISTRY[check_arch(name)]
 
 
 def list_archs() -> list[StudentArch]:
@@ -270,8 +266,3 @@ def choose_width(
         f"{why} keeps {name} within half the teacher's {teacher} parameters "
         f"({best:,} <= {budget:,})",
     )
-
-
-def default_arch(input_shape: Sequence[int]) -> str:
-    """The architecture to use when the spec names none: a CNN for images, else an MLP."""
-    return "lenet5" if len(input_shape) == 3 else "mlp"

@@ -82,7 +82,6 @@ ARCH = register(
             "ResNet-18 for small images [C, H, W]: 3x3 stem, no max-pool, global average "
             "pooling (any size from 4x4); channels 64-512 times width."
         ),
-        input_ranks=(3,),
         builder=ResNet18,
     )
 )

@@ -139,7 +139,6 @@ ARCH = register(
             "Small Vision Transformer (depth 4, 4 heads, dim 128 x width) for images "
             "[C, H, W] with patches sized to the image, or token sequences [L, D]."
         ),
-        input_ranks=(2, 3),
         builder=ViT,
     )
 )

@@ -25,6 +25,7 @@ with warnings.catch_warnings():
 from api.main import create_app
 from cake_shared.db import make_engine
 from cake_shared.models import Base
+from cake_shared.services import JobQueue
 from cake_shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,20 +44,31 @@ class BundledTeacher:
 
 @dataclass
 class FakeQueue:
-    """Stands in for the broker only: records what would have been sent to Celery."""
+    """Stands in for the broker only (the app's ``JobQueue``, passed to ``create_app``):
+    records what would have been sent to Celery."""
 
     sent: list[tuple[str, str]] = field(default_factory=list)
     fail: bool = False
     broker_up: bool = True
+    #: False: the broker's client library cannot be imported (as without Celery installed).
+    loadable: bool = True
 
-    def enqueue_job(self, job_id: str, queue: str) -> None:
+    def enqueue(self, job_id: str, queue: str, countdown: float | None = None) -> None:
         if self.fail:
             raise ConnectionError("broker down")
         self.sent.append((job_id, queue))
 
-    def ping_broker(self) -> None:
+    def ping(self, timeout: float = 2.0) -> None:
+        if not self.loadable:
+            raise ImportError("No module named 'celery'")
         if not self.broker_up:
             raise ConnectionError("broker down")
+
+    def depth(self, queue: str) -> int:
+        return sum(name == queue for _, name in self.sent)
+
+    def close(self) -> None:
+        pass
 
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
@@ -72,8 +84,10 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def make_app(root: Path, **overrides: Any) -> FastAPI:
-    app = create_app(make_settings(root, **overrides))
+def make_app(root: Path, queue: JobQueue | None = None, **overrides: Any) -> FastAPI:
+    """An app on :func:`make_settings` with a migrated database; ``queue`` defaults to the
+    settings' real broker."""
+    app = create_app(make_settings(root, **overrides), queue=queue)
     Base.metadata.create_all(app.state.ctx.engine)
     return app
 

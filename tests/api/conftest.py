@@ -1,7 +1,7 @@
 """Fixtures for the API tests: real SQLite file database and local store under tmp_path.
 
-Only the broker call is replaced (an in-process fake module at ``cake_shared.queue`` that
-records job ids), so everything between the HTTP request and the queue is the real code.
+Only the broker is replaced (a ``FakeQueue`` handed to ``create_app`` as the app's job queue,
+which records job ids), so everything between the HTTP request and the queue is the real code.
 Teachers are the real TorchScript models bundled in ``examples/`` (trained on scikit-learn's
 digits and wine by ``examples/teachers.py``), which spares the ~70 s of training that the
 session fixtures ``digits_teacher``/``wine_teacher`` cost when this folder runs alone.
@@ -10,8 +10,6 @@ Helpers live in ``api_support``.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,16 +32,9 @@ def wine() -> BundledTeacher:
 
 
 @pytest.fixture
-def fake_queue(monkeypatch: pytest.MonkeyPatch) -> FakeQueue:
-    queue = FakeQueue()
-    module = types.ModuleType("cake_shared.queue")
-    module.enqueue_job = queue.enqueue_job  # type: ignore[attr-defined]
-    module.ping_broker = queue.ping_broker  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cake_shared.queue", module)
-    import cake_shared
-
-    monkeypatch.setattr(cake_shared, "queue", module, raising=False)
-    return queue
+def fake_queue() -> FakeQueue:
+    """The job queue of every app ``make_client`` builds in the test."""
+    return FakeQueue()
 
 
 @pytest.fixture
@@ -51,7 +42,7 @@ def make_client(tmp_path: Path, fake_queue: FakeQueue) -> Iterator[Callable[...,
     apps: list[FastAPI] = []
 
     def factory(**overrides: Any) -> TestClient:
-        app = make_app(tmp_path / f"app{len(apps)}", **overrides)
+        app = make_app(tmp_path / f"app{len(apps)}", fake_queue, **overrides)
         apps.append(app)
         return TestClient(app, raise_server_exceptions=False)
 

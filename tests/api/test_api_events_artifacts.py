@@ -12,8 +12,10 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 from api_support import BundledTeacher, TestClient, assert_problem, upload_teacher
+from httpx_sse import EventSource, ServerSentEvent
 
 from cake_shared.ids import new_id
 from cake_shared.models import Artifact, Job, JobEvent, utcnow
@@ -55,19 +57,10 @@ def _finish(client: TestClient, job_id: str, status: str = "succeeded") -> None:
     )
 
 
-def _parse_sse(text: str) -> list[dict[str, str]]:
-    messages = []
-    for block in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
-            if line.startswith(":"):
-                fields.setdefault("comment", line)
-                continue
-            name, _, value = line.partition(": ")
-            fields[name] = value
-        if fields:
-            messages.append(fields)
-    return messages
+def _events(response: httpx.Response) -> list[ServerSentEvent]:
+    """The stream's events as httpx-sse (the client's parser) reads them, without the messages
+    that carry no data (the reconnection hint; heartbeats once an id was seen)."""
+    return [e for e in EventSource(response).iter_sse() if e.data]
 
 
 def test_events_oldest_first_with_after(client: TestClient, job_id: str) -> None:
@@ -96,16 +89,30 @@ def test_sse_stream_of_a_finished_job(client: TestClient, job_id: str) -> None:
     r = client.get(f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
-    messages = [m for m in _parse_sse(r.text) if "event" in m]
-    assert [m["event"] for m in messages] == ["queued", "started", "phase", "succeeded", "end"]
-    first = json.loads(messages[0]["data"])
-    assert messages[0]["id"] == first["id"] and first["type"] == "queued"
-    assert json.loads(messages[-1]["data"]) == {"status": "succeeded"}
+    assert r.headers["cache-control"] == "no-cache"
+    messages = _events(r)
+    assert [m.event for m in messages] == ["queued", "started", "phase", "succeeded", "end"]
+    first = json.loads(messages[0].data)
+    assert messages[0].id == first["id"] and first["type"] == "queued"
+    assert json.loads(messages[-1].data) == {"status": "succeeded"}
+    # The bytes on the wire, as API.md's clients have always read them: a reconnection hint,
+    # then one "id/event/data" block per event (compact JSON), then "end"; "\n" line ends.
+    assert r.text.startswith("retry: 2000\n\n")
+    block = f"id: {first['id']}\nevent: queued\ndata: {messages[0].data}\n\n"
+    assert block in r.text and messages[0].data == json.dumps(first, separators=(",", ":"))
+    assert r.text.endswith('event: end\ndata: {"status": "succeeded"}\n\n')
+    assert "\r" not in r.text
     resumed = client.get(
         f"/v1/jobs/{job_id}/events",
-        headers={"Accept": "text/event-stream", "Last-Event-ID": messages[2]["id"]},
+        headers={"Accept": "text/event-stream", "Last-Event-ID": messages[2].id},
     )
-    assert [m["event"] for m in _parse_sse(resumed.text) if "event" in m] == ["succeeded", "end"]
+    assert [m.event for m in _events(resumed)] == ["succeeded", "end"]
+    after = client.get(
+        f"/v1/jobs/{job_id}/events",
+        params={"after": messages[1].id},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert [m.event for m in _events(after)] == ["phase", "succeeded", "end"]
 
 
 def test_sse_streams_live_until_the_job_ends(client: TestClient, job_id: str) -> None:
@@ -125,10 +132,9 @@ def test_sse_streams_live_until_the_job_ends(client: TestClient, job_id: str) ->
     r = client.get(f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
     thread.join()
     assert time.monotonic() - start >= 0.8, "the stream stayed open until the job ended"
-    messages = _parse_sse(r.text)
-    events = [m["event"] for m in messages if "event" in m]
+    events = [m.event for m in _events(r)]
     assert events[:2] == ["queued", "started"] and events[-2:] == ["failed", "end"]
-    assert any(m.get("comment") == ": keep-alive" for m in messages), "heartbeat comments"
+    assert "\n\n: keep-alive\n\n" in r.text, "heartbeat comments"
 
 
 def _add_artifacts(client: TestClient, job_id: str) -> dict[str, bytes]:

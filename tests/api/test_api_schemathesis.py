@@ -12,8 +12,6 @@ is the hard bound.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,23 +58,14 @@ def _seed(app: FastAPI) -> None:
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
-    """The live app's schema; the broker is a fake module, as in ``conftest.fake_queue``."""
-    module = types.ModuleType("cake_shared.queue")
-    queue = FakeQueue()
-    module.enqueue_job = queue.enqueue_job  # type: ignore[attr-defined]
-    module.ping_broker = queue.ping_broker  # type: ignore[attr-defined]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "cake_shared.queue", module)
-        import cake_shared
-
-        mp.setattr(cake_shared, "queue", module, raising=False)
-        root: Path = tmp_path_factory.mktemp("schemathesis")
-        app = make_app(root, teacher_check_timeout_s=10.0)
-        _seed(app)
-        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-        schema.config.generation.update(max_examples=MAX_EXAMPLES, no_shrink=True)
-        yield schema
-        app.state.ctx.engine.dispose()
+    """The live app's schema; the broker is a ``FakeQueue``, as in ``conftest.fake_queue``."""
+    root: Path = tmp_path_factory.mktemp("schemathesis")
+    app = make_app(root, FakeQueue(), teacher_check_timeout_s=10.0)
+    _seed(app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema.config.generation.update(max_examples=MAX_EXAMPLES, no_shrink=True)
+    yield schema
+    app.state.ctx.engine.dispose()
 
 
 @pytest.fixture(autouse=True)

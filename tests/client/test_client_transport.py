@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from client_support import (
     Reply,
@@ -36,8 +39,9 @@ from cake_client import (
     ServiceUnreachable,
     Unauthorized,
     ValidationError,
+    WaitTimeout,
 )
-from cake_client._http import parse_retry_after, parse_sse
+from cake_client._http import parse_retry_after
 
 
 def fast_client(url: str, retries: int = 4) -> Client:
@@ -175,32 +179,58 @@ def test_pagination_follows_next_after() -> None:
     assert [s.query.get("limit") for s in server.seen] == [["2"], ["2"]]
 
 
-def test_sse_parser() -> None:
-    lines = [
-        "retry: 2000",
-        "",
-        "id: evt_1",
-        "event: phase",
-        'data: {"a":',
-        "data: 1}",
-        "",
-        ": keep-alive",
-        "",
-        "event: end",
-        'data: {"status": "succeeded"}',
-        "",
-    ]
-    messages = list(parse_sse(lines))
-    assert messages[1] is None  # the heartbeat comment
-    first, end = messages[0], messages[2]
-    assert first is not None and end is not None
-    assert (first.id, first.event, json.loads(first.data), first.retry_ms) == (
-        "evt_1",
-        "phase",
-        {"a": 1},
-        2000,
+def _sse_event(event_id: str, kind: str, **data: Any) -> dict[str, Any]:
+    return {"id": event_id, "type": kind, "message": kind, "level": "info", "data": data}
+
+
+def test_stream_events_resumes_after_a_dropped_stream_with_last_event_id() -> None:
+    first, second = _sse_event("evt_1", "phase", phase="training"), _sse_event("evt_2", "succeeded")
+    # CRLF line ends, a multi-line data field and a comment: what httpx-sse reads per the spec
+    data = "".join(f"data: {line}\r\n" for line in json.dumps(first, indent=1).splitlines())
+    dropped = f"retry: 2000\r\n\r\n: keep-alive\r\n\r\nid: evt_1\r\nevent: phase\r\n{data}\r\n"
+    ended = (
+        f"id: evt_2\nevent: succeeded\ndata: {json.dumps(second)}\n\n"
+        'event: end\ndata: {"status": "succeeded"}\n\n'
     )
-    assert end.event == "end" and json.loads(end.data) == {"status": "succeeded"}
+    sse = "text/event-stream"
+    with ScriptedServer() as server:
+        server.add(
+            "GET",
+            "/v1/jobs/job_1/events",
+            Reply(200, dropped, content_type=sse),
+            Reply(200, ended, content_type=sse),
+        )
+        with fast_client(server.url) as client:
+            streamed = list(client.jobs.stream_events("job_1"))
+    assert [e.id for e in streamed] == ["evt_1", "evt_2"]
+    assert streamed[0].phase == "training"
+    retried = server.requests("GET", "/v1/jobs/job_1/events")[1]
+    assert retried.headers["last-event-id"] == "evt_1" and retried.query["after"] == ["evt_1"]
+
+
+def test_wait_times_out_while_only_heartbeats_arrive() -> None:
+    """A queued job's stream carries nothing but heartbeats: every read succeeds, so only the
+    client's own deadline can end ``wait(timeout=...)``."""
+
+    def heartbeats() -> Iterator[bytes]:
+        yield b"retry: 2000\n\n"
+        for _ in range(200):
+            time.sleep(0.05)
+            yield b": keep-alive\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, content=heartbeats()
+            )
+        return httpx.Response(200, json=job_json(status="queued"))
+
+    client = Client("http://cake.test", transport=httpx.MockTransport(handler), max_retries=0)
+    start = time.monotonic()
+    with client, pytest.raises(WaitTimeout) as raised:
+        client.jobs.wait("job_1", timeout=0.5)
+    assert time.monotonic() - start < 3.0
+    assert raised.value.job_id == "job_1"
 
 
 def test_retry_after_parses_seconds_and_http_dates() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import connect_sse
 
 ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("succeeded", "failed", "canceled")
@@ -219,32 +220,21 @@ def all_events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
 
 
 def read_sse(client: httpx.Client, job_id: str, timeout: float) -> list[tuple[str, str]]:
-    """The job's Server-Sent Events as (event, data) pairs, read until the stream ends; fails
-    if it is still open after ``timeout`` seconds."""
+    """The job's Server-Sent Events as (event, data) pairs, read with httpx-sse (the client's
+    parser) until the stream ends; fails if it is still open after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     pairs: list[tuple[str, str]] = []
-    kind, data = "message", ""
-    with client.stream(
-        "GET",
-        f"/v1/jobs/{job_id}/events",
-        headers={"Accept": "text/event-stream"},
-        timeout=httpx.Timeout(timeout),
-    ) as response:
+    with connect_sse(
+        client, "GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(timeout)
+    ) as source:
+        response = source.response
         assert response.status_code == 200, response.read()[:2000]
         assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
+        for message in source.iter_sse():
             if time.monotonic() > deadline:
                 raise AssertionError(f"the event stream of {job_id} did not end in {timeout}s")
-            if line.startswith("event:"):
-                kind = line.partition(":")[2].strip()
-            elif line.startswith("data:"):
-                data += line.partition(":")[2].strip()
-            elif line == "":
-                if data:
-                    pairs.append((kind, data))
-                kind, data = "message", ""
-    if data:
-        pairs.append((kind, data))
+            if message.data:  # not the reconnection hint, nor a heartbeat
+                pairs.append((message.event, message.data))
     return pairs
 
 

@@ -284,21 +284,12 @@ def sweep_as_another_worker(
     worker that still reaches the database and the broker would run it.
 
     ``env`` holds the ``CAKE_*`` settings to use (the database straight, not through a cut
-    proxy); the cached settings, engine and Celery app are rebuilt for the pass and dropped
-    afterwards, so nothing leaks into other tests.
+    proxy); services are built from them for the pass and closed afterwards, so nothing leaks
+    into other tests.
     """
-    from cake_shared.db import get_engine, get_sessionmaker
-    from cake_shared.queue import celery_app
-    from cake_shared.settings import get_settings
+    from cake_shared.services import Services
+    from cake_shared.settings import Settings
     from worker.sweeper import sweep_once
-
-    caches = (get_engine, get_sessionmaker, get_settings, celery_app)
-
-    def reset() -> None:
-        if get_engine.cache_info().currsize:
-            get_engine().dispose()
-        for cached in caches:
-            cached.cache_clear()
 
     with monkeypatch.context() as patch:
         for name in [k for k in os.environ if k.startswith("CAKE_")]:
@@ -306,8 +297,9 @@ def sweep_as_another_worker(
         for name, value in env.items():
             patch.setenv(name, value)
         patch.setenv("CAKE_JOB_HEARTBEAT_TIMEOUT_S", str(heartbeat_timeout_s))
-        reset()
-        try:
-            return sweep_once(lost_after_s=3600)
-        finally:
-            reset()
+        settings = Settings()
+    services = Services.from_settings(settings)
+    try:
+        return sweep_once(services, lost_after_s=3600)
+    finally:
+        services.close()

@@ -302,26 +302,29 @@ def epochs(events: list[dict[str, Any]], attempt: int | None = None) -> list[int
 
 
 @contextlib.contextmanager
-def in_process_settings(env: dict[str, str]) -> Iterator[None]:
-    """Point this (pytest) process's ``cake_shared`` at the deployment, for the few calls a test
-    makes itself (``enqueue_job``); caches are cleared before and after."""
-    from cake_shared.queue import celery_app
-    from cake_shared.settings import get_settings
+def in_process_services(env: dict[str, str]) -> Iterator[Any]:
+    """Services (``cake_shared.services.Services``) of this (pytest) process on the deployment
+    that ``env`` describes, for the few calls a test makes itself (publishing a job id): the
+    settings are read with exactly the ``CAKE_*`` variables of ``env`` set, and the services are
+    closed on exit."""
+    from cake_shared.services import Services
+    from cake_shared.settings import Settings
 
     saved = {k: v for k, v in os.environ.items() if k.startswith("CAKE_")}
     for key in saved:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("CAKE_")})
-    get_settings.cache_clear()
-    celery_app.cache_clear()
     try:
-        yield
+        settings = Settings()
     finally:
         for key in [k for k in os.environ if k.startswith("CAKE_")]:
             del os.environ[key]
         os.environ.update(saved)
-        get_settings.cache_clear()
-        celery_app.cache_clear()
+    services = Services.from_settings(settings)
+    try:
+        yield services
+    finally:
+        services.close()
 
 
 __all__ += [
@@ -330,7 +333,7 @@ __all__ += [
     "chunks",
     "epochs",
     "free_port",
-    "in_process_settings",
+    "in_process_services",
     "kill_pids",
     "service_env",
 ]

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cake_shared.db import is_unavailable, make_engine, retrying
+from cake_shared.settings import Settings
 from cake_shared.storage import CHUNK, ObjectNotFound, Retry, S3Store
 
 BUCKET = "cake-retry"
@@ -229,7 +230,7 @@ def test_database_retrying_rides_out_a_dropped_connection(pg_proxy: TcpProxy) ->
             with engine.connect() as conn:
                 return conn.execute(text("SELECT 2")).scalar()
 
-        assert retrying("a test query", query, sleep=hook) == 2
+        assert retrying("a test query", query, Settings(), sleep=hook) == 2
         assert len(hook.waits) == 1
     finally:
         engine.dispose()
@@ -241,7 +242,9 @@ def test_database_retrying_gives_up_and_ignores_real_errors(pg_proxy: TcpProxy) 
         waits: list[float] = []
         pg_proxy.cut()
         with pytest.raises(OperationalError) as info:
-            retrying("a test query", lambda: engine.connect(), attempts=3, sleep=waits.append)
+            retrying(
+                "a test query", lambda: engine.connect(), Settings(), attempts=3, sleep=waits.append
+            )
         assert is_unavailable(info.value) and len(waits) == 2
         pg_proxy.restore()
 
@@ -252,7 +255,7 @@ def test_database_retrying_gives_up_and_ignores_real_errors(pg_proxy: TcpProxy) 
 
         waits.clear()
         with pytest.raises(IntegrityError):
-            retrying("a bad statement", violate, sleep=waits.append)
+            retrying("a bad statement", violate, Settings(), sleep=waits.append)
         assert waits == []
     finally:
         engine.dispose()

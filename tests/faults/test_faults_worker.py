@@ -43,7 +43,7 @@ from faults_worker_support import (
     expect,
     figures,
     free_port,
-    in_process_settings,
+    in_process_services,
     service_env,
     wait_for,
 )
@@ -311,14 +311,12 @@ def test_a_job_delivered_twice_runs_once(h: Harness) -> None:
     duplicate delivery, as after a broker redelivery). Each worker holds one message at a time
     (prefetch 1, late acks), so the duplicate goes to the other worker: its claim is refused
     and its message is acknowledged without running anything."""
-    from cake_shared.queue import enqueue_job
-
     workers = h.start_workers("d1", "d2")
     job_id = h.submit(LONG_SYNTHESIS)
     # Once the job runs, its worker holds its one message; the duplicate goes to the other.
     h.wait_events(job_id, lambda ev: "started" in [e["type"] for e in ev], 60, "to start")
-    with in_process_settings(h.env):
-        enqueue_job(job_id, "cpu")
+    with in_process_services(h.env) as services:
+        services.queue.enqueue(job_id, "cpu")
 
     row = succeeded(h, job_id)
     assert row["attempts"] == 1

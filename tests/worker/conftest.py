@@ -8,12 +8,26 @@ from pathlib import Path
 import pytest
 import torch
 from postgres_support import fresh_database
-from worker_support import Service, configure_service, reset_service_caches
+from worker_support import Service, configure_service
+
+from cake_shared.services import Services
+
+
+@pytest.fixture
+def opened() -> Iterator[list[Services]]:
+    """The services the test's fixtures built, closed when it ends (``postgres_url`` closes
+    them before it drops its database)."""
+    built: list[Services] = []
+    try:
+        yield built
+    finally:
+        for ctx in built:
+            ctx.close()
 
 
 @pytest.fixture
 def make_service(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Services]
 ) -> Iterator[Callable[..., Service]]:
     """Configure the service under ``tmp_path`` (extra ``CAKE_*`` variables as keywords).
 
@@ -24,9 +38,8 @@ def make_service(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     try:
-        yield lambda **env: configure_service(monkeypatch, tmp_path / "data", **env)
+        yield lambda **env: configure_service(monkeypatch, tmp_path / "data", opened, **env)
     finally:
-        reset_service_caches()
         torch.set_num_threads(threads)
 
 
@@ -37,18 +50,25 @@ def service(make_service: Callable[..., Service]) -> Service:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(opened: list[Services]) -> Iterator[str]:
     """A fresh database on the local PostgreSQL (127.0.0.1:5432), dropped afterwards."""
     with fresh_database("cake_worker", missing="skip") as url:
         try:
             yield url
         finally:
-            reset_service_caches()  # close pooled connections before the drop
+            for ctx in opened:  # close pooled connections before the drop
+                ctx.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_service(request: pytest.FixtureRequest, make_service: Callable[..., Service]) -> Service:
-    """The same test on SQLite and on PostgreSQL: the claim and sweep SQL must hold on both."""
+def any_database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The ``CAKE_*`` variables of one database: SQLite (the default, none) or PostgreSQL."""
     if request.param == "postgresql":
-        return make_service(CAKE_DATABASE_URL=request.getfixturevalue("postgres_url"))
-    return make_service()
+        return {"CAKE_DATABASE_URL": request.getfixturevalue("postgres_url")}
+    return {}
+
+
+@pytest.fixture
+def any_service(any_database: dict[str, str], make_service: Callable[..., Service]) -> Service:
+    """The same test on SQLite and on PostgreSQL: the claim and sweep SQL must hold on both."""
+    return make_service(**any_database)

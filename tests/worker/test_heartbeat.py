@@ -6,32 +6,34 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
-from worker_support import Service, events, wait_for
+from worker_support import Service, wait_for
 
 from cake_cli.service import upgrade_database
 from cake_shared import jobs, workers
-from cake_shared.db import session_scope
 from cake_shared.models import Job, Worker, utcnow
-from cake_shared.settings import Settings, get_settings
+from cake_shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Only stored, never run here.
 WINE = SimpleNamespace(path=ROOT / "examples" / "wine_mlp.pt", input_shape=(13,), num_classes=3)
 
 
-def _rows() -> list[Worker]:
-    with session_scope() as session:
+def _rows(service: Service) -> list[Worker]:
+    with service.ctx.session_scope() as session:
         return list(session.scalars(select(Worker)))
 
 
-def _beat(worker_id: str, queues: list[str], device: str, age_s: float = 0.0) -> None:
-    with session_scope() as session:
+def _beat(
+    service: Service, worker_id: str, queues: list[str], device: str, age_s: float = 0.0
+) -> None:
+    with service.ctx.session_scope() as session:
         workers.record_heartbeat(
             session,
             worker_id,
@@ -41,27 +43,29 @@ def _beat(worker_id: str, queues: list[str], device: str, age_s: float = 0.0) ->
         )
 
 
-def _flag() -> list[str]:
-    with session_scope() as session:
-        return workers.flag_unserved_jobs(session, get_settings())
+def _flag(service: Service) -> list[str]:
+    with service.ctx.session_scope() as session:
+        return workers.flag_unserved_jobs(session, service.ctx.settings)
 
 
-def _no_worker_events(job_id: str) -> int:
-    return sum(e.type == workers.NO_WORKER for e in events(job_id))
+def _no_worker_events(service: Service, job_id: str) -> int:
+    return sum(e.type == workers.NO_WORKER for e in service.events(job_id))
 
 
 def test_heartbeat_records_queues_and_device_then_removes_itself(service: Service) -> None:
-    beat = workers.Heartbeat("cake-1@host", ["gpu", "cpu"], concurrency=2, interval_s=0.05)
+    beat = workers.Heartbeat(
+        service.ctx, "cake-1@host", ["gpu", "cpu"], concurrency=2, interval_s=0.05
+    )
     beat.start()
     try:
         wait_for(lambda: beat.beats >= 3, 30, "three heartbeats")
-        (row,) = _rows()
+        (row,) = _rows(service)
         assert row.id == "cake-1@host" and row.queues == ["gpu", "cpu"]
         assert row.device in ("cpu", "cuda") and row.concurrency == 2
         assert row.pid == os.getpid() and row.heartbeat_at > utcnow() - timedelta(seconds=10)
     finally:
         beat.stop()
-    assert _rows() == []  # a clean stop leaves no live worker behind
+    assert _rows(service) == []  # a clean stop leaves no live worker behind
 
 
 def test_device_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,9 +78,9 @@ def test_device_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_live_workers_and_the_auto_queue(service: Service) -> None:
     settings = Settings(worker_live_s=10)
-    _beat("cpu-worker", ["cpu"], "cpu")
-    _beat("dead-gpu", ["gpu", "cpu"], "cuda", age_s=60)  # stopped beating a minute ago
-    with session_scope() as session:
+    _beat(service, "cpu-worker", ["cpu"], "cpu")
+    _beat(service, "dead-gpu", ["gpu", "cpu"], "cuda", age_s=60)  # stopped beating a minute ago
+    with service.ctx.session_scope() as session:
         live = workers.live_workers(session, settings)
         assert [w.id for w in live] == ["cpu-worker"]
         assert workers.workers_per_queue(live) == {"gpu": 0, "cpu": 1}
@@ -100,33 +104,32 @@ def test_an_unknown_default_queue_is_a_start_up_error() -> None:
 
 
 def test_a_job_nobody_serves_gets_one_no_worker_event(
-    service: Service, monkeypatch: pytest.MonkeyPatch
+    make_service: Callable[..., Service],
 ) -> None:
-    monkeypatch.setenv("CAKE_NO_WORKER_AFTER_S", "0")
-    get_settings.cache_clear()
+    service = make_service(CAKE_NO_WORKER_AFTER_S="0")
     served = service.add_job(WINE, queue="cpu")
     unserved = service.add_job(WINE, queue="gpu")
-    _beat("cpu-only", ["cpu"], "cpu")
+    _beat(service, "cpu-only", ["cpu"], "cpu")
 
-    assert _flag() == [unserved]
-    assert _flag() == []  # once per stay in the queue, not on every look
-    assert _no_worker_events(unserved) == 1 and _no_worker_events(served) == 0
-    (event,) = [e for e in events(unserved) if e.type == workers.NO_WORKER]
+    assert _flag(service) == [unserved]
+    assert _flag(service) == []  # once per stay in the queue, not on every look
+    assert _no_worker_events(service, unserved) == 1 and _no_worker_events(service, served) == 0
+    (event,) = [e for e in service.events(unserved) if e.type == workers.NO_WORKER]
     assert event.level == "warning" and "gpu queue" in event.message
     assert event.data == {"queue": "gpu", "live_workers": 0}
 
     # The job starts somewhere, is handed back, and again nobody serves its queue: told again.
-    token = jobs.claim_job(unserved, "w1")
+    token = jobs.claim_job(service.ctx, unserved, "w1")
     assert token is not None
-    assert jobs.requeue_job(unserved, token, reason="test", enqueue=lambda *_: None)
-    assert _flag() == [unserved]
-    assert _no_worker_events(unserved) == 2
+    assert jobs.requeue_job(service.ctx, unserved, token, reason="test", enqueue=lambda *_: None)
+    assert _flag(service) == [unserved]
+    assert _no_worker_events(service, unserved) == 2
 
     # A job that is no longer queued is left alone.
-    with session_scope() as session:
+    with service.ctx.session_scope() as session:
         session.get(Job, served).queue = "gpu"
         jobs.request_cancel(session, served)
-    assert _flag() == []
+    assert _flag(service) == []
 
 
 def _cake_worker(data_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:

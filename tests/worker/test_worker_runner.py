@@ -13,15 +13,12 @@ from datetime import timedelta
 import pytest
 import torch
 from sqlalchemy import select, update
-from worker_support import TINY_SPEC, events, get_job, wait_for
+from worker_support import TINY_SPEC, Service, wait_for
 
 from cake_core.config import WIDTH_GIVEN, WIDTH_PENDING, resolve_spec
 from cake_core.students import choose_width
 from cake_shared import jobs
-from cake_shared.db import session_scope
 from cake_shared.models import Artifact, Job, Teacher, utcnow
-from cake_shared.queue import enqueue_job, queue_depth
-from cake_shared.settings import get_settings
 from worker.checkpoints import ObjectStoreCheckpoints
 from worker.runner import claim_is_dead, process_job
 
@@ -37,11 +34,11 @@ REQUIRED_METRICS = {
 SLOW_SPEC = {"synthesis": {"num_samples": 400, "steps": 100_000}, "training": {"epochs": 2}}
 
 
-def _run_in_thread(job_id: str, **kwargs) -> tuple[threading.Thread, dict]:
+def _run_in_thread(service: Service, job_id: str, **kwargs) -> tuple[threading.Thread, dict]:
     outcome: dict = {}
 
     def target() -> None:
-        outcome["result"] = process_job(job_id, **kwargs)
+        outcome["result"] = process_job(service.ctx, job_id, **kwargs)
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
@@ -50,15 +47,15 @@ def _run_in_thread(job_id: str, **kwargs) -> tuple[threading.Thread, dict]:
 
 def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, digits_teacher):
     job_id = any_service.add_job(digits_teacher, TINY_SPEC, with_eval=True)
-    thread, outcome = _run_in_thread(job_id)
+    thread, outcome = _run_in_thread(any_service, job_id)
     seen: list[float] = []
     while thread.is_alive():
-        seen.append(get_job(job_id).progress)
+        seen.append(any_service.get_job(job_id).progress)
         time.sleep(0.01)
     thread.join()
     assert outcome["result"] == "succeeded"
 
-    job = get_job(job_id)
+    job = any_service.get_job(job_id)
     assert (job.status, job.phase, job.progress, job.attempts) == ("succeeded", "succeeded", 1.0, 1)
     assert job.error is None and job.claim_token is None
     assert job.started_at is not None and job.finished_at >= job.started_at
@@ -69,7 +66,7 @@ def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, d
     seen.append(job.progress)
     assert seen == sorted(seen)
 
-    with session_scope() as session:
+    with any_service.ctx.session_scope() as session:
         artifacts = {a.name: a for a in session.scalars(select(Artifact))}
     assert set(artifacts) == {
         "student.pt",
@@ -93,7 +90,7 @@ def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, d
     assert student(torch.zeros(2, *digits_teacher.input_shape)).shape == (2, 10)
     assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
 
-    log = events(job_id)
+    log = any_service.events(job_id)
     types = [e.type for e in log]
     assert types[0] == "started" and types[-1] == "succeeded"
     phases = [e.data["phase"] for e in log if e.type == "phase"]
@@ -115,16 +112,16 @@ def test_the_job_records_its_students_width_and_why(any_service, wine_teacher, w
     spec = resolve_spec(data, num_classes=3).to_dict()
     spec["student"]["arch"] = "mlp"
     job_id = any_service.add_job(wine_teacher, {**spec, "metadata": {"run": "ci"}})
-    assert get_job(job_id).spec["student"]["width_reason"] == (
+    assert any_service.get_job(job_id).spec["student"]["width_reason"] == (
         WIDTH_PENDING if width is None else WIDTH_GIVEN
     )
-    assert process_job(job_id) == "succeeded"
+    assert process_job(any_service.ctx, job_id) == "succeeded"
 
-    job = get_job(job_id)
+    job = any_service.get_job(job_id)
     m = job.metrics
     assert m["compression"] == pytest.approx(m["teacher_parameters"] / m["student_parameters"])
     student = job.spec["student"]
-    (event,) = [e for e in events(job_id) if e.type == "student"]
+    (event,) = [e for e in any_service.events(job_id) if e.type == "student"]
     assert event.data["width"] == student["width"]
     assert event.data["width_reason"] == student["width_reason"]
     assert event.data["student_parameters"] == m["student_parameters"]
@@ -147,48 +144,53 @@ def test_the_job_records_its_students_width_and_why(any_service, wine_teacher, w
 
 def test_cancel_requested_mid_run_ends_canceled(any_service, wine_teacher):
     job_id = any_service.add_job(wine_teacher, SLOW_SPEC)
-    thread, outcome = _run_in_thread(job_id)
-    wait_for(lambda: get_job(job_id).phase == "synthesizing", 30, "the job to start synthesizing")
-    with session_scope() as session:
+    thread, outcome = _run_in_thread(any_service, job_id)
+    wait_for(
+        lambda: any_service.get_job(job_id).phase == "synthesizing",
+        30,
+        "the job to start synthesizing",
+    )
+    with any_service.ctx.session_scope() as session:
         assert jobs.request_cancel(session, job_id) == "running"
     requested = time.monotonic()
     thread.join(30)
     assert not thread.is_alive()
     assert time.monotonic() - requested < 10
     assert outcome["result"] == "canceled"
-    job = get_job(job_id)
+    job = any_service.get_job(job_id)
     assert (job.status, job.phase) == ("canceled", "canceled")
     assert job.finished_at is not None
-    types = [e.type for e in events(job_id)]
+    types = [e.type for e in any_service.events(job_id)]
     assert "cancel_requested" in types and types[-1] == "canceled"
     assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
 
 
 def test_cancel_of_a_queued_job_is_immediate_and_never_runs(service, wine_teacher):
     job_id = service.add_job(wine_teacher)
-    with session_scope() as session:
+    with service.ctx.session_scope() as session:
         assert jobs.request_cancel(session, job_id) == "canceled"
-    assert process_job(job_id) == "skipped"
-    job = get_job(job_id)
+    assert process_job(service.ctx, job_id) == "skipped"
+    job = service.get_job(job_id)
     assert (job.status, job.attempts, job.started_at) == ("canceled", 0, None)
 
 
 def test_second_claim_is_refused(any_service, wine_teacher):
     job_id = any_service.add_job(wine_teacher)
-    token = jobs.claim_job(job_id, "worker-a:1")
+    ctx = any_service.ctx
+    token = jobs.claim_job(ctx, job_id, "worker-a:1")
     assert token is not None
-    assert jobs.claim_job(job_id, "worker-b:2") is None
+    assert jobs.claim_job(ctx, job_id, "worker-b:2") is None
     # A redelivered message while the first worker is alive does nothing.
-    assert process_job(job_id, worker_id="worker-c:3") == "skipped"
-    job = get_job(job_id)
+    assert process_job(ctx, job_id, worker_id="worker-c:3") == "skipped"
+    job = any_service.get_job(job_id)
     assert (job.status, job.claimed_by, job.attempts) == ("running", "worker-a:1", 1)
-    assert jobs.finish_job(job_id, token, "succeeded", metrics={})
-    assert jobs.claim_job(job_id, "worker-b:2") is None  # finished jobs stay finished
-    assert jobs.claim_job("job_does_not_exist", "worker-b:2") is None
+    assert jobs.finish_job(ctx, job_id, token, "succeeded", metrics={})
+    assert jobs.claim_job(ctx, job_id, "worker-b:2") is None  # finished jobs stay finished
+    assert jobs.claim_job(ctx, "job_does_not_exist", "worker-b:2") is None
 
 
-def _age_heartbeat(job_id: str, seconds: float) -> None:
-    with session_scope() as session:
+def _age_heartbeat(service: Service, job_id: str, seconds: float) -> None:
+    with service.ctx.session_scope() as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id)
@@ -198,52 +200,54 @@ def _age_heartbeat(job_id: str, seconds: float) -> None:
 
 def test_stale_heartbeat_is_reclaimed_and_the_old_worker_is_fenced_off(any_service, wine_teacher):
     job_id = any_service.add_job(wine_teacher)
-    old = jobs.claim_job(job_id, "worker-a:1")
+    old = jobs.claim_job(any_service.ctx, job_id, "worker-a:1")
     assert old is not None
-    assert jobs.update_progress(job_id, old, "synthesizing", 0.3)
-    _age_heartbeat(job_id, 600)  # older than job_heartbeat_timeout_s (300)
-    new = jobs.claim_job(job_id, "worker-b:2")
+    assert jobs.update_progress(any_service.ctx, job_id, old, "synthesizing", 0.3)
+    _age_heartbeat(any_service, job_id, 600)  # older than job_heartbeat_timeout_s (300)
+    new = jobs.claim_job(any_service.ctx, job_id, "worker-b:2")
     assert new is not None and new != old
-    job = get_job(job_id)
+    job = any_service.get_job(job_id)
     assert (job.claimed_by, job.attempts) == ("worker-b:2", 2)
     # The old worker's writes no longer land; the new worker's do, and progress never drops.
-    assert not jobs.heartbeat(job_id, old)
-    assert not jobs.update_progress(job_id, old, "training", 0.9)
-    assert not jobs.finish_job(job_id, old, "succeeded", metrics={})
-    assert not jobs.claim_state(job_id, old).owned
-    assert jobs.update_progress(job_id, new, "synthesizing", 0.1)
-    assert get_job(job_id).progress == pytest.approx(0.3)
-    assert jobs.finish_job(job_id, new, "failed", error={"code": "x", "message": "y"})
+    assert not jobs.heartbeat(any_service.ctx, job_id, old)
+    assert not jobs.update_progress(any_service.ctx, job_id, old, "training", 0.9)
+    assert not jobs.finish_job(any_service.ctx, job_id, old, "succeeded", metrics={})
+    assert not jobs.claim_state(any_service.ctx, job_id, old).owned
+    assert jobs.update_progress(any_service.ctx, job_id, new, "synthesizing", 0.1)
+    assert any_service.get_job(job_id).progress == pytest.approx(0.3)
+    assert jobs.finish_job(
+        any_service.ctx, job_id, new, "failed", error={"code": "x", "message": "y"}
+    )
 
 
 def test_sweeper_requeues_stale_and_dead_claims_then_gives_up(any_service, wine_teacher):
     stale = any_service.add_job(wine_teacher)
-    assert jobs.claim_job(stale, "far-away-host:1") is not None
-    _age_heartbeat(stale, 600)
+    assert jobs.claim_job(any_service.ctx, stale, "far-away-host:1") is not None
+    _age_heartbeat(any_service, stale, 600)
     # A claim by a process of this host that has exited is requeued without waiting.
     dead = any_service.add_job(wine_teacher, queue="gpu")
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    assert jobs.claim_job(dead, f"{socket.gethostname()}:{proc.pid}") is not None
+    assert jobs.claim_job(any_service.ctx, dead, f"{socket.gethostname()}:{proc.pid}") is not None
     alive = any_service.add_job(wine_teacher)
-    assert jobs.claim_job(alive, "far-away-host:2") is not None
+    assert jobs.claim_job(any_service.ctx, alive, "far-away-host:2") is not None
 
-    result = jobs.requeue_stale_jobs(is_dead_claim=claim_is_dead)
+    result = jobs.requeue_stale_jobs(any_service.ctx, is_dead_claim=claim_is_dead)
     assert sorted(result.requeued) == sorted([stale, dead])
-    assert get_job(alive).status == "running"
+    assert any_service.get_job(alive).status == "running"
     for job_id in (stale, dead):
-        job = get_job(job_id)
+        job = any_service.get_job(job_id)
         assert (job.status, job.claim_token, job.attempts) == ("queued", None, 1)
-        assert events(job_id)[-1].type == "requeued"
-    assert (queue_depth("cpu"), queue_depth("gpu")) == (1, 1)
+        assert any_service.events(job_id)[-1].type == "requeued"
+    assert (any_service.ctx.queue.depth("cpu"), any_service.ctx.queue.depth("gpu")) == (1, 1)
 
     # Out of attempts: the next stale heartbeat fails the job with a clear code.
     for attempt in (2, 3):
-        assert jobs.claim_job(stale, f"far-away-host:{attempt}") is not None
-        _age_heartbeat(stale, 600)
-        result = jobs.requeue_stale_jobs()
+        assert jobs.claim_job(any_service.ctx, stale, f"far-away-host:{attempt}") is not None
+        _age_heartbeat(any_service, stale, 600)
+        result = jobs.requeue_stale_jobs(any_service.ctx)
     assert result.failed == [stale]
-    job = get_job(stale)
+    job = any_service.get_job(stale)
     assert job.status == "failed" and job.error["code"] == "max_attempts"
     assert "3 attempts" in job.error["message"]
 
@@ -251,13 +255,14 @@ def test_sweeper_requeues_stale_and_dead_claims_then_gives_up(any_service, wine_
 def test_lost_queued_jobs_are_published_again_once(any_service, wine_teacher):
     lost = any_service.add_job(wine_teacher)  # its publish "failed": no message
     waiting = any_service.add_job(wine_teacher)
-    enqueue_job(waiting, "cpu")
-    assert jobs.requeue_lost_queued_jobs(older_than_s=3600) == []  # too young to be lost
-    assert jobs.requeue_lost_queued_jobs(older_than_s=0) == [lost]  # one message short
-    assert queue_depth("cpu") == 2
-    assert jobs.requeue_lost_queued_jobs(older_than_s=0) == []  # the broker has both now
-    assert process_job(lost) == "succeeded"
-    assert process_job(lost) == "skipped"  # a duplicate message does nothing
+    ctx = any_service.ctx
+    ctx.queue.enqueue(waiting, "cpu")
+    assert jobs.requeue_lost_queued_jobs(ctx, older_than_s=3600) == []  # too young to be lost
+    assert jobs.requeue_lost_queued_jobs(ctx, older_than_s=0) == [lost]  # one message short
+    assert ctx.queue.depth("cpu") == 2
+    assert jobs.requeue_lost_queued_jobs(ctx, older_than_s=0) == []  # the broker has both now
+    assert process_job(ctx, lost) == "succeeded"
+    assert process_job(ctx, lost) == "skipped"  # a duplicate message does nothing
 
 
 def test_interrupted_job_resumes_from_checkpoints_without_redoing_chunks(
@@ -272,19 +277,19 @@ def test_interrupted_job_resumes_from_checkpoints_without_redoing_chunks(
     # first attempt dies right after synthesis with an internal error.
     blocker = any_service.data_dir / "store" / "jobs" / job_id / "checkpoints" / "training.pt"
     blocker.mkdir(parents=True)
-    assert process_job(job_id) == "requeued"
-    job = get_job(job_id)
+    assert process_job(any_service.ctx, job_id) == "requeued"
+    job = any_service.get_job(job_id)
     assert (job.status, job.attempts, job.claim_token) == ("queued", 1, None)
     keys = ObjectStoreCheckpoints(any_service.store, job_id).keys()
     assert keys == [f"synthesis/{i:06d}" for i in range(4)]
-    assert events(job_id)[-1].type == "requeued"
-    assert queue_depth("cpu") == 1  # the retry is on its way
+    assert any_service.events(job_id)[-1].type == "requeued"
+    assert any_service.ctx.queue.depth("cpu") == 1  # the retry is on its way
 
     blocker.rmdir()
-    assert process_job(job_id) == "succeeded"
-    job = get_job(job_id)
+    assert process_job(any_service.ctx, job_id) == "succeeded"
+    job = any_service.get_job(job_id)
     assert (job.status, job.attempts) == ("succeeded", 2)
-    log = events(job_id)
+    log = any_service.events(job_id)
     first = [e for e in log if e.data.get("attempt") == 1]
     second = [e for e in log if e.data.get("attempt") == 2]
     assert sum(e.type == "progress" for e in first) == 4
@@ -296,32 +301,33 @@ def test_interrupted_job_resumes_from_checkpoints_without_redoing_chunks(
 
 
 def test_internal_errors_fail_after_the_last_attempt_without_leaking_paths(
-    service, digits_teacher, monkeypatch
+    make_service, digits_teacher
 ):
-    monkeypatch.setenv("CAKE_JOB_MAX_ATTEMPTS", "1")
-    get_settings.cache_clear()
+    service = make_service(CAKE_JOB_MAX_ATTEMPTS="1")
     job_id = service.add_job(digits_teacher)
     blocker = service.data_dir / "store" / "jobs" / job_id / "checkpoints" / "training.pt"
     blocker.mkdir(parents=True)
-    assert process_job(job_id) == "failed"
-    job = get_job(job_id)
+    assert process_job(service.ctx, job_id) == "failed"
+    job = service.get_job(job_id)
     assert job.status == "failed" and job.error["code"] == "internal"
     assert str(service.data_dir) not in job.error["message"]
     assert "Traceback" not in job.error["message"]
-    assert events(job_id)[-1].type == "failed"
+    assert service.events(job_id)[-1].type == "failed"
 
 
 def test_shutdown_hands_the_job_back_without_counting_the_attempt(service, wine_teacher):
     job_id = service.add_job(wine_teacher, SLOW_SPEC)
     shutdown = threading.Event()
-    thread, outcome = _run_in_thread(job_id, shutdown=shutdown)
-    wait_for(lambda: get_job(job_id).phase == "synthesizing", 30, "the job to start synthesizing")
+    thread, outcome = _run_in_thread(service, job_id, shutdown=shutdown)
+    wait_for(
+        lambda: service.get_job(job_id).phase == "synthesizing", 30, "the job to start synthesizing"
+    )
     shutdown.set()
     thread.join(30)
     assert outcome["result"] == "requeued"
-    job = get_job(job_id)
+    job = service.get_job(job_id)
     assert (job.status, job.attempts, job.claim_token) == ("queued", 0, None)
-    assert queue_depth("cpu") == 1
+    assert service.ctx.queue.depth("cpu") == 1
 
 
 @pytest.mark.parametrize(
@@ -334,18 +340,20 @@ def test_shutdown_hands_the_job_back_without_counting_the_attempt(service, wine_
 )
 def test_invalid_input_fails_with_its_code(service, wine_teacher, spec, teacher_bytes, code):
     job_id = service.add_job(wine_teacher, spec, teacher_bytes=teacher_bytes)
-    assert process_job(job_id) == "failed"
-    job = get_job(job_id)
+    assert process_job(service.ctx, job_id) == "failed"
+    job = service.get_job(job_id)
     assert job.status == "failed" and job.error["code"] == code, job.error
     assert set(job.error) == {"code", "message"}
     assert str(service.data_dir) not in job.error["message"] and "/tmp" not in job.error["message"]
-    assert events(job_id)[-1].type == "failed" and events(job_id)[-1].level == "error"
+    assert (
+        service.events(job_id)[-1].type == "failed" and service.events(job_id)[-1].level == "error"
+    )
 
 
 def test_missing_teacher_object_fails_with_teacher_invalid(service, wine_teacher):
     job_id = service.add_job(wine_teacher)
-    with session_scope() as session:
+    with service.ctx.session_scope() as session:
         storage_key = session.get(Teacher, session.get(Job, job_id).teacher_id).storage_key
     service.store.delete(storage_key)
-    assert process_job(job_id) == "failed"
-    assert get_job(job_id).error["code"] == "teacher_invalid"
+    assert process_job(service.ctx, job_id) == "failed"
+    assert service.get_job(job_id).error["code"] == "teacher_invalid"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from worker_support import free_port, get_job
+from worker_support import free_port
 
 from cake_shared.storage import S3Store
 from worker.checkpoints import ObjectStoreCheckpoints
@@ -60,8 +60,8 @@ def test_job_on_s3_uploads_artifacts_and_clears_checkpoints(
     )
     assert isinstance(service.store, S3Store)
     job_id = service.add_job(digits_teacher)
-    assert process_job(job_id) == "succeeded"
-    assert get_job(job_id).status == "succeeded"
+    assert process_job(service.ctx, job_id) == "succeeded"
+    assert service.get_job(job_id).status == "succeeded"
     keys = service.store.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/jobs/{job_id}/")
     names = sorted(obj["Key"] for obj in keys.get("Contents", []))
     assert names == [

@@ -1,7 +1,9 @@
 """Helpers for the worker tests: a real migrated database, store and broker in ``tmp_path``.
 
-Nothing is mocked. Settings are read from ``CAKE_*`` variables and cached, so each test sets its
-variables and clears the caches (and disposes the engine) before and after.
+Nothing is mocked. A test's settings are read from ``CAKE_*`` variables once, when its
+:class:`Service` is configured, and everything the test calls gets that service's
+:class:`~cake_shared.services.Services` (``service.ctx``) passed in, as a worker process does.
+A test that needs other settings configures another service.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import pytest
 from sqlalchemy import select
 
 from cake_cli.service import ROOT, upgrade_database, worker_argv
-from cake_shared.db import get_engine, get_sessionmaker, session_scope
 from cake_shared.ids import new_id
 from cake_shared.models import Dataset, Job, JobEvent, Teacher
-from cake_shared.queue import celery_app
-from cake_shared.settings import get_settings
-from cake_shared.storage import ObjectStore, get_store
+from cake_shared.services import Services
+from cake_shared.settings import Settings
+from cake_shared.storage import ObjectStore
 
 TINY_SPEC: dict[str, Any] = {
     "synthesis": {"num_samples": 400, "steps": 10},
@@ -44,20 +45,30 @@ SERVICE_VARS = (
 )
 
 
-def reset_service_caches() -> None:
-    """Forget cached settings, engine, session factory, Celery app and device."""
-    from worker.runner import worker_runtime
-
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()
-    for cached in (get_engine, get_sessionmaker, get_settings, celery_app, worker_runtime):
-        cached.cache_clear()
-
-
 @dataclass
 class Service:
+    """The service a test runs jobs on: its data folder and its services (``ctx``)."""
+
     data_dir: Path
-    store: ObjectStore
+    ctx: Services
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.ctx.store
+
+    def get_job(self, job_id: str) -> Job:
+        with self.ctx.session_scope() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        with self.ctx.session_scope() as session:
+            return list(
+                session.scalars(
+                    select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+                )
+            )
 
     def add_job(
         self,
@@ -74,7 +85,7 @@ class Service:
         self.store.put_bytes(f"teachers/{sha}", data)
         teacher_id, job_id = new_id("teacher"), new_id("job")
         dataset_id = None
-        with session_scope() as session:
+        with self.ctx.session_scope() as session:
             session.add(
                 Teacher(
                     id=teacher_id,
@@ -115,7 +126,12 @@ class Service:
         return job_id
 
 
-def configure_service(monkeypatch: pytest.MonkeyPatch, data_dir: Path, **env: str) -> Service:
+def configure_service(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path, opened: list[Services], **env: str
+) -> Service:
+    """Set the test's ``CAKE_*`` variables (``env`` on top of the defaults here), read the
+    settings from them, migrate the database and build the services (added to ``opened``, to
+    be closed when the test ends)."""
     for name in SERVICE_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CAKE_DATA_DIR", str(data_dir))
@@ -125,25 +141,11 @@ def configure_service(monkeypatch: pytest.MonkeyPatch, data_dir: Path, **env: st
     monkeypatch.setenv("CAKE_TENANT_MAX_RUNNING_JOBS", "0")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    reset_service_caches()
-    upgrade_database()
-    return Service(data_dir=data_dir, store=get_store())
-
-
-def get_job(job_id: str) -> Job:
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job
-
-
-def events(job_id: str) -> list[JobEvent]:
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
-            )
-        )
+    settings = Settings()
+    upgrade_database(url=settings.resolved_database_url())
+    ctx = Services.from_settings(settings)
+    opened.append(ctx)
+    return Service(data_dir=data_dir, ctx=ctx)
 
 
 def wait_for(

@@ -1,0 +1,5 @@
+"""``python -m bench.service``."""
+
+from bench.service.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The service benchmark's targets and statistics: percentiles, the API's own latency histogram
+(``/metrics``), durations for the tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+
+#: The targets of the issue: poll p99, the API's peak memory during an upload, POST -> running.
+POLL_TARGET_S = 0.050
+RSS_TARGET_MIB = 250.0
+QUEUE_TARGET_S = 1.0
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None for none)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    value = seconds * 1000
+    return f"{value:.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+
+def server_histogram(client: httpx.Client, base: str) -> dict[float, float] | None:
+    """Cumulative bucket counts of the API's own latency histogram for ``GET /v1/jobs/{id}``
+    (from ``/metrics``: time inside the app, without the wait before uvicorn hands the request
+    over)."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = client.get(base + "/metrics").text
+        buckets: dict[float, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "cake_http_request_duration_seconds":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                if (
+                    sample.name.endswith("_bucket")
+                    and labels.get("route") == "/v1/jobs/{id}"
+                    and labels.get("method") == "GET"
+                ):
+                    buckets[float(labels["le"])] = sample.value
+        return buckets
+    except Exception:
+        return None
+
+
+def histogram_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return {"requests": 0}
+
+    def upper(q: float) -> float:
+        for b, c in zip(bounds, counts, strict=True):
+            if c >= q * total:
+                return b
+        return math.inf
+
+    under = next((c for b, c in zip(bounds, counts, strict=True) if b >= POLL_TARGET_S), total)
+    return {
+        "requests": int(total),
+        "p50_at_most_s": upper(0.5),
+        "p99_at_most_s": upper(0.99),
+        "share_under_50ms": round(under / total, 4),
+        "buckets": {str(b): int(c) for b, c in zip(bounds, counts, strict=True)},
+    }
