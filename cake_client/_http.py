@@ -13,14 +13,15 @@ Retry rules, and why:
   even an unsafe request is retried then.
 - Retried answers: 429 and 5xx. ``Retry-After`` (seconds or an HTTP date) wins over the
   computed delay; otherwise the delay grows exponentially with "equal jitter" (half fixed, half
-  random), so many clients that failed together do not come back together.
+  random), so many clients that failed together do not come back together. That delay is the
+  service's own policy, :func:`cake_shared.retry.backoff_delay` (standard library and tenacity
+  only, so the SDK stays light); the loop is the client's, as it retries on HTTP statuses.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ import httpx
 
 from cake_client._retry_after import parse_retry_after
 from cake_client.errors import CakeAPIError, ServiceUnreachable, error_class
+from cake_shared.retry import backoff_delay
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -140,8 +142,7 @@ class Transport:
             hinted = parse_retry_after(response.headers.get("retry-after"))
             if hinted is not None:
                 return min(hinted, MAX_RETRY_AFTER_S)
-        delay = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return delay / 2 + random.uniform(0, delay / 2)
+        return backoff_delay(attempt + 1, self.backoff_base, self.backoff_max)
 
     # -- requests --------------------------------------------------------------------------------
     def send(

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from cake_shared.backoff import backoff_delay, call_with_retries
+from cake_shared.retry import backoff_delay, call_with_retries
 
 if TYPE_CHECKING:
     from cake_shared.settings import Settings

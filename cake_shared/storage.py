@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from cake_shared.backoff import backoff_delay, call_with_retries
+from cake_shared.retry import backoff_delay, call_with_retries
 
 if TYPE_CHECKING:
     from cake_shared.settings import Settings
@@ -43,7 +43,9 @@ class Retry:
     """How often and how patiently a store call is tried (``CAKE_STORE_RETRY_*``).
 
     Try ``n`` (n >= 2) waits ``min(backoff_max_s, backoff_s * 2**(n-2))``, half fixed and half
-    random, so workers that lost the store together do not come back together.
+    random, so workers that lost the store together do not come back together: the project's
+    one policy, :func:`cake_shared.retry.backoff_delay`. ``attempts`` counts HTTP requests, as
+    botocore itself does not retry (:class:`S3Store`).
     """
 
     attempts: int = 7
@@ -51,6 +53,7 @@ class Retry:
     backoff_max_s: float = 20.0
 
     def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failed try."""
         return backoff_delay(failures, self.backoff_s, self.backoff_max_s)
 
 
@@ -198,8 +201,10 @@ class LocalStore(ObjectStore):
 class S3Store(ObjectStore):
     """S3 or an S3-compatible server. Every call but :meth:`ping` goes through :meth:`_retry`.
 
-    botocore's own retries are kept short (3 tries, 5 s connect timeout): the backoff that
-    rides out a longer outage is :class:`Retry`'s, which is configurable and logged.
+    botocore's own retries are off (``total_max_attempts=1``, 5 s connect timeout): the only
+    retries are :class:`Retry`'s (:mod:`cake_shared.retry`), which are configurable and
+    logged. With both layers on, each of our tries would hide botocore's tries, and one call
+    on a dead endpoint would make ``attempts`` x botocore's requests instead of ``attempts``.
     """
 
     def __init__(
@@ -222,7 +227,7 @@ class S3Store(ObjectStore):
             endpoint_url=endpoint_url,
             region_name=region,
             config=Config(
-                retries={"max_attempts": 3, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
             ),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import random
 import socket
 import time
 import uuid
@@ -40,6 +39,7 @@ from sqlalchemy import select, update
 from cake_shared.job_view import iso_utc, job_json
 from cake_shared.jobs import add_event
 from cake_shared.models import Job, utcnow
+from cake_shared.retry import backoff_delay
 from cake_shared.settings import Settings
 from cake_shared.signing import (
     ALGORITHM,
@@ -83,7 +83,8 @@ log = logging.getLogger("cake.webhooks")
 MAX_URL_LENGTH = 2048
 #: At most this much of a receiver's answer is read (its content is not used).
 MAX_RESPONSE_BYTES = 4096
-#: Random extra share added to each backoff delay so that retries of many jobs spread out.
+#: Random extra share added to each backoff delay so that retries of many jobs spread out: an
+#: attempt never comes earlier than the documented delay, and at most 20% later.
 BACKOFF_JITTER = 0.2
 _DELIVERY_NAMESPACE = uuid.UUID("5b0f4c53-7a1e-4c0e-9a57-6b1e0c2f7d11")
 USER_AGENT = "cake-distill-webhooks/1"
@@ -236,9 +237,16 @@ def delivery_id(job_id: str) -> str:
 
 
 def backoff_s(attempt: int, settings: Settings) -> float:
-    """Delay after failed attempt ``attempt`` (1-based): doubling, capped, with jitter."""
-    base = settings.webhook_backoff_s * (2 ** max(0, attempt - 1))
-    return min(base, settings.webhook_backoff_max_s) * (1 + random.random() * BACKOFF_JITTER)
+    """Delay after failed attempt ``attempt`` (1-based): doubling, capped, with jitter.
+
+    The project's one backoff formula (:func:`cake_shared.retry.backoff_delay`); only the
+    jitter range is the webhooks' own (see :data:`BACKOFF_JITTER`)."""
+    return backoff_delay(
+        attempt,
+        settings.webhook_backoff_s,
+        settings.webhook_backoff_max_s,
+        spread=(1.0, 1.0 + BACKOFF_JITTER),
+    )
 
 
 def _lease_s(settings: Settings) -> float:

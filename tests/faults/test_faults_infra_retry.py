@@ -50,9 +50,6 @@ def moto_port() -> Iterator[int]:
 
 @pytest.fixture
 def s3(moto_port: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Store, TcpProxy]]:
-    import boto3
-    from botocore.config import Config
-
     for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")):
         monkeypatch.setenv(name, value)
     proxy = TcpProxy(("127.0.0.1", moto_port))
@@ -63,14 +60,7 @@ def s3(moto_port: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[S3Stor
         region="us-east-1",
         retry=Retry(attempts=4, backoff_s=0.01, backoff_max_s=0.01),
     )
-    # botocore's own quick retries (3 tries, up to ~3 s of backoff) off: the wrapper's are
-    # under test, and this keeps each refused call instant.
-    store.client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{proxy.address}",
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5),
-    )
+    # The store's own boto3 client: botocore must not retry behind our policy's back.
     try:
         yield store, proxy
     finally:
@@ -205,6 +195,28 @@ def test_s3_outage_longer_than_the_budget_raises(s3: tuple[S3Store, TcpProxy]) -
         store.size("anything")
     assert "Could not connect" in str(info.value)
     assert len(waits) == store.retry.attempts - 1
+
+
+def test_s3_call_on_a_dead_endpoint_makes_exactly_our_attempts(
+    s3: tuple[S3Store, TcpProxy],
+) -> None:
+    """botocore's own retries are off: one store call makes ``Retry.attempts`` HTTP requests,
+    not ``attempts`` x botocore's (7 x 3 = 21 with the defaults before)."""
+    store, proxy = s3
+    sent: list[str] = []
+    store.client.meta.events.register(
+        "before-send.s3", lambda request, **_: sent.append(request.method)
+    )
+    store.sleep = lambda _seconds: None
+    proxy.cut()
+    with pytest.raises(Exception, match="Could not connect"):
+        store.size("anything")
+    assert len(sent) == store.retry.attempts == 4, sent
+
+    sent.clear()
+    proxy.restore()
+    assert store.size("anything") is None  # a 404: one request, never retried
+    assert len(sent) == 1, sent
 
 
 @pytest.fixture
