@@ -20,7 +20,14 @@ from typing import Any
 
 from cake_core.errors import SpecError
 
-__all__ = ["MAX_DIM", "MAX_INPUT_ELEMENTS", "MAX_RANK", "format_shape", "parse_input_shape"]
+__all__ = [
+    "MAX_DIM",
+    "MAX_INPUT_ELEMENTS",
+    "MAX_RANK",
+    "format_shape",
+    "parse_input_shape",
+    "type_phrase",
+]
 
 MAX_DIM = 4096
 """Largest allowed size of one input dimension."""
@@ -62,7 +69,8 @@ def parse_input_shape(
         dims = _strict_text(value) if strict else _text(value)
     elif isinstance(value, bytes | bytearray) or not isinstance(value, Sequence):
         raise SpecError(
-            FIELD, f"must be a list of integers or a string like '1,28,28', not {_kind(value)}"
+            FIELD,
+            f"must be a list of integers or a string like '1,28,28', not {type_phrase(value)}",
         )
     else:
         dims = _sequence(value)
@@ -129,7 +137,7 @@ def _sequence(value: Sequence[Any]) -> list[int]:
             dims.append(int(item.__index__()))  # ints and integer-like (numpy) scalars
         except (AttributeError, TypeError):
             raise SpecError(
-                FIELD, f"dimensions must be integers, got {_kind(item)} {item!r:.20}"
+                FIELD, f"dimensions must be integers, got {type_phrase(item)} {item!r:.20}"
             ) from None
     return dims
 
@@ -153,7 +161,7 @@ def _check_bounds(dims: list[int], *, bounded: bool) -> None:
         )
 
 
-def _kind(value: object) -> str:
+def type_phrase(value: object) -> str:
     """Name a Python value's type for a message: 'a tuple', 'None', 'a dict'."""
     if value is None:
         return "None"

@@ -39,7 +39,14 @@ from typing import Any
 import torch
 
 from cake_core.errors import TeacherInvalidError
-from cake_core.shapes import MAX_DIM, MAX_INPUT_ELEMENTS, MAX_RANK, format_shape, parse_input_shape
+from cake_core.shapes import (
+    MAX_DIM,
+    MAX_INPUT_ELEMENTS,
+    MAX_RANK,
+    format_shape,
+    parse_input_shape,
+    type_phrase,
+)
 from cake_core.zipguard import (
     UnsafeZipError,
     ZipLimits,
@@ -500,7 +507,7 @@ def check_teacher(
     with torch.no_grad():
         out1 = _run(module, x1, hint=" (is the batch size fixed in the model?)")
     if not isinstance(out1, torch.Tensor) or tuple(out1.shape) != (1, num_classes):
-        got = format_shape(out1.shape) if isinstance(out1, torch.Tensor) else _kind(out1)
+        got = format_shape(out1.shape) if isinstance(out1, torch.Tensor) else type_phrase(out1)
         raise TeacherInvalidError(
             f"for an input of shape {format_shape(x1.shape)} the output is {got}, expected "
             f"[1, {num_classes}]: the model must accept any batch size (was it traced or "
@@ -539,7 +546,7 @@ def _run(module: torch.nn.Module, x: torch.Tensor, hint: str = "") -> Any:
 def _check_output(out: Any, batch: int, in_shape: torch.Size) -> int:
     """Validate the probe output's type, dtype, shape and values; return the class count."""
     if not isinstance(out, torch.Tensor):
-        raise TeacherInvalidError(f"model returned {_kind(out)}, expected a tensor of logits")
+        raise TeacherInvalidError(f"model returned {type_phrase(out)}, expected a tensor of logits")
     if not out.is_floating_point():
         dtype = str(out.dtype).removeprefix("torch.")
         raise TeacherInvalidError(f"logits are {dtype}, expected a floating-point tensor")
@@ -685,12 +692,3 @@ def _short_reason(exc: BaseException, path: str | os.PathLike[str] | None = None
     if len(reason) > _MAX_REASON_CHARS:
         reason = reason[: _MAX_REASON_CHARS - 3].rstrip() + "..."
     return reason
-
-
-def _kind(value: object) -> str:
-    """Name a Python value's type for a message: 'a tuple', 'None', 'a dict'."""
-    if value is None:
-        return "None"
-    name = type(value).__name__
-    article = "an" if name[:1].lower() in "aeiou" else "a"
-    return f"{article} {name}"
