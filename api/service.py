@@ -25,8 +25,8 @@ from cake_core.config import JobSpec, WorkLimitError, WorkLimits, check_work, re
 from cake_core.errors import SpecError
 from cake_shared import workers
 from cake_shared.ids import new_id
+from cake_shared.job_events import add_event as shared_add_event
 from cake_shared.job_view import job_json
-from cake_shared.jobs import add_event as shared_add_event
 from cake_shared.jobs import request_cancel
 from cake_shared.models import Artifact, Dataset, Job, JobEvent, Teacher, utcnow
 from cake_shared.settings import Settings

@@ -17,29 +17,16 @@ retry it after a lost response without creating a second object.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
+from cake_client import downloads, streams
 from cake_client._http import DEFAULT_MAX_RETRIES, Transport, new_idempotency_key
-from cake_client.errors import (
-    ChecksumMismatch,
-    NotReady,
-    RateLimited,
-    ServerError,
-    ServiceUnreachable,
-    WaitTimeout,
-)
 from cake_client.models import (
     Architecture,
     Artifact,
@@ -51,15 +38,24 @@ from cake_client.models import (
     Teacher,
 )
 from cake_client.multipart import FilePart, MultipartBody, ProgressCallback
-from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus
+from cake_client.streams import SSE_READ_TIMEOUT_S
+
+__all__ = [
+    "SSE_READ_TIMEOUT_S",
+    "UPLOAD_READ_TIMEOUT_S",
+    "Client",
+    "Datasets",
+    "Jobs",
+    "Teachers",
+    "build_spec",
+    "shape_list",
+]
 
 T = TypeVar("T")
 
 #: Read timeout of an upload's answer: the service checks a teacher in a sandbox first (60 s
 #: by default), so the response may take much longer than an ordinary request.
 UPLOAD_READ_TIMEOUT_S = 300.0
-#: The service sends an SSE heartbeat every 10 s; no byte for this long means a dead stream.
-SSE_READ_TIMEOUT_S = 45.0
 
 
 def shape_list(input_shape: str | Sequence[int]) -> list[int]:
@@ -103,12 +99,6 @@ def _file(path: str | os.PathLike[str], what: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"{what} not found: {p}")
     return p
-
-
-def _etag_sha(value: str | None) -> str | None:
-    if not value:
-        return None
-    return value.strip().removeprefix("W/").strip('"') or None
 
 
 class _Resource:
@@ -240,103 +230,6 @@ class Datasets(_Resource):
         return self._paginate("/v1/datasets", Dataset.from_json, {}, limit, after)
 
 
-@dataclass
-class _StreamState:
-    """What an SSE connection learned, kept across reconnects."""
-
-    last_id: str | None = None
-    ended: bool = False
-    final_status: str | None = None
-
-
-class _StreamBroken(Exception):
-    """The SSE connection failed or closed mid-way (internal: triggers reconnect/polling)."""
-
-
-@dataclass
-class _Deadlined:
-    """The part of a response that httpx-sse's ``EventSource`` reads (``headers`` and
-    ``iter_text``), raising ``WaitTimeout`` once ``deadline`` has passed.
-
-    Why: httpx-sse consumes heartbeat comments without yielding anything, so a loop over its
-    events alone would not notice the deadline of ``wait(timeout=...)`` while the service sends
-    nothing but heartbeats (a queued job), and the read timeout never fires either: every
-    heartbeat is a successful read. Checking at each chunk of text sees every heartbeat.
-    httpx-sse 0.4 reads exactly these two members of the response; should a later version read
-    another, ``test_wait_times_out_while_only_heartbeats_arrive`` fails.
-    """
-
-    response: httpx.Response
-    job_id: str
-    deadline: float | None
-
-    @property
-    def headers(self) -> httpx.Headers:
-        return self.response.headers
-
-    def iter_text(self) -> Iterator[str]:
-        for text in self.response.iter_text():
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                raise WaitTimeout(self.job_id, 0.0)
-            yield text
-
-
-class _Tracker:
-    """Turns job snapshots and events into ``JobProgress`` reports with monotone progress."""
-
-    def __init__(self, job_id: str, callback: Callable[[JobProgress], None] | None) -> None:
-        self.job_id = job_id
-        self.callback = callback
-        self.status: str = JobStatus.QUEUED
-        self.phase: str = JobPhase.QUEUED
-        self.progress = 0.0
-        self.phase_progress: float | None = None
-
-    def _emit(self, message: str, event: JobEvent | None) -> None:
-        if self.callback is not None:
-            self.callback(
-                JobProgress(
-                    self.job_id,
-                    self.status,
-                    self.phase,
-                    self.progress,
-                    self.phase_progress,
-                    message,
-                    event,
-                )
-            )
-
-    def _phase(self, phase: str | None) -> None:
-        if phase and phase != self.phase:
-            self.phase = phase
-            self.phase_progress = None
-
-    def job(self, job: Job) -> None:
-        self.status = job.status
-        self._phase(job.phase)
-        self.progress = max(self.progress, job.progress)
-        if job.status == JobStatus.SUCCEEDED:
-            self.phase_progress = 1.0
-        message = job.error.message if job.error else ""
-        self._emit(message, None)
-
-    def event(self, event: JobEvent) -> None:
-        if event.type in TERMINAL_STATUSES:
-            self.status = event.type
-            if event.type == JobStatus.SUCCEEDED:
-                self.progress, self.phase_progress = 1.0, 1.0
-        elif event.type in ("started", "phase", "progress", "metrics"):
-            self.status = JobStatus.RUNNING
-        self._phase(event.phase)
-        if event.progress is not None:
-            self.progress = max(self.progress, min(1.0, event.progress))
-        if event.phase_progress is not None:
-            self.phase_progress = event.phase_progress
-        elif event.type == "phase":
-            self.phase_progress = 0.0
-        self._emit(event.message, event)
-
-
 class Jobs(_Resource):
     """``/v1/jobs``: create, get, list, cancel, events (JSON and SSE), artifacts, downloads."""
 
@@ -434,65 +327,6 @@ class Jobs(_Resource):
         return self._paginate(f"/v1/jobs/{job_id}/events", JobEvent.from_json, {}, limit, after)
 
     # -- live events -----------------------------------------------------------------------------
-    def _stream(
-        self, job_id: str, state: _StreamState, deadline: float | None = None
-    ) -> Iterator[JobEvent]:
-        """One SSE connection: yield events until ``end`` (sets ``state.ended``) or a failure.
-
-        Raises ``_StreamBroken`` on a transport failure or a close without ``end``, and
-        ``WaitTimeout`` (with ``job_id``) when ``deadline`` passes.
-        """
-        read_s = SSE_READ_TIMEOUT_S
-        if deadline is not None:
-            read_s = max(0.1, min(read_s, deadline - time.monotonic() + 0.5))
-        timeout = httpx.Timeout(self._t.timeout, read=read_s)
-        headers = {"Accept": "text/event-stream"}
-        if state.last_id:
-            headers["Last-Event-ID"] = state.last_id
-        try:
-            response = self._t.send(
-                "GET",
-                f"/v1/jobs/{job_id}/events",
-                params={"after": state.last_id},
-                headers=headers,
-                stream=True,
-                timeout=timeout,
-            )
-        except (ServiceUnreachable, ServerError, NotReady, RateLimited) as exc:
-            raise _StreamBroken(str(exc)) from exc
-        try:
-            source = EventSource(cast(httpx.Response, _Deadlined(response, job_id, deadline)))
-            for message in source.iter_sse():
-                if not message.data:
-                    # the reconnection hint, or a heartbeat that httpx-sse dispatches as an
-                    # empty message once an id was seen: nothing to report
-                    continue
-                if message.event == "end":
-                    state.ended = True
-                    with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                        state.final_status = json.loads(message.data).get("status")
-                    return
-                try:
-                    payload = json.loads(message.data)
-                except json.JSONDecodeError:
-                    continue
-                if not isinstance(payload, dict):
-                    continue
-                event = JobEvent.from_json(payload)
-                state.last_id = event.id or message.id or state.last_id
-                yield event
-        except SSEError as exc:  # the answer is not an event stream
-            raise _StreamBroken(f"the service did not answer with an event stream: {exc}") from exc
-        except httpx.ReadTimeout as exc:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(job_id, 0.0) from None
-            raise _StreamBroken(f"no data for {read_s:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise _StreamBroken(str(exc) or type(exc).__name__) from exc
-        finally:
-            response.close()
-        raise _StreamBroken("the event stream closed before the job ended")
-
     def stream_events(self, job_id: str, after: str | None = None) -> Iterator[JobEvent]:
         """Live events (Server-Sent Events) until the job ends, oldest first.
 
@@ -500,21 +334,7 @@ class Jobs(_Resource):
         no event is lost or repeated; raises ``ServiceUnreachable`` after ``max_retries``
         reconnects in a row that delivered nothing.
         """
-        state = _StreamState(last_id=after)
-        failures = 0
-        while True:
-            try:
-                for event in self._stream(job_id, state):
-                    failures = 0
-                    yield event
-                return
-            except _StreamBroken as exc:
-                if failures >= self._t.max_retries:
-                    raise ServiceUnreachable(
-                        f"lost the event stream of job {job_id}: {exc}", url=self._t.base_url
-                    ) from None
-                self._t.sleep(self._t.backoff(failures))
-                failures += 1
+        return streams.stream_events(self._t, job_id, after)
 
     def wait(
         self,
@@ -531,42 +351,7 @@ class Jobs(_Resource):
         with monotone ``progress``. Raises ``WaitTimeout`` after ``timeout`` seconds (the job
         keeps running on the service).
         """
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        tracker = _Tracker(job_id, on_progress)
-        job = self.get(job_id)
-        tracker.job(job)
-        state = _StreamState()
-        use_stream = True
-        broken = 0
-        while not job.finished:
-            try:
-                if use_stream:
-                    try:
-                        for event in self._stream(job_id, state, deadline):
-                            broken = 0
-                            tracker.event(event)
-                    except _StreamBroken:
-                        broken += 1
-                        # Two failures in a row: the stream is not going to work (proxy that
-                        # buffers, old server); polling always does.
-                        use_stream = broken < 2
-                else:
-                    self._sleep_until(poll_interval, deadline)
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(job_id, 0.0)
-                job = self.get(job_id)
-                tracker.job(job)
-            except WaitTimeout:
-                raise WaitTimeout(job_id, float(timeout or 0.0), last=job) from None
-        return job
-
-    @staticmethod
-    def _sleep_until(interval: float, deadline: float | None) -> None:
-        delay = interval
-        if deadline is not None:
-            delay = min(delay, max(0.0, deadline - time.monotonic()))
-        time.sleep(delay)
+        return streams.wait(self._t, self.get, job_id, timeout, on_progress, poll_interval)
 
     # -- artifacts -------------------------------------------------------------------------------
     def artifacts(self, job_id: str) -> list[Artifact]:
@@ -588,68 +373,10 @@ class Jobs(_Resource):
         ``Range`` request. Raises ``Conflict`` before the job has succeeded, ``NotFound`` for
         an unknown artifact, ``ChecksumMismatch`` when the hashes differ.
         """
-        target = Path(path)
-        if target.is_dir():
-            target = target / name
         listing = {a.name: a for a in self.artifacts(job_id)}
         expected = listing.get(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-        )
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                actual, etag = self._fetch(job_id, name, fh, on_progress)
-            wanted = expected.sha256 if expected is not None else _etag_sha(etag)
-            if wanted and actual != wanted:
-                raise ChecksumMismatch(name, wanted, actual)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return target
-
-    def _fetch(
-        self, job_id: str, name: str, fh: Any, on_progress: ProgressCallback | None
-    ) -> tuple[str, str | None]:
-        """Stream the artifact into ``fh``; returns (sha256 hex, ETag)."""
-        digest = hashlib.sha256()
-        written = 0
-        etag: str | None = None
-        failures = 0
-        while True:
-            headers: dict[str, str] = {}
-            if written and etag:
-                headers = {"Range": f"bytes={written}-", "If-Range": etag}
-            response = self._t.send(
-                "GET", f"/v1/jobs/{job_id}/artifacts/{name}", headers=headers, stream=True
-            )
-            try:
-                if response.status_code != 206 and written:
-                    fh.seek(0)
-                    fh.truncate()
-                    digest, written = hashlib.sha256(), 0
-                etag = response.headers.get("etag") or etag
-                length = response.headers.get("content-length")
-                total = written + int(length) if length and length.isdigit() else 0
-                for chunk in response.iter_bytes():
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    written += len(chunk)
-                    if on_progress is not None:
-                        on_progress(written, max(total, written))
-                return digest.hexdigest(), etag
-            except httpx.TransportError as exc:
-                if failures >= self._t.max_retries:
-                    raise ServiceUnreachable(
-                        f"download of {name} broke off after {written} bytes: {exc}",
-                        url=self._t.base_url,
-                    ) from None
-                self._t.sleep(self._t.backoff(failures))
-                failures += 1
-            finally:
-                response.close()
+        sha = expected.sha256 if expected is not None else None
+        return downloads.download(self._t, job_id, name, path, sha, on_progress)
 
     def download_student(
         self,

@@ -14,73 +14,56 @@ The operations that open their own transactions take the process's
 :class:`~cake_shared.services.Services` first (its session factory, settings and job queue);
 the ones that work inside the caller's transaction (:func:`add_event`, :func:`request_cancel`)
 take the caller's session.
+
+The event log and the helpers every transition shares live in :mod:`cake_shared.job_events`, the
+sweeper's recovery of stale and lost jobs in :mod:`cake_shared.job_sweep`; their public names are
+re-exported here, so ``from cake_shared import jobs`` still reaches every job operation.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, case, func, literal, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from cake_shared.ids import new_id
+from cake_shared.job_events import (
+    add_event,
+    enqueue_after_commit,
+    json_safe,
+    now_param,
+    webhook_due,
+)
+from cake_shared.job_sweep import SweepResult, requeue_lost_queued_jobs, requeue_stale_jobs
 from cake_shared.limits import running_slot_free
-from cake_shared.models import Artifact, Job, JobEvent, UTCDateTime, utcnow
-from cake_shared.queue_names import queue_or_fallback
-from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus, WebhookStatus
+from cake_shared.models import Artifact, Job, JobEvent, utcnow
+from cake_shared.status import TERMINAL_STATUSES, JobPhase, JobStatus
 
 if TYPE_CHECKING:
     from cake_shared.services import Services
 
-log = logging.getLogger(__name__)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by None: PostgreSQL's JSON rejects NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, str | int | bool) or value is None:
-        return value
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return json_safe(value.item())
-    return str(value)
-
-
-def add_event(
-    session: Session,
-    job_id: str,
-    type: str,
-    message: str,
-    level: str = "info",
-    data: Mapping[str, Any] | None = None,
-) -> JobEvent:
-    """Append one event to the job's log (in the caller's transaction)."""
-    event = JobEvent(
-        id=new_id("event"),
-        job_id=job_id,
-        created_at=utcnow(),
-        level=level,
-        type=type,
-        message=message,
-        data=json_safe(dict(data or {})),
-    )
-    session.add(event)
-    return event
-
-
-def _now_param(now: datetime) -> Any:
-    """``now`` as a bound value of the models' UTC type (so SQLite stores the same format)."""
-    return literal(now, type_=UTCDateTime())
+__all__ = [
+    "ClaimState",
+    "SweepResult",
+    "TenantAtCapacity",
+    "add_claimed_event",
+    "add_event",
+    "claim_job",
+    "claim_state",
+    "defer_job",
+    "finish_job",
+    "heartbeat",
+    "json_safe",
+    "request_cancel",
+    "requeue_job",
+    "requeue_lost_queued_jobs",
+    "requeue_stale_jobs",
+    "update_progress",
+]
 
 
 class TenantAtCapacity(Exception):
@@ -126,7 +109,7 @@ def defer_job(services: Services, job_id: str, wait_s: float) -> bool:
                 "the tenant runs as many jobs as its limit allows; the job starts when one ends",
             )
         queue = session.scalar(select(Job.queue).where(Job.id == job_id)) or "cpu"
-    _enqueue(services, job_id, queue, None, countdown=wait_s)
+    enqueue_after_commit(services, job_id, queue, None, countdown=wait_s)
     return True
 
 
@@ -166,7 +149,7 @@ def claim_job(services: Services, job_id: str, worker_id: str) -> str | None:
                 claim_token=token,
                 heartbeat_at=now,
                 attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, _now_param(now)),
+                started_at=func.coalesce(Job.started_at, now_param(now)),
             )
             .execution_options(synchronize_session=False)
         )
@@ -262,18 +245,6 @@ def add_claimed_event(
     return True
 
 
-def _webhook_due(now: datetime) -> dict[str, Any]:
-    """Update values that schedule the job's callback, when it has one, in the same UPDATE as
-    its terminal transition, so the delivery (``cake_shared.webhooks``) cannot be lost."""
-    has_callback = Job.callback_url.is_not(None)
-    return {
-        "webhook_status": case(
-            (has_callback, literal(WebhookStatus.PENDING.value)), else_=Job.webhook_status
-        ),
-        "webhook_next_at": case((has_callback, _now_param(now)), else_=Job.webhook_next_at),
-    }
-
-
 def finish_job(
     services: Services,
     job_id: str,
@@ -303,7 +274,7 @@ def finish_job(
         "finished_at": now,
         "heartbeat_at": now,
         "claim_token": None,
-        **_webhook_due(now),
+        **webhook_due(now),
     }
     if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
@@ -393,7 +364,7 @@ def requeue_job(
             return False
         queue = job.queue
         add_event(session, job_id, "requeued", reason, level=level, data=data)
-    _enqueue(services, job_id, queue, enqueue)
+    enqueue_after_commit(services, job_id, queue, enqueue)
     return True
 
 
@@ -412,7 +383,7 @@ def request_cancel(session: Session, job_id: str) -> str | None:
             cancel_requested=True,
             finished_at=now,
             claim_token=None,
-            **_webhook_due(now),
+            **webhook_due(now),
         )
         .execution_options(synchronize_session=False)
     )
@@ -428,185 +399,3 @@ def request_cancel(session: Session, job_id: str) -> str | None:
     if result.rowcount == 1:
         add_event(session, job_id, "cancel_requested", "cancel requested; stopping at next step")
     return session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
-
-
-def _enqueue(
-    services: Services,
-    job_id: str,
-    queue: str,
-    enqueue: Callable[[str, str], None] | None,
-    countdown: float | None = None,
-) -> None:
-    """Publish after the commit to ``services.queue`` (or ``enqueue``), to be run in
-    ``countdown`` seconds if given; a failed publish is only logged: the job is queued in the
-    database and :func:`requeue_lost_queued_jobs` publishes it again later."""
-    if enqueue is None:
-
-        def enqueue(job_id: str, queue: str) -> None:
-            services.queue.enqueue(job_id, queue, countdown=countdown)
-
-    try:
-        enqueue(job_id, queue_or_fallback(queue))
-    except Exception as exc:  # the broker may be down; the sweeper retries
-        log.warning("could not enqueue %s on %s: %s", job_id, queue, exc)
-
-
-@dataclass
-class SweepResult:
-    requeued: list[str]
-    failed: list[str]
-    canceled: list[str]
-
-
-def requeue_stale_jobs(
-    services: Services,
-    *,
-    is_dead_claim: Callable[[str], bool] | None = None,
-    enqueue: Callable[[str, str], None] | None = None,
-) -> SweepResult:
-    """Give back running jobs whose worker stopped answering.
-
-    A running job whose heartbeat is older than ``job_heartbeat_timeout_s`` (or whose
-    ``claimed_by`` the optional ``is_dead_claim`` recognises as a dead process) goes back to
-    ``queued`` and is enqueued again, unless it has used ``job_max_attempts`` attempts: then it
-    fails with ``max_attempts``; a job with a pending cancel ends ``canceled``. Each change is a
-    compare-and-set on the claim token, so sweepers in several workers can run at once.
-    """
-    settings = services.settings
-    now = utcnow()
-    cutoff = now - timedelta(seconds=settings.job_heartbeat_timeout_s)
-    outcome = SweepResult([], [], [])
-    with services.session_scope() as session:
-        rows = session.execute(
-            select(
-                Job.id,
-                Job.claim_token,
-                Job.claimed_by,
-                Job.heartbeat_at,
-                Job.attempts,
-                Job.cancel_requested,
-                Job.queue,
-            ).where(Job.status == JobStatus.RUNNING)
-        ).all()
-    for row in rows:
-        stale = row.heartbeat_at is None or row.heartbeat_at < cutoff
-        dead = bool(row.claimed_by) and is_dead_claim is not None and is_dead_claim(row.claimed_by)
-        if not (stale or dead):
-            continue
-        guard = [Job.id == row.id, Job.status == JobStatus.RUNNING]
-        guard.append(
-            Job.claim_token == row.claim_token
-            if row.claim_token is not None
-            else Job.claim_token.is_(None)
-        )
-        if not dead:
-            guard.append(or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
-        why = "its worker process died" if dead else "its worker stopped sending heartbeats"
-        kind: str  # the event: the final status, or requeued
-        with services.session_scope() as session:
-            if row.cancel_requested:
-                values: dict[str, Any] = {"status": JobStatus.CANCELED, "phase": JobPhase.CANCELED}
-                kind, message, level = JobStatus.CANCELED, f"job canceled ({why})", "info"
-            elif row.attempts >= settings.job_max_attempts:
-                values = {
-                    "status": JobStatus.FAILED,
-                    "phase": JobPhase.FAILED,
-                    "error": {
-                        "code": "max_attempts",
-                        "message": f"the job was interrupted {row.attempts} times ({why}); "
-                        f"giving up after {settings.job_max_attempts} attempts",
-                    },
-                }
-                kind, message, level = JobStatus.FAILED, values["error"]["message"], "error"
-            else:
-                values = {
-                    "status": JobStatus.QUEUED,
-                    "phase": JobPhase.QUEUED,
-                    "heartbeat_at": None,
-                }
-                kind = "requeued"
-                message = f"job requeued because {why} (attempt {row.attempts} of "
-                message += f"{settings.job_max_attempts})"
-                level = "warning"
-            if kind != "requeued":
-                values["finished_at"] = now
-                values.update(_webhook_due(now))
-            values.update(claim_token=None, claimed_by=None)
-            result = session.execute(
-                update(Job)
-                .where(*guard)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:
-                session.rollback()
-                continue
-            add_event(session, row.id, kind, message, level=level, data={"reason": why})
-        if kind == "requeued":
-            outcome.requeued.append(row.id)
-            _enqueue(services, row.id, row.queue, enqueue)
-        elif kind == JobStatus.FAILED:
-            outcome.failed.append(row.id)
-        else:
-            outcome.canceled.append(row.id)
-    return outcome
-
-
-def requeue_lost_queued_jobs(
-    services: Services,
-    older_than_s: float,
-    *,
-    depth: Callable[[str], int] | None = None,
-    enqueue: Callable[[str, str], None] | None = None,
-) -> list[str]:
-    """Publish again queued jobs the broker may have lost (a publish that failed, a message file
-    lost with a crashed worker); :func:`claim_job` makes the duplicates harmless.
-
-    Only jobs queued for longer than ``older_than_s`` qualify, and only as many of them (oldest
-    first) as the queue's broker depth (``depth(queue)``, default
-    ``services.queue.depth``) falls short of the number of queued jobs, so jobs
-    simply waiting behind a long one are not published again and again.
-    """
-    if depth is None:
-        depth = services.queue.depth
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with services.session_scope() as session:
-        rows = session.execute(
-            select(Job.id, Job.queue, Job.updated_at)
-            .where(Job.status == JobStatus.QUEUED)
-            .order_by(Job.created_at)
-        ).all()
-    total: dict[str, int] = {}
-    old: dict[str, list[str]] = {}
-    for row in rows:
-        queue = queue_or_fallback(row.queue)
-        total[queue] = total.get(queue, 0) + 1
-        if row.updated_at < cutoff:
-            old.setdefault(queue, []).append(row.id)
-    published: list[str] = []
-    for queue, ids in old.items():
-        try:
-            waiting = depth(queue)
-        except Exception as exc:  # broker down: try again next sweep
-            log.warning("cannot read the depth of queue %s: %s", queue, exc)
-            continue
-        # Every queued job should have a message waiting; the shortfall is what was lost.
-        deficit = min(len(ids), total[queue] - waiting)
-        if deficit <= 0:
-            continue
-        # Messages are consumed in order, so the oldest jobs still queued are the likeliest to
-        # have lost theirs; the next sweep takes the next ones if the shortfall remains.
-        for job_id in ids[:deficit]:
-            with services.session_scope() as session:
-                # Touch updated_at so that the next sweep waits ``older_than_s`` again.
-                result = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                    .values(updated_at=utcnow())
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount != 1:
-                    continue
-            _enqueue(services, job_id, queue, enqueue)
-            published.append(job_id)
-    return published

@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import select, update
 
+from cake_shared.job_events import add_event
 from cake_shared.job_view import iso_utc, job_json
-from cake_shared.jobs import add_event
 from cake_shared.models import Job, utcnow
 from cake_shared.retry import backoff_delay
 from cake_shared.settings import Settings

@@ -331,7 +331,7 @@ def flag_unserved_jobs(
         .order_by(Job.created_at)
         .limit(500)
     ).all()
-    from cake_shared.jobs import add_event
+    from cake_shared.job_events import add_event
 
     flagged: list[str] = []
     for job_id, queue in candidates:

@@ -13,7 +13,9 @@ a finished or canceled job, does nothing), then runs :func:`cake_core.pipeline.r
 - checkpoints in the object store, so a later attempt resumes where this one stopped.
 
 A background thread heartbeats the job (and flushes throttled progress) while it runs, so the
-sweeper can tell a live job from one whose worker died.
+sweeper can tell a live job from one whose worker died: :class:`worker.tracker.JobTracker`. The
+job's inputs and artifacts move between the object store and its work folder in
+:mod:`worker.job_files`.
 
 Outcomes: success -> artifacts uploaded and recorded, ``succeeded``; a
 :class:`~cake_core.errors.CakeError` (bad teacher, spec, data set; divergence) -> ``failed``
@@ -24,49 +26,53 @@ with code ``internal`` and a message that leaks no paths or traces (those go to 
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import threading
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from cake_core.device import Runtime, default_runtime
-from cake_core.errors import CakeError, DatasetInvalidError, JobCanceled, TeacherInvalidError
-from cake_core.pipeline import Progress, run_job
+from cake_core.errors import CakeError, JobCanceled
+from cake_core.pipeline import run_job
 from cake_shared import jobs
-from cake_shared.models import Dataset, Job, Teacher
 from cake_shared.services import Services
-from cake_shared.status import JobPhase, JobStatus
-from cake_shared.storage import ObjectNotFound, ObjectStore
+from cake_shared.status import JobStatus
+from cake_shared.storage import ObjectStore
 from worker.checkpoints import ObjectStoreCheckpoints
+from worker.job_files import (
+    ARTIFACT_CONTENT_TYPES,
+    clear_checkpoints,
+    fetch_inputs,
+    load_inputs,
+    upload_artifacts,
+)
+from worker.tracker import (
+    CANCEL_CHECK_S,
+    HEARTBEAT_S,
+    MAX_BUFFERED_EVENTS,
+    JobTracker,
+    describe_metrics,
+)
+
+__all__ = [
+    "ARTIFACT_CONTENT_TYPES",
+    "CANCEL_CHECK_S",
+    "HEARTBEAT_S",
+    "MAX_BUFFERED_EVENTS",
+    "SLOT_WAIT_S",
+    "JobTracker",
+    "claim_is_dead",
+    "process_job",
+    "worker_identity",
+]
 
 log = logging.getLogger("cake.worker")
-
-ARTIFACT_CONTENT_TYPES = {
-    "student.pt": "application/octet-stream",
-    "manifest.json": "application/json",
-    "samples.png": "image/png",
-    "curves.png": "image/png",
-    "report.md": "text/markdown; charset=utf-8",
-}
-#: How often the cancel flag is read from the database while a job runs (seconds).
-CANCEL_CHECK_S = 0.5
-#: A running job is written (progress or heartbeat) at least this often (seconds).
-HEARTBEAT_S = 1.0
-#: Events kept while the database is unreachable (oldest dropped beyond this).
-MAX_BUFFERED_EVENTS = 1000
-#: Fields the API may keep beside the engine's spec; the engine refuses unknown fields.
-_NON_ENGINE_FIELDS = ("teacher_id", "eval_dataset_id", "metadata")
 
 
 def worker_identity() -> str:
@@ -94,313 +100,6 @@ def claim_is_dead(claimed_by: str) -> bool:
     except PermissionError:
         return False
     return False
-
-
-@dataclass
-class _JobInputs:
-    attempt: int
-    queue: str
-    spec: dict[str, Any]
-    input_shape: tuple[int, ...]
-    teacher_key: str | None
-    dataset_key: str | None
-    has_dataset: bool
-    cancel_requested: bool
-
-
-class JobTracker:
-    """Everything the running pipeline reports goes through here into the database.
-
-    Database hiccups while running are logged, not fatal: the engine keeps computing, the next
-    write or heartbeat tries again, and if the heartbeat stays away long enough for another
-    worker to take over, this one notices (its claim token no longer matches) and stops.
-    """
-
-    def __init__(
-        self,
-        services: Services,
-        job_id: str,
-        token: str,
-        attempt: int,
-        *,
-        interval_s: float,
-        shutdown: threading.Event | None = None,
-    ) -> None:
-        self.services = services
-        self.job_id = job_id
-        self.token = token
-        self.attempt = attempt
-        self.interval_s = max(0.0, interval_s)
-        self.shutdown = shutdown
-        self.stop_reason: str | None = None  # "cancel" | "shutdown" | "lost"
-        self.phase: str | None = None
-        self._pending: tuple[str, float] | None = None
-        self._last_write = time.monotonic()
-        self._last_check = 0.0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._events: collections.deque[tuple[str, str, str, dict[str, Any]]] = collections.deque(
-            maxlen=MAX_BUFFERED_EVENTS
-        )
-        self._events_lock = threading.RLock()
-        self._events_warned = 0.0
-
-    # -- database writes ------------------------------------------------------------------
-    def _write_progress(self, phase: str, fraction: float) -> None:
-        try:
-            if not jobs.update_progress(self.services, self.job_id, self.token, phase, fraction):
-                self.stop_reason = self.stop_reason or "lost"
-            self._pending = None
-        except SQLAlchemyError as exc:
-            log.warning("job %s: progress not written: %s", self.job_id, exc)
-            self._pending = (phase, fraction)  # the heartbeat thread writes it when it can
-        self._last_write = time.monotonic()
-
-    def event(self, type: str, message: str, level: str = "info", **data: Any) -> None:
-        """Append to the job's log. While the database is unreachable events wait here, in
-        order, and the heartbeat thread writes them when it is back: an outage delays the
-        log, it loses nothing (up to ``MAX_BUFFERED_EVENTS``)."""
-        with self._events_lock:
-            if len(self._events) == MAX_BUFFERED_EVENTS:
-                log.warning("job %s: too many events waiting; the oldest is dropped", self.job_id)
-            self._events.append((type, message, level, {"attempt": self.attempt, **data}))
-        self.flush_events()
-
-    def flush_events(self, *, strict: bool = False) -> bool:
-        """Write the waiting events, oldest first; False (``strict``: raise) if the database
-        refused, leaving the rest for the next try."""
-        with self._events_lock:
-            while self._events:
-                type_, message, level, data = self._events[0]
-                try:
-                    # Fenced like every other write: once the claim is lost (frozen past the
-                    # heartbeat timeout, job taken over), nothing more lands in the job's log.
-                    written = jobs.add_claimed_event(
-                        self.services, self.job_id, self.token, type_, message, level, data
-                    )
-                except SQLAlchemyError as exc:
-                    if strict:
-                        raise
-                    if time.monotonic() - self._events_warned >= 5.0:  # not every 0.1 s
-                        self._events_warned = time.monotonic()
-                        log.warning("job %s: %d event(s) wait for the database: %s",
-                                    self.job_id, len(self._events), exc)  # fmt: skip
-                    return False
-                if not written:
-                    self.stop_reason = self.stop_reason or "lost"
-                    self._events.clear()
-                    return True
-                self._events.popleft()
-        return True
-
-    # -- pipeline callbacks -----------------------------------------------------------------
-    def on_progress(self, report: Progress) -> None:
-        if report.event is not None:  # a log entry (e.g. which student), not progress
-            self.event(
-                report.event, report.message, report.level, phase=report.phase, **report.data
-            )
-            return
-        with self._lock:
-            if report.phase != self.phase:
-                self.phase = report.phase
-                self._write_progress(report.phase, report.fraction)
-                self.event(
-                    "phase",
-                    report.message,
-                    phase=report.phase,
-                    progress=report.fraction,
-                )
-            else:
-                self._pending = (report.phase, report.fraction)
-                if time.monotonic() - self._last_write >= self.interval_s:
-                    self._write_progress(report.phase, report.fraction)
-        if not report.metrics:
-            return
-        base = {
-            "phase": report.phase,
-            "progress": report.fraction,
-            "phase_progress": report.phase_fraction,
-        }
-        if report.phase == JobPhase.SYNTHESIZING:
-            self.event("progress", report.message, **base, metrics=report.metrics)
-        elif report.phase == JobPhase.TRAINING:
-            self.event("metrics", report.message, **base, metrics=report.metrics)
-        elif report.phase == JobPhase.EVALUATING:
-            self.event("metrics", "evaluation: " + _describe(report.metrics), **base,
-                       metrics=report.metrics)  # fmt: skip
-
-    def owns(self) -> bool:
-        """Whether this worker still holds the claim; asked before writes to the object store
-        (checkpoints, artifacts) that a worker which lost the job must not make. True when the
-        database cannot be asked: an outage must not stop a job that is still ours."""
-        if self.stop_reason == "lost":
-            return False
-        try:
-            state = jobs.claim_state(self.services, self.job_id, self.token)
-        except SQLAlchemyError as exc:
-            log.warning("job %s: claim not checked: %s", self.job_id, exc)
-            return True
-        if not state.owned:
-            self.stop_reason = "lost"
-        elif state.cancel_requested and self.stop_reason is None:
-            self.stop_reason = "cancel"  # the pipeline stops at its next step
-        return state.owned
-
-    def should_cancel(self) -> bool:
-        if self.stop_reason is not None:
-            return True
-        if self.shutdown is not None and self.shutdown.is_set():
-            self.stop_reason = "shutdown"
-            return True
-        now = time.monotonic()
-        if now - self._last_check < CANCEL_CHECK_S:
-            return False
-        self._last_check = now
-        try:
-            state = jobs.claim_state(self.services, self.job_id, self.token)
-        except SQLAlchemyError as exc:
-            log.warning("job %s: cancel flag not read: %s", self.job_id, exc)
-            return False
-        if not state.owned:
-            self.stop_reason = "lost"
-        elif state.cancel_requested:
-            self.stop_reason = "cancel"
-        return self.stop_reason is not None
-
-    # -- heartbeat thread ---------------------------------------------------------------------
-    def _tick(self) -> None:
-        with self._lock:
-            since = time.monotonic() - self._last_write
-            if self._pending is not None and since >= self.interval_s:
-                self._write_progress(*self._pending)
-            elif since >= HEARTBEAT_S:
-                try:
-                    if not jobs.heartbeat(self.services, self.job_id, self.token):
-                        self.stop_reason = self.stop_reason or "lost"
-                except SQLAlchemyError as exc:
-                    log.warning("job %s: heartbeat not written: %s", self.job_id, exc)
-                self._last_write = time.monotonic()
-
-    def _beat(self) -> None:
-        period = max(0.1, min(HEARTBEAT_S, self.interval_s or HEARTBEAT_S) / 2)
-        while not self._stop.wait(period):
-            self._tick()
-            if self._events:
-                self.flush_events()
-
-    def __enter__(self) -> JobTracker:
-        self._thread = threading.Thread(
-            target=self._beat, name=f"heartbeat-{self.job_id}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._events and (exc_type is None or issubclass(exc_type, Exception)):
-            # The log must be complete before the job's last event; wait out a short outage.
-            try:
-                self.services.retrying(
-                    f"event log of job {self.job_id}", lambda: self.flush_events(strict=True)
-                )
-            except SQLAlchemyError as exc:
-                log.warning("job %s: %d event(s) lost: %s", self.job_id, len(self._events), exc)
-
-
-def _describe(metrics: dict[str, Any]) -> str:
-    keys = (
-        "agreement_synthetic",
-        "fidelity_estimate",
-        "student_accuracy",
-        "teacher_accuracy",
-        "agreement_eval",
-    )
-    parts = [f"{k} {metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), float)]
-    return ", ".join(parts) or "done"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _load_inputs(services: Services, job_id: str) -> _JobInputs | None:
-    with services.session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return None
-        teacher = session.get(Teacher, job.teacher_id)
-        dataset = session.get(Dataset, job.eval_dataset_id) if job.eval_dataset_id else None
-        spec = {k: v for k, v in dict(job.spec or {}).items() if k not in _NON_ENGINE_FIELDS}
-        return _JobInputs(
-            attempt=job.attempts,
-            queue=job.queue,
-            spec=spec,
-            input_shape=tuple(int(d) for d in teacher.input_shape) if teacher else (),
-            teacher_key=teacher.storage_key if teacher else None,
-            dataset_key=dataset.storage_key if dataset else None,
-            has_dataset=job.eval_dataset_id is not None,
-            cancel_requested=job.cancel_requested,
-        )
-
-
-def _fetch(store: ObjectStore, inputs: _JobInputs, work: Path) -> tuple[Path, Path | None]:
-    """Download the teacher (and evaluation set); missing objects are the user's to fix."""
-    if inputs.teacher_key is None:
-        raise TeacherInvalidError("the job's teacher no longer exists; upload it again")
-    teacher_path = work / "teacher.pt"
-    try:
-        store.get_file(inputs.teacher_key, teacher_path)
-    except ObjectNotFound:
-        raise TeacherInvalidError(
-            "the teacher's file is missing from the object store; upload the teacher again"
-        ) from None
-    eval_path = None
-    if inputs.has_dataset:
-        if inputs.dataset_key is None:
-            raise DatasetInvalidError("the job's evaluation data set no longer exists")
-        eval_path = work / "eval.npz"
-        try:
-            store.get_file(inputs.dataset_key, eval_path)
-        except ObjectNotFound:
-            raise DatasetInvalidError(
-                "the evaluation data set's file is missing from the object store; upload it again"
-            ) from None
-    return teacher_path, eval_path
-
-
-def _upload_artifacts(
-    store: ObjectStore, job_id: str, artifacts: dict[str, Path]
-) -> list[dict[str, Any]]:
-    rows = []
-    for name, path in artifacts.items():
-        key = f"jobs/{job_id}/artifacts/{name}"
-        store.put_file(key, path)
-        rows.append(
-            {
-                "name": name,
-                "size_bytes": path.stat().st_size,
-                "sha256": _sha256(path),
-                "content_type": ARTIFACT_CONTENT_TYPES.get(name, "application/octet-stream"),
-                "storage_key": key,
-            }
-        )
-    return rows
-
-
-def _clear_checkpoints(checkpoints: ObjectStoreCheckpoints | None) -> None:
-    if checkpoints is None:
-        return
-    try:
-        checkpoints.clear()
-    except Exception as exc:  # a leftover checkpoint wastes space, nothing else
-        log.warning("could not delete checkpoints under %s: %s", checkpoints.prefix, exc)
 
 
 #: How long a job whose tenant is at its running-jobs limit waits before it asks again.
@@ -449,7 +148,7 @@ def process_job(
     if token is None:
         log.info("job %s: not claimable (running elsewhere, finished or unknown); skipped", job_id)
         return "skipped"
-    inputs = services.retrying(f"start of job {job_id}", lambda: _load_inputs(services, job_id))
+    inputs = services.retrying(f"start of job {job_id}", lambda: load_inputs(services, job_id))
     if inputs is None:  # deleted between claim and load
         return "skipped"
     tracker = JobTracker(
@@ -480,7 +179,7 @@ def process_job(
         )
         log.info("job %s: attempt %d on %s", job_id, inputs.attempt, runtime.device)
         with tracker:
-            teacher_path, eval_path = _fetch(store, inputs, work)
+            teacher_path, eval_path = fetch_inputs(store, inputs, work)
             saved = checkpoints.keys()
             if saved:
                 chunks = sum(1 for k in saved if k.startswith("synthesis/"))
@@ -507,7 +206,7 @@ def process_job(
             # the pipeline's last step) still ends the job canceled, as API.md promises.
             if not tracker.owns() or tracker.stop_reason == "cancel":
                 raise JobCanceled("claim lost or canceled")
-            rows = _upload_artifacts(store, job_id, result.artifacts)
+            rows = upload_artifacts(store, job_id, result.artifacts)
         if not _finish(
             services,
             job_id,
@@ -516,12 +215,12 @@ def process_job(
             metrics=result.metrics,
             artifacts=rows,
             student=asdict(result.spec.student),
-            message=f"job succeeded: {_describe(result.metrics)}",
+            message=f"job succeeded: {describe_metrics(result.metrics)}",
             data={"attempt": inputs.attempt, "artifacts": [r["name"] for r in rows]},
         ):
             log.warning("job %s: finished, but the claim was lost; result dropped", job_id)
             return "lost"
-        _clear_checkpoints(checkpoints)
+        clear_checkpoints(checkpoints)
         log.info("job %s: succeeded", job_id)
         return JobStatus.SUCCEEDED
     except JobCanceled:
@@ -538,7 +237,7 @@ def process_job(
             error={"code": exc.code, "message": exc.message},
             data={"attempt": inputs.attempt, "phase": tracker.phase, "code": exc.code},
         )
-        _clear_checkpoints(checkpoints)
+        clear_checkpoints(checkpoints)
         return JobStatus.FAILED
     except Exception:
         log.exception("job %s: internal error in attempt %d", job_id, inputs.attempt)
@@ -566,7 +265,7 @@ def process_job(
             },
             data={"attempt": inputs.attempt, "phase": tracker.phase},
         )
-        _clear_checkpoints(checkpoints)
+        clear_checkpoints(checkpoints)
         return JobStatus.FAILED
     except BaseException:
         # Cold shutdown or interpreter exit in the middle of a job: hand it back if we still
@@ -635,6 +334,6 @@ def _stopped(
         message=f"job canceled during {tracker.phase or 'start-up'}",
         data={"attempt": tracker.attempt, "phase": tracker.phase},
     )
-    _clear_checkpoints(checkpoints)
+    clear_checkpoints(checkpoints)
     log.info("job %s: canceled", job_id)
     return JobStatus.CANCELED
