@@ -219,14 +219,7 @@ def wait(
     on_progress: Callable[[JobProgress], None] | None = None,
     poll_interval: float = 1.0,
 ) -> Job:
-    """Block until the job is succeeded, failed or canceled; return that final ``Job``.
-
-    Follows the SSE stream (updates as they happen, no polling load); when the stream
-    cannot be opened or keeps breaking, falls back to ``GET /v1/jobs/{id}`` every
-    ``poll_interval`` seconds. ``on_progress`` gets a ``JobProgress`` after each update,
-    with monotone ``progress``. Raises ``WaitTimeout`` after ``timeout`` seconds (the job
-    keeps running on the service). ``get`` reads the job (``Jobs.get``).
-    """
+    """:meth:`cake_client.client.Jobs.wait` (see there); ``get`` reads the job (``Jobs.get``)."""
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     tracker = _Tracker(job_id, on_progress)
