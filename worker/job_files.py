@@ -76,28 +76,40 @@ def load_inputs(services: Services, job_id: str) -> JobInputs | None:
         )
 
 
+def _get_or_raise(store: ObjectStore, key: str, path: Path, missing: Exception) -> None:
+    """Download ``key`` to ``path``; an object gone from the store is the user's to fix."""
+    try:
+        store.get_file(key, path)
+    except ObjectNotFound:
+        raise missing from None
+
+
 def fetch_inputs(store: ObjectStore, inputs: JobInputs, work: Path) -> tuple[Path, Path | None]:
     """Download the teacher (and evaluation set); missing objects are the user's to fix."""
     if inputs.teacher_key is None:
         raise TeacherInvalidError("the job's teacher no longer exists; upload it again")
     teacher_path = work / "teacher.pt"
-    try:
-        store.get_file(inputs.teacher_key, teacher_path)
-    except ObjectNotFound:
-        raise TeacherInvalidError(
+    _get_or_raise(
+        store,
+        inputs.teacher_key,
+        teacher_path,
+        TeacherInvalidError(
             "the teacher's file is missing from the object store; upload the teacher again"
-        ) from None
+        ),
+    )
     eval_path = None
     if inputs.has_dataset:
         if inputs.dataset_key is None:
             raise DatasetInvalidError("the job's evaluation data set no longer exists")
         eval_path = work / "eval.npz"
-        try:
-            store.get_file(inputs.dataset_key, eval_path)
-        except ObjectNotFound:
-            raise DatasetInvalidError(
+        _get_or_raise(
+            store,
+            inputs.dataset_key,
+            eval_path,
+            DatasetInvalidError(
                 "the evaluation data set's file is missing from the object store; upload it again"
-            ) from None
+            ),
+        )
     return teacher_path, eval_path
 
 
