@@ -9,14 +9,22 @@ rule (``cake_core.architectures``), with no child process.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from api import sandbox
-from api.errors import ApiError
 
+_EXAMPLE_INPUTS: dict[int, tuple[list[int], int]] = {
+    1: ([64], 10),
+    2: ([16, 32], 10),
+    3: ([3, 32, 32], 10),
+}
+"""Example inputs per input rank whose parameter counts the catalogue shows."""
 _TIMEOUT_S = 180.0
 _lock = threading.Lock()
 _items: list[dict[str, Any]] | None = None
+
+sandbox.preload("cake_core.students", "api.catalog")
 
 
 def architectures() -> list[dict[str, Any]]:
@@ -24,10 +32,13 @@ def architectures() -> list[dict[str, Any]]:
 
     Raises ApiError 503 ``not_ready`` when the child fails; the failure is not cached.
     """
+    from api.errors import ApiError  # here: the fork server preloads this module (FastAPI
+    # in every child would eat into the teacher check's tight memory cap)
+
     global _items
     with _lock:
         if _items is None:
-            result = sandbox.run("api.teacher_check:architecture_catalogue", timeout_s=_TIMEOUT_S)
+            result = sandbox.run("api.catalog:architecture_catalogue", timeout_s=_TIMEOUT_S)
             if result.outcome != "ok" or not isinstance(result.value, list):
                 raise ApiError(
                     503,
@@ -37,3 +48,51 @@ def architectures() -> list[dict[str, Any]]:
                 )
             _items = result.value
         return _items
+
+
+def _no_report(_stage: str) -> None:
+    return None
+
+
+def architecture_catalogue(report: Callable[[str], None] = _no_report) -> list[dict[str, Any]]:
+    """Every registered student architecture with example parameter counts (needs torch)."""
+    from cake_core.architectures import DEFAULT_FOR_RANK
+    from cake_core.config import LIMITS, StudentSpec
+    from cake_core.students import list_archs
+
+    report("computing")
+    width_min, width_max = LIMITS["student.width"]
+    out: list[dict[str, Any]] = []
+    for arch in list_archs():
+        counts = []
+        for rank in arch.input_ranks:
+            if rank not in _EXAMPLE_INPUTS:
+                continue
+            shape, classes = _EXAMPLE_INPUTS[rank]
+            for width in (1.0, 0.5):
+                counts.append(
+                    {
+                        "input_shape": shape,
+                        "num_classes": classes,
+                        "width": width,
+                        "parameters": int(arch.parameter_count(shape, classes, width)),
+                    }
+                )
+        out.append(
+            {
+                "name": arch.name,
+                "object": "architecture",
+                "description": arch.description,
+                "input_ranks": list(arch.input_ranks),
+                "default_for_ranks": sorted(
+                    r for r, name in DEFAULT_FOR_RANK.items() if name == arch.name
+                ),
+                "width": {
+                    "default": StudentSpec().width,  # None: chosen from the teacher's size
+                    "min": float(width_min),
+                    "max": float(width_max),
+                },
+                "parameters": counts,
+            }
+        )
+    return out

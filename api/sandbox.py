@@ -1,23 +1,27 @@
 """Run torch code for the API in a child process, with wall-clock, CPU-time and memory limits.
 
-Why a child: the API process must not import torch (~200 MB of RSS each), and an uploaded model
-is untrusted: its forward pass may loop forever, crash the interpreter or eat all memory. None of
-that may hang or kill the API.
+The one sandbox runner of the service: :func:`run` calls ``module:function`` in a child and
+knows nothing of what it runs; its callers keep their child functions in their own modules, name
+them here by string and say what the fork server should preload (:func:`preload`).
+
+Why a child: the API process must not import torch (~200 MB of RSS each), and what a child runs
+may be untrusted (an uploaded model's forward pass may loop forever, crash the interpreter or eat
+all memory). None of that may hang or kill the API.
 
 Why a fork server: importing torch takes ~2 s. Children are forked from a server process that
-imported torch once (``multiprocessing``'s forkserver with a preload), so each check starts in
-~0.1 s. The server itself never runs a model, so forking it is safe (no thread pools yet).
-Before touching the file the child
+imported the modules callers named with :func:`preload` once (``multiprocessing``'s forkserver),
+so each child starts in ~0.1 s. The server itself never runs the target, so forking it is safe
+(no thread pools yet). Before running the target the child
 
 * caps its address space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``: a second line behind the
-  parent's wall-clock timeout, for a model that spins several threads), the size of
+  parent's wall-clock timeout, for a target that spins several threads), the size of
   any file it writes (``RLIMIT_FSIZE`` 64 MiB) and core dumps;
 * moves into a new, empty network namespace where the kernel allows it (root, or unprivileged
-  user namespaces): no interface but a down loopback, so nothing can be reached. TorchScript has
-  no socket operations at all, so this is defence in depth; where the kernel refuses (an
-  unprivileged container) the check still runs and ``SandboxResult.network_isolated`` says so;
-* silences stdout/stderr (TorchScript ``print`` would spam the API log), and reports its
-  progress stages through a pipe;
+  user namespaces): no interface but a down loopback, so nothing can be reached; where the
+  kernel refuses (an unprivileged container) the target still runs and
+  ``SandboxResult.network_isolated`` says so, for the caller to weigh;
+* silences stdout/stderr (a model's ``print`` would spam the API log), and passes the target a
+  ``report`` callback whose progress stages reach the parent through a pipe;
 * takes the caller's settings as absolute ``CAKE_*`` values (``env``, normally
   ``Settings.child_env()``), so whatever it reads sees the same data folder, database and store
   as the API, whatever the fork server's working folder and environment.
@@ -48,19 +52,33 @@ from typing import Any, Literal
 
 log = logging.getLogger("cake.api.sandbox")
 
-_PRELOAD = ["cake_core.teacher", "cake_core.students", "api.teacher_check"]
+_preload: list[str] = []
 _ctx_lock = threading.Lock()
 _ctx: Any = None
 
 
+def preload(*modules: str) -> None:
+    """Have the fork server import ``modules`` once, so that children start without importing.
+
+    A module whose functions are run here calls this at import time, naming itself and what it
+    imports in the child (torch). It must happen before the server starts (:func:`warm_up` or
+    the first :func:`run`); a module named later is imported by each child instead: slower, and
+    counted against that child's CPU-time and memory limits.
+    """
+    with _ctx_lock:
+        _preload.extend(m for m in modules if m not in _preload)
+        if _ctx is not None and _ctx.get_start_method() == "forkserver":
+            _ctx.set_forkserver_preload(list(_preload))
+
+
 def _context() -> Any:
-    """The forkserver context (preloading torch) or, where there is none, spawn."""
+    """The forkserver context (with the preloaded modules) or, where there is none, spawn."""
     global _ctx
     with _ctx_lock:
         if _ctx is None:
             try:
                 ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(_PRELOAD)
+                ctx.set_forkserver_preload(list(_preload))
             except ValueError:  # pragma: no cover - platforms without fork
                 ctx = multiprocessing.get_context("spawn")
             _ctx = ctx
@@ -68,7 +86,8 @@ def _context() -> Any:
 
 
 def warm_up() -> None:
-    """Start the fork server now (it imports torch, ~2 s) so the first upload does not wait."""
+    """Start the fork server now (it imports the preloaded modules: torch, ~2 s), so that the
+    first request does not wait."""
     ctx = _context()
     if ctx.get_start_method() == "forkserver":
         from multiprocessing import forkserver
@@ -149,16 +168,29 @@ def _child_main(
         conn.send(("stage", stage))
 
     module_name, func_name = target.rsplit(":", 1)
+    answer: tuple[str, Any]
     try:
         func = getattr(importlib.import_module(module_name), func_name)
-        value = func(*args, report=report)
-        conn.send(("result", value))
+        answer = ("result", func(*args, report=report))
     except MemoryError:
-        conn.send(("memory", None))
+        answer = ("memory", None)
     except BaseException as exc:  # report what failed, never a traceback
+        answer = ("error", type(exc).__name__)
+    # Sent outside the handlers: by now the traceback, and the memory its frames held, is freed;
+    # sent from within ``except MemoryError`` the answer itself could find no memory.
+    try:
+        conn.send(answer)
+    except MemoryError:  # no memory to pickle the result
+        conn.send(("memory", None))
+    except BaseException as exc:  # a result that cannot be pickled
         conn.send(("error", type(exc).__name__))
     finally:
         conn.close()
+
+
+def cpu_limit(timeout_s: float) -> int:
+    """The CPU time :func:`run` allows by default: the timeout rounded up, plus one second."""
+    return math.ceil(timeout_s) + 1
 
 
 def run(
@@ -172,7 +204,7 @@ def run(
     """Run ``module:function(*args, report=...)`` in a child; blocking (call from a thread).
 
     The timeout counts from the child's start; on expiry the child is SIGKILLed. CPU time is
-    capped at ``cpu_seconds`` (default: the timeout rounded up, plus one second), so a child
+    capped at ``cpu_seconds`` (default: :func:`cpu_limit` of the timeout), so a child
     burning several cores dies of SIGXCPU even before the wall clock runs out. A child that dies
     without answering (segfault, abort, OOM killer, CPU limit) gives ``crashed`` with its exit
     code. Exceptions in the child come back as ``("error", class name)`` values, not tracebacks.
@@ -180,7 +212,7 @@ def run(
     ``CAKE_*`` locations).
     """
     if cpu_seconds is None:
-        cpu_seconds = math.ceil(timeout_s) + 1
+        cpu_seconds = cpu_limit(timeout_s)
     ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     process = ctx.Process(

@@ -1,4 +1,4 @@
-"""Streaming multipart uploads and the teacher check.
+"""Streaming multipart uploads and the parsing of their form fields.
 
 Why not ``request.form()``: Starlette spools each file to a temporary file but has no cap on a
 file's size while it streams, so a 100 GB upload would fill the disk before any check ran. Here
@@ -13,12 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import math
 import os
 import socket
 import tempfile
-import threading
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,26 +26,15 @@ import anyio
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from api import sandbox
 from api.errors import ApiError, validation_error
+from api.sizes import format_bytes
 from cake_core.errors import SpecError
 from cake_core.shapes import parse_input_shape
-from cake_shared.settings import Settings
-
-log = logging.getLogger("cake.api")
 
 FLUSH_BYTES = 1 << 20
 MAX_TEXT_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32
 _MULTIPART_SLACK = 1 << 20  # headers, boundaries and text parts on top of the file cap
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:g} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"  # pragma: no cover
 
 
 def upload_prefix() -> str:
@@ -71,7 +58,7 @@ def too_large(max_bytes: int, what: str = "the upload") -> ApiError:
     return ApiError(
         413,
         "payload_too_large",
-        f"{what} is larger than the limit of {_fmt_bytes(max_bytes)} ({max_bytes} bytes; "
+        f"{what} is larger than the limit of {format_bytes(max_bytes)} ({max_bytes} bytes; "
         "CAKE_MAX_UPLOAD_BYTES)",
     )
 
@@ -419,111 +406,3 @@ def parse_name_field(text: str | None, loc: list[str | int]) -> str | None:
     if len(text) > 256:
         raise validation_error(loc, "must be at most 256 characters")
     return text or None
-
-
-# --------------------------------------------------------------------------------------------
-# the teacher check (in a child process)
-# --------------------------------------------------------------------------------------------
-
-_MEMORY_MARKERS = ("bad_alloc", "can't allocate memory", "out of memory")
-_CHECK_SLOTS = threading.BoundedSemaphore(2)
-"""At most two checks at once: each child may use up to the memory cap."""
-_WARNED_NETWORK = threading.Event()
-
-
-@dataclass(frozen=True)
-class TeacherFacts:
-    input_shape: list[int]
-    num_classes: int
-    parameters: int
-
-
-def check_teacher(
-    path: Path,
-    input_shape: list[int],
-    num_classes: int | None,
-    settings: Settings,
-    shape_loc: list[str | int],
-) -> TeacherFacts:
-    """Run the engine's teacher check in a sandboxed child; blocking (call from a thread).
-
-    Raises ApiError: 422 ``teacher_invalid`` with what is wrong with the file (including a hang,
-    a crash or the memory cap), 422 ``validation_error`` for an out-of-range input shape, 503
-    ``not_ready`` when the check could not even start.
-    """
-    timeout = settings.teacher_check_timeout_s
-    with _CHECK_SLOTS:
-        result = sandbox.run(
-            "api.teacher_check:check_teacher_file",
-            str(path),
-            list(input_shape),
-            num_classes,
-            timeout_s=timeout,
-            memory_bytes=settings.teacher_check_memory_bytes,
-            env=settings.child_env(),
-        )
-    if result.network_isolated is False and not _WARNED_NETWORK.is_set():
-        _WARNED_NETWORK.set()
-        log.warning(
-            "the teacher check runs without network isolation: this kernel refused a new "
-            "network namespace (TorchScript has no socket operations, so this is defence in "
-            "depth only)"
-        )
-    probe = "[" + ", ".join(str(d) for d in [4, *input_shape]) + "]"
-    doing = {
-        "loading": "loading the model",
-        "probing": f"running a probe batch of shape {probe}",
-    }.get(result.stage or "", "starting the check")
-    memory = _fmt_bytes(settings.teacher_check_memory_bytes)
-    if result.outcome == "timeout":
-        if result.stage == "probing":
-            msg = (
-                f"the teacher did not answer within {timeout:g} s on a probe batch of shape "
-                f"{probe}: forward() must return promptly on the CPU (does it loop forever?)"
-            )
-        elif result.stage == "loading":
-            msg = f"the teacher could not be loaded within {timeout:g} s"
-        else:
-            raise ApiError(
-                503,
-                "not_ready",
-                f"the teacher check did not start within {timeout:g} s; try again",
-                headers={"Retry-After": "10"},
-            )
-        raise ApiError(422, "teacher_invalid", msg)
-    if result.outcome == "crashed" and result.stage is None:
-        # The child died before it opened the file: the sandbox is broken, not the teacher.
-        log.error("teacher check sandbox failed to start: %r", result)
-        raise ApiError(
-            503,
-            "not_ready",
-            "the teacher check could not run on the server; try again",
-            headers={"Retry-After": "10"},
-        )
-    if result.outcome == "crashed":
-        sig = sandbox.signal_name(result.exitcode)
-        if sig == "SIGXCPU":
-            msg = (
-                f"the teacher used more than {math.ceil(timeout) + 1} s of CPU time while "
-                f"{doing}: forward() must return promptly on the CPU (does it loop forever?)"
-            )
-        elif result.value == "memory" or sig == "SIGKILL":
-            msg = f"the teacher needs more than {memory} of memory while {doing}"
-        elif sig:
-            msg = f"the teacher check crashed ({sig}) while {doing}: the file or model is broken"
-        else:
-            msg = f"the teacher could not be checked while {doing} ({result.value or 'no answer'})"
-        raise ApiError(422, "teacher_invalid", msg)
-    value: dict[str, Any] = result.value
-    if not value.get("ok"):
-        if value.get("code") == "validation_error":
-            raise validation_error(shape_loc, str(value.get("message")))
-        message = str(value.get("message"))
-        if message == "__memory__" or any(m in message for m in _MEMORY_MARKERS):
-            message = f"the teacher needs more than {memory} of memory while {doing}"
-        raise ApiError(422, "teacher_invalid", message)
-    return TeacherFacts(
-        input_shape=[int(d) for d in value["input_shape"]],
-        num_classes=int(value["num_classes"]),
-        parameters=int(value["parameters"]),
-    )

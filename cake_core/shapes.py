@@ -24,6 +24,7 @@ __all__ = [
     "MAX_DIM",
     "MAX_INPUT_ELEMENTS",
     "MAX_RANK",
+    "PROBE_BATCH",
     "format_shape",
     "parse_input_shape",
     "type_phrase",
@@ -46,6 +47,10 @@ STRICT_HINT = "must be a JSON array of positive integers, e.g. [1,28,28], or the
 _STRICT_LIST = re.compile(r"[0-9]{1,18}(?:[ \t]*,[ \t]*[0-9]{1,18})*")
 _TOKEN = re.compile(r"[+-]?\d+")
 _MAX_DIGITS = 18  # int() refuses 4300+ digits; no dimension needs more than a few
+
+PROBE_BATCH = 4
+"""Inputs in a teacher's probe batch: at least 2, so the batch dimension cannot pass for the
+classes. Here, torch-free, because the API names the probe's shape in its messages."""
 
 
 def parse_input_shape(

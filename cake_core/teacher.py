@@ -24,16 +24,16 @@ The file checks live in :mod:`cake_core.teacher_files` (no torch), the probing i
 is importable from here.
 
 This module is pure (no time limits, no subprocesses): the service runs it in a child process
-and enforces limits there.
+(:mod:`api.teacher_check`, through :mod:`api.sandbox`) and enforces limits there.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -42,6 +42,7 @@ from cake_core.shapes import (
     MAX_DIM,
     MAX_INPUT_ELEMENTS,
     MAX_RANK,
+    PROBE_BATCH,
     parse_input_shape,
 )
 from cake_core.teacher_check import check_teacher
@@ -59,12 +60,15 @@ __all__ = [
     "MAX_DIM",
     "MAX_INPUT_ELEMENTS",
     "MAX_RANK",
+    "PROBE_BATCH",
+    "ProbedTeacher",
     "TeacherInfo",
     "check_teacher",
     "file_sha256",
     "inspect_teacher",
     "load_teacher",
     "parse_input_shape",
+    "probe_teacher",
     "sniff_archive",
 ]
 
@@ -170,6 +174,50 @@ def _has_forward(module: torch.jit.ScriptModule) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+class ProbedTeacher(NamedTuple):
+    """A loaded teacher that passed :func:`check_teacher`, with what the probe learned."""
+
+    module: torch.jit.ScriptModule
+    input_shape: tuple[int, ...]
+    num_classes: int
+    parameters: int
+
+
+def _no_report(_stage: str) -> None:
+    return None
+
+
+def probe_teacher(
+    path: str | os.PathLike[str],
+    input_shape: str | Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    expected_num_classes: int | None = None,
+    probe_batch: int = PROBE_BATCH,
+    report: Callable[[str], None] = _no_report,
+) -> ProbedTeacher:
+    """Parse the shape, load and check a teacher: :func:`inspect_teacher` short of hashing.
+
+    The one sequence of checks both the engine and the service's sandboxed upload check run.
+    ``report`` is told ``"loading"`` and then ``"probing"``, so a caller that kills a hung check
+    can say which stage hung. The file is not hashed here: the service hashed the upload while
+    it streamed, and hashing 500 MB again would cost seconds.
+
+    Raises:
+        SpecError: ``input_shape`` is invalid (before the file is opened).
+        TeacherInvalidError: the file or the model fails a check.
+    """
+    shape = parse_input_shape(input_shape)
+    report("loading")
+    module = load_teacher(path, device)
+    report("probing")
+    num_classes = check_teacher(
+        module, shape, probe_batch=probe_batch, expected_num_classes=expected_num_classes
+    )
+    parameters = sum(p.numel() for p in module.parameters())
+    return ProbedTeacher(module, shape, num_classes, parameters)
+
+
 def inspect_teacher(
     path: str | os.PathLike[str],
     input_shape: str | Sequence[int],
@@ -177,7 +225,8 @@ def inspect_teacher(
     device: torch.device | str = "cpu",
     expected_num_classes: int | None = None,
 ) -> tuple[torch.jit.ScriptModule, TeacherInfo]:
-    """Load, check and describe a teacher: the one call the service makes on an upload.
+    """Load, check and describe a teacher: the engine's call before a job (:func:`probe_teacher`
+    plus the file's fingerprint, which the job's manifest records).
 
     ``input_shape`` goes through :func:`parse_input_shape` first (a bad shape is the spec's
     fault, reported as ``SpecError`` before the file is even opened).
@@ -186,14 +235,14 @@ def inspect_teacher(
         SpecError: ``input_shape`` is invalid.
         TeacherInvalidError: the file or the model fails a check.
     """
-    shape = parse_input_shape(input_shape)
-    module = load_teacher(path, device)
-    num_classes = check_teacher(module, shape, expected_num_classes=expected_num_classes)
+    probed = probe_teacher(
+        path, input_shape, device=device, expected_num_classes=expected_num_classes
+    )
     info = TeacherInfo(
-        input_shape=shape,
-        num_classes=num_classes,
-        parameters=sum(p.numel() for p in module.parameters()),
+        input_shape=probed.input_shape,
+        num_classes=probed.num_classes,
+        parameters=probed.parameters,
         sha256=file_sha256(path),
         size_bytes=os.path.getsize(path),
     )
-    return module, info
+    return probed.module, info

@@ -17,6 +17,7 @@ import torch
 
 from cake_core.errors import TeacherInvalidError
 from cake_core.shapes import (
+    PROBE_BATCH,
     format_shape,
     type_phrase,
 )
@@ -27,7 +28,7 @@ def check_teacher(
     module: torch.nn.Module,
     input_shape: Sequence[int],
     *,
-    probe_batch: int = 4,
+    probe_batch: int = PROBE_BATCH,
     expected_num_classes: int | None = None,
     generator_seed: int = 0,
 ) -> int:

@@ -12,14 +12,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api import service
+from api.crud import artifacts
 from api.deps import SessionDep, TenantDep
-from api.errors import ApiError, conflict
+from api.errors import ApiError
 from api.schemas import ANY_CLIENT_ERROR, ArtifactList, problem_responses
-from cake_shared.models import Artifact
-from cake_shared.status import JobStatus
+from api.serializers import artifact_out, page
 from cake_shared.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=ANY_CLIENT_ERROR)
@@ -45,11 +44,8 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=problem_responses(404),
 )
 def list_artifacts(job_id: JobId, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    job = service.get_job(session, tenant, job_id)
-    rows = session.scalars(
-        select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.name)
-    )
-    return service.page([service.artifact_out(r) for r in rows], False)
+    rows = artifacts.list_artifacts(session, tenant, job_id)
+    return page([artifact_out(r) for r in rows], False)
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -93,19 +89,10 @@ def _unsatisfiable(size: int) -> ApiError:
 
 
 def _download(
-    request: Request, session: Any, store: ObjectStore, tenant: str, job_id: str, name: str
+    request: Request, session: Session, store: ObjectStore, tenant: str, job_id: str, name: str
 ) -> Response:
-    job = service.get_job(session, tenant, job_id)
-    if job.status != JobStatus.SUCCEEDED:
-        raise conflict(
-            f"job {job.id} is {job.status}; its artifacts can be downloaded once it has succeeded"
-        )
-    row = session.get(Artifact, (job.id, name))
-    if row is None:
-        raise ApiError(404, "not_found", f"job {job.id} has no artifact {name!r}")
-    size = store.size(row.storage_key)
-    if size is None:
-        raise ApiError(404, "not_found", f"the file of artifact {name!r} is missing from the store")
+    """The artifact as a 200, 206 or 304, by the request's conditional and Range headers."""
+    row, size = artifacts.get_download(session, store, tenant, job_id, name)
     etag = f'"{row.sha256}"'
     headers = {
         "ETag": etag,

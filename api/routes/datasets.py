@@ -5,47 +5,44 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api import idempotency, service
+from api.crud import datasets
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.npz import inspect_npz
+from api.routes import common
 from api.schemas import ANY_CLIENT_ERROR, Dataset, DatasetList, problem_responses
-from api.uploads import MultipartForm, parse_name_field, read_multipart
+from api.serializers import dataset_out, page
+from api.uploads import MultipartForm, parse_name_field
 from cake_shared.models import Dataset as DatasetRow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ANY_CLIENT_ERROR)
 
 DatasetId = Annotated[str, Path(alias="id", description="ds_… identifier")]
 
-DATASET_FORM_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/DatasetUploadForm"}}
-    },
-}
+DATASET_FORM = common.UploadForm(
+    file_field="file",
+    text_fields=frozenset({"name"}),
+    required=("file",),
+    schema="DatasetUploadForm",
+)
 
 
 def _create_from_form(
     ctx: AppContext, tenant: str, form: MultipartForm, idem_key: str | None
 ) -> JSONResponse:
+    """Blocking part of the upload: idempotency, the numpy check, store, row."""
     name = parse_name_field(form.fields.get("name"), ["body", "name"])
-    idem = idempotency.make_request(tenant, idem_key, "POST /v1/datasets", form.content_hash())
-    ttl = ctx.settings.idempotency_ttl_s
     upload = form.files["file"]
-    with ctx.sessionmaker() as session:
-        replayed = idempotency.replay(session, idem, ttl)
-        if replayed is not None:
-            return replayed
+
+    def create(session: Session) -> DatasetRow:
         facts = inspect_npz(upload.path)
-        row = service.store_dataset(ctx, session, tenant, upload, facts, name)
-        body = service.dataset_out(row)
-        replayed = idempotency.commit_created(session, idem, ttl, 201, body)
-        if replayed is not None:
-            return replayed
-    return idempotency.created_response(201, body, f"/v1/datasets/{row.id}")
+        return datasets.create_dataset(ctx, session, tenant, upload, facts, name)
+
+    return common.create_once(
+        ctx, tenant, idem_key, form.content_hash(), "/v1/datasets", 201, create, dataset_out
+    )
 
 
 @router.post(
@@ -58,25 +55,13 @@ def _create_from_form(
         "`y` (int, [N]); optional `name`. Checked with numpy (no pickles): x finite floats, y "
         "integer classes >= 0; num_classes is max(y) + 1. Used only to report accuracy."
     ),
-    openapi_extra={"requestBody": DATASET_FORM_BODY},
+    openapi_extra={"requestBody": DATASET_FORM.request_body()},
     responses=problem_responses(409, 413, 422),
 )
 async def create_dataset(
     request: Request, tenant: TenantDep, idem_key: IdempotencyKeyDep = None
 ) -> Response:
-    ctx: AppContext = request.app.state.ctx
-    form = await read_multipart(
-        request,
-        file_fields={"file"},
-        text_fields={"name"},
-        required=("file",),
-        max_file_bytes=ctx.settings.max_upload_bytes,
-        tmp_dir=ctx.upload_dir,
-    )
-    try:
-        return await run_in_threadpool(_create_from_form, ctx, tenant, form, idem_key)
-    finally:
-        await run_in_threadpool(form.cleanup)
+    return await common.with_upload(request, DATASET_FORM, _create_from_form, tenant, idem_key)
 
 
 @router.get("", response_model=DatasetList, summary="List data sets, newest first")
@@ -86,13 +71,12 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1..100.")] = 20,
     after: Annotated[str | None, Query(description="Cursor: next_after of the last page.")] = None,
 ) -> dict[str, Any]:
-    stmt = select(DatasetRow).where(DatasetRow.tenant == tenant)
-    rows, has_more = service.newest_first(session, stmt, DatasetRow, limit, after)
-    return service.page([service.dataset_out(r) for r in rows], has_more)
+    rows, has_more = datasets.list_datasets(session, tenant, limit, after)
+    return page([dataset_out(r) for r in rows], has_more)
 
 
 @router.get(
     "/{id}", response_model=Dataset, summary="Get a data set", responses=problem_responses(404)
 )
 def get_dataset(dataset_id: DatasetId, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return service.dataset_out(service.get_dataset(session, tenant, dataset_id))
+    return dataset_out(datasets.get_dataset(session, tenant, dataset_id))

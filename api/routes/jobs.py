@@ -8,7 +8,7 @@ body parameter; the OpenAPI request body is declared by hand and points at ``Job
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -17,12 +17,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api import idempotency, service
+from api import idempotency
+from api.crud import events, jobs, teachers
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.errors import ApiError, validation_error
+from api.job_planning import check_callback, plan_job
+from api.routes import common
 from api.schemas import (
     ANY_CLIENT_ERROR,
     EventList,
@@ -32,35 +35,29 @@ from api.schemas import (
     JobSpecIn,
     problem_responses,
 )
-from api.uploads import (
-    MultipartForm,
-    check_teacher,
-    load_json,
-    parse_input_shape_field,
-    parse_int_field,
-    parse_name_field,
-    read_multipart,
-)
+from api.serializers import event_out, job_out, page
+from api.uploads import MultipartForm, load_json
 from cake_shared.models import Job as JobRow
 from cake_shared.models import JobEvent
-from cake_shared.models import Teacher as TeacherRow
 from cake_shared.status import TERMINAL_STATUSES, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ANY_CLIENT_ERROR)
 
 JobId = Annotated[str, Path(alias="id", description="job_… identifier")]
-LimitQuery = Annotated[int, Query(ge=1, le=100, description="Page size, 1..100.")]
-AfterQuery = Annotated[
-    str | None, Query(description="Cursor: the next_after of the previous page.")
-]
 
 MAX_JSON_BYTES = 1 << 20
 
+ONE_SHOT_FORM = common.UploadForm(
+    file_field="teacher",
+    text_fields=frozenset({"input_shape", "spec", "name", "num_classes"}),
+    required=("teacher", "input_shape"),
+    schema="OneShotJobForm",
+)
 JOB_BODY: dict[str, Any] = {
     "required": True,
     "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
-        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/OneShotJobForm"}},
+        **ONE_SHOT_FORM.request_body()["content"],
     },
 }
 
@@ -88,38 +85,22 @@ def _validation(exc: ValidationError, prefix: list[str | int]) -> RequestValidat
 def _create_json(
     ctx: AppContext, tenant: str, body: JobCreate, request_hash: str, idem_key: str | None
 ) -> JSONResponse:
-    idem = idempotency.make_request(tenant, idem_key, "POST /v1/jobs", request_hash)
-    ttl = ctx.settings.idempotency_ttl_s
-    with ctx.sessionmaker() as session:
-        replayed = idempotency.replay(session, idem, ttl)
-        if replayed is not None:
-            return replayed
-        teacher = session.get(TeacherRow, body.teacher_id)
-        if teacher is None or teacher.tenant != tenant or teacher.deleted_at is not None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"no teacher with id {body.teacher_id!r}",
-                errors=[{"loc": ["body", "teacher_id"], "msg": "no such teacher"}],
-            )
-        service.check_callback(ctx, body.callback_url, ["body", "callback_url"])
-        plan = service.plan_job(session, tenant, teacher, body, ["body"], ctx.settings)
-        job = service.insert_job(ctx, session, tenant, teacher.id, plan)
-        out = service.job_out(job)
-        replayed = idempotency.commit_created(session, idem, ttl, 202, out)
-        if replayed is not None:
-            return replayed
-        service.enqueue(ctx, session, job)
-    return idempotency.created_response(202, out, f"/v1/jobs/{job.id}")
+    """A job of a stored teacher (blocking: checks and writes)."""
+
+    def create(session: Session) -> JobRow:
+        teacher = teachers.get_job_teacher(session, tenant, body.teacher_id, ["body", "teacher_id"])
+        check_callback(ctx, body.callback_url, ["body", "callback_url"])
+        plan = plan_job(session, tenant, teacher, body, ["body"], ctx.settings)
+        return jobs.insert_job(ctx, session, tenant, teacher.id, plan)
+
+    return _create(ctx, tenant, idem_key, request_hash, create)
 
 
 def _create_one_shot(
     ctx: AppContext, tenant: str, form: MultipartForm, idem_key: str | None
 ) -> JSONResponse:
     """Teacher and job in one transaction: a spec error leaves no teacher behind."""
-    shape = parse_input_shape_field(form.fields["input_shape"], ["body", "input_shape"])
-    num_classes = parse_int_field(form.fields.get("num_classes"), ["body", "num_classes"], 2)
-    name = parse_name_field(form.fields.get("name"), ["body", "name"])
+    fields = common.TeacherFields.parse(form)
     try:
         spec_json = load_json(form.fields.get("spec") or "{}", ["body", "spec"])
     except json.JSONDecodeError as exc:
@@ -134,26 +115,34 @@ def _create_one_shot(
     except ValidationError as exc:
         raise _validation(exc, ["body", "spec"]) from None
 
-    service.check_callback(ctx, body.callback_url, ["body", "spec", "callback_url"])
-    idem = idempotency.make_request(tenant, idem_key, "POST /v1/jobs", form.content_hash())
-    ttl = ctx.settings.idempotency_ttl_s
+    check_callback(ctx, body.callback_url, ["body", "spec", "callback_url"])
     upload = form.files["teacher"]
-    with ctx.sessionmaker() as session:
-        replayed = idempotency.replay(session, idem, ttl)
-        if replayed is not None:
-            return replayed
-        facts = check_teacher(
-            upload.path, shape, num_classes, ctx.settings, ["body", "input_shape"]
-        )
-        plan = service.plan_job(session, tenant, facts, body, ["body", "spec"], ctx.settings)
-        teacher = service.store_teacher(ctx, session, tenant, upload, facts, name)
-        job = service.insert_job(ctx, session, tenant, teacher.id, plan)
-        out = service.job_out(job)
-        replayed = idempotency.commit_created(session, idem, ttl, 202, out)
-        if replayed is not None:
-            return replayed
-        service.enqueue(ctx, session, job)
-    return idempotency.created_response(202, out, f"/v1/jobs/{job.id}")
+
+    def create(session: Session) -> JobRow:
+        facts = fields.check(ctx, upload)
+        plan = plan_job(session, tenant, facts, body, ["body", "spec"], ctx.settings)
+        teacher = teachers.create_teacher(ctx, session, tenant, upload, facts, fields.name)
+        return jobs.insert_job(ctx, session, tenant, teacher.id, plan)
+
+    return _create(ctx, tenant, idem_key, form.content_hash(), create)
+
+
+def _create(
+    ctx: AppContext,
+    tenant: str,
+    idem_key: str | None,
+    request_hash: str,
+    create: Callable[[Session], JobRow],
+) -> JSONResponse:
+    """Either body: 202 with the queued job; the broker hears of it only once it is committed
+    (and only from the request whose commit won)."""
+
+    def send(session: Session, job: JobRow) -> None:
+        jobs.enqueue(ctx, session, job)
+
+    return common.create_once(
+        ctx, tenant, idem_key, request_hash, "/v1/jobs", 202, create, job_out, send
+    )
 
 
 @router.post(
@@ -173,21 +162,9 @@ def _create_one_shot(
 async def create_job(
     request: Request, tenant: TenantDep, idem_key: IdempotencyKeyDep = None
 ) -> Response:
-    ctx: AppContext = request.app.state.ctx
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await read_multipart(
-            request,
-            file_fields={"teacher"},
-            text_fields={"input_shape", "spec", "name", "num_classes"},
-            required=("teacher", "input_shape"),
-            max_file_bytes=ctx.settings.max_upload_bytes,
-            tmp_dir=ctx.upload_dir,
-        )
-        try:
-            return await run_in_threadpool(_create_one_shot, ctx, tenant, form, idem_key)
-        finally:
-            await run_in_threadpool(form.cleanup)
+        return await common.with_upload(request, ONE_SHOT_FORM, _create_one_shot, tenant, idem_key)
     # Any other content type is read as JSON: curl -d sends form-urlencoded by default.
     raw = await _read_capped(request, MAX_JSON_BYTES)
     try:
@@ -203,6 +180,7 @@ async def create_job(
     except ValidationError as exc:
         raise _validation(exc, ["body"]) from None
     request_hash = idempotency.json_hash(data)
+    ctx: AppContext = request.app.state.ctx
     return await run_in_threadpool(_create_json, ctx, tenant, body, request_hash, idem_key)
 
 
@@ -212,21 +190,16 @@ def list_jobs(
     tenant: TenantDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     teacher_id: Annotated[str | None, Query(description="Only jobs of this teacher.")] = None,
-    limit: LimitQuery = 20,
-    after: AfterQuery = None,
+    limit: common.LimitQuery = 20,
+    after: common.AfterQuery = None,
 ) -> dict[str, Any]:
-    stmt = select(JobRow).where(JobRow.tenant == tenant)
-    if status is not None:
-        stmt = stmt.where(JobRow.status == status)
-    if teacher_id is not None:
-        stmt = stmt.where(JobRow.teacher_id == teacher_id)
-    rows, has_more = service.newest_first(session, stmt, JobRow, limit, after)
-    return service.page([service.job_out(r) for r in rows], has_more)
+    rows, has_more = jobs.list_jobs(session, tenant, status, teacher_id, limit, after)
+    return page([job_out(r) for r in rows], has_more)
 
 
 def _read_job(ctx: AppContext, tenant: str, job_id: str) -> dict[str, Any]:
     with ctx.sessionmaker() as session:
-        return service.job_out(service.get_job(session, tenant, job_id))
+        return job_out(jobs.get_job(session, tenant, job_id))
 
 
 @router.get("/{id}", response_model=Job, summary="Get a job", responses=problem_responses(404))
@@ -250,7 +223,7 @@ async def get_job(request: Request, job_id: JobId, tenant: TenantDep) -> JSONRes
     responses=problem_responses(404),
 )
 def cancel_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
-    return service.job_out(service.cancel_job(session, tenant, job_id))
+    return job_out(jobs.cancel_job(session, tenant, job_id))
 
 
 @router.delete(
@@ -261,7 +234,7 @@ def cancel_job(job_id: JobId, session: SessionDep, tenant: TenantDep) -> dict[st
     responses=problem_responses(404, 409),
 )
 def delete_job(request: Request, job_id: JobId, session: SessionDep, tenant: TenantDep) -> Response:
-    service.delete_job(request.app.state.ctx, session, tenant, job_id)
+    jobs.delete_job(request.app.state.ctx, session, tenant, job_id)
     return Response(status_code=204)
 
 
@@ -279,36 +252,15 @@ SSE_RETRY_MS = 2000
 SSE_BATCH = 500
 
 
-def _after_seq(session: Any, job_id: str, after: str | None) -> int:
-    if not after:
-        return 0
-    seq = session.scalar(
-        select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == after)
-    )
-    if seq is None:
-        raise validation_error(["query", "after"], f"no event {after!r} in job {job_id}")
-    return int(seq)
-
-
-def _poll(ctx: AppContext, job_id: str, after_seq: int) -> tuple[str | None, list[JobEvent]]:
-    """The job's status, then its events after ``after_seq`` (read in this order, so a finished
-    status guarantees every event written before it is in the list)."""
+def _poll(ctx: AppContext, job_id: str, seq: int) -> tuple[str | None, list[JobEvent]]:
+    """One poll of the stream in its own short session (none is held between polls)."""
     with ctx.sessionmaker() as session:
-        status = session.scalar(select(JobRow.status).where(JobRow.id == job_id))
-        events = list(
-            session.scalars(
-                select(JobEvent)
-                .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
-                .order_by(JobEvent.seq)
-                .limit(SSE_BATCH)
-            )
-        )
-        return status, events
+        return events.poll(session, job_id, seq, SSE_BATCH)
 
 
 def _sse(event: JobEvent) -> ServerSentEvent:
     """``id:`` the event id, ``event:`` its type, ``data:`` the event as compact JSON."""
-    data = json.dumps(service.event_out(event), separators=(",", ":"))
+    data = json.dumps(event_out(event), separators=(",", ":"))
     kind = "".join(ch for ch in event.type if ch not in "\r\n") or "message"
     return ServerSentEvent(data, event=kind, id=event.id, sep=SSE_SEP)
 
@@ -327,11 +279,11 @@ async def _stream(ctx: AppContext, job_id: str, after_seq: int) -> AsyncIterator
     library cancels this generator on disconnect, so no poll outlives its listener."""
     yield ServerSentEvent(retry=SSE_RETRY_MS, sep=SSE_SEP)
     while True:
-        status, events = await run_in_threadpool(_poll, ctx, job_id, after_seq)
-        for event in events:
+        status, batch = await run_in_threadpool(_poll, ctx, job_id, after_seq)
+        for event in batch:
             after_seq = event.seq
             yield _sse(event)
-        if (status is None or status in TERMINAL_STATUSES) and len(events) < SSE_BATCH:
+        if (status is None or status in TERMINAL_STATUSES) and len(batch) < SSE_BATCH:
             final = json.dumps({"status": status or "deleted"})
             yield ServerSentEvent(final, event="end", sep=SSE_SEP)
             return
@@ -365,9 +317,9 @@ def job_events(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response | dict[str, Any]:
-    job = service.get_job(session, tenant, job_id)
+    job = jobs.get_job(session, tenant, job_id)
     if accept and "text/event-stream" in accept.lower():
-        after_seq = _after_seq(session, job.id, after or last_event_id)
+        after_seq = events.after_seq(session, job.id, after or last_event_id)
         ctx: AppContext = request.app.state.ctx
         return EventSourceResponse(
             _stream(ctx, job.id, after_seq),
@@ -376,14 +328,6 @@ def job_events(
             ping_message_factory=_keep_alive,
             sep=SSE_SEP,
         )
-    after_seq = _after_seq(session, job.id, after)
-    rows = list(
-        session.scalars(
-            select(JobEvent)
-            .where(JobEvent.job_id == job.id, JobEvent.seq > after_seq)
-            .order_by(JobEvent.seq)
-            .limit(limit + 1)
-        )
-    )
-    has_more = len(rows) > limit
-    return service.page([service.event_out(e) for e in rows[:limit]], has_more)
+    seq = events.after_seq(session, job.id, after)
+    rows, has_more = events.page_after(session, job.id, seq, limit)
+    return page([event_out(e) for e in rows], has_more)

@@ -12,10 +12,10 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from api.crud import webhooks
 from api.deps import SessionDep, TenantDep
 from api.schemas import ANY_CLIENT_ERROR
 from cake_shared.signing import ALGORITHM, DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER
-from cake_shared.tenants import get_or_create_tenant, new_webhook_secret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ANY_CLIENT_ERROR)
 
@@ -58,7 +58,7 @@ def _out(secret: str) -> WebhookSecret:
     description="The caller's tenant's secret for job callbacks, created on first use.",
 )
 def get_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecret:
-    return _out(get_or_create_tenant(session, tenant).webhook_secret)
+    return _out(webhooks.current_secret(session, tenant))
 
 
 @router.post(
@@ -71,7 +71,4 @@ def get_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecret:
     ),
 )
 def rotate_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecret:
-    row = get_or_create_tenant(session, tenant)
-    row.webhook_secret = new_webhook_secret()
-    session.commit()
-    return _out(row.webhook_secret)
+    return _out(webhooks.rotate_secret(session, tenant))
