@@ -162,6 +162,29 @@ def pin_settings(data_dir: Path | None = None) -> Settings:
     return settings
 
 
+def _settings_or_report(data_dir: Path | None, *, pin: bool) -> Settings | None:
+    """The command's settings (:func:`pin_settings` with ``pin``, else :func:`read_settings`),
+    or None after one line on stderr saying what is invalid.
+
+    ``serve``, ``worker`` and ``db`` refuse invalid settings alike (exit code 2), so the
+    message is made in one place.
+    """
+    try:
+        return pin_settings(data_dir) if pin else read_settings(data_dir)
+    except ValueError as exc:  # pydantic's ValidationError
+        print(f"error: {settings_error(exc)}", file=sys.stderr)
+        return None
+
+
+def _queues_or_report(text: str) -> str | None:
+    """:func:`parse_queues`, or None after one line on stderr (``serve`` and ``worker``)."""
+    try:
+        return parse_queues(text)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def is_loopback(host: str) -> bool:
     """True when every address ``host`` resolves to is a loopback address."""
     if host in ("", "0.0.0.0", "::"):
@@ -347,10 +370,8 @@ def serve(
         print(f"error: the API cannot be loaded: {exc}", file=sys.stderr)
         return 1
 
-    try:
-        settings = pin_settings(data_dir)
-    except ValueError as exc:  # pydantic's ValidationError
-        print(f"error: {settings_error(exc)}", file=sys.stderr)
+    settings = _settings_or_report(data_dir, pin=True)
+    if settings is None:
         return 2
     url = settings.resolved_database_url()
     log.info("data folder %s", settings.data_dir)
@@ -416,10 +437,8 @@ def run_worker(
             print(f"error: the parent process {parent_pid} is already gone", file=sys.stderr)
             return 1
         watch_parent(parent_pid)
-    try:
-        settings = pin_settings(data_dir)
-    except ValueError as exc:  # pydantic's ValidationError
-        print(f"error: {settings_error(exc)}", file=sys.stderr)
+    settings = _settings_or_report(data_dir, pin=True)
+    if settings is None:
         return 2
     url = settings.resolved_database_url()
     try:
@@ -510,10 +529,8 @@ def add_parsers(sub: Any) -> None:
 def dispatch(args: argparse.Namespace) -> int:
     """Run the parsed ``serve``/``worker``/``db`` command; returns the exit code."""
     if args.command == "serve":
-        try:
-            queues = parse_queues(args.queues)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        queues = _queues_or_report(args.queues)
+        if queues is None:
             return 2
         return serve(
             args.host,
@@ -524,10 +541,8 @@ def dispatch(args: argparse.Namespace) -> int:
             queues=queues,
         )
     if args.command == "worker":
-        try:
-            queues = parse_queues(args.queues)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        queues = _queues_or_report(args.queues)
+        if queues is None:
             return 2
         if args.concurrency < 1:
             print("error: --concurrency must be at least 1", file=sys.stderr)
@@ -540,11 +555,10 @@ def dispatch(args: argparse.Namespace) -> int:
             parent_pid=args.parent_pid,
         )
     if args.command == "db":
-        try:
-            database = read_settings(args.data_dir).resolved_database_url()
-        except ValueError as exc:  # pydantic's ValidationError
-            print(f"error: {settings_error(exc)}", file=sys.stderr)
+        settings = _settings_or_report(args.data_dir, pin=False)
+        if settings is None:
             return 2
+        database = settings.resolved_database_url()
         url = _shown_url(database)
         try:
             if args.db_command == "upgrade":

@@ -93,18 +93,22 @@ def _problem_error(response: httpx.Response) -> CakeAPIError:
 
 
 class Transport:
-    """An ``httpx.Client`` plus the retry policy and error mapping shared by all resources."""
+    """An ``httpx.Client`` plus the retry policy and error mapping shared by all resources.
+
+    Built by :class:`cake_client.Client` only, which passes every setting: the defaults and
+    their documentation live in that public constructor alone, so the two cannot drift apart.
+    """
 
     def __init__(
         self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float,
+        max_retries: int,
         *,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
+        backoff_base: float,
+        backoff_max: float,
+        transport: httpx.BaseTransport | None,
         user_agent: str = "cake-client/0.1",
     ) -> None:
         self.base_url = normalize_url(base_url)

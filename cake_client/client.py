@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
 
@@ -101,6 +101,26 @@ def _file(path: str | os.PathLike[str], what: str) -> Path:
     return p
 
 
+def _teacher_fields(
+    input_shape: str | Sequence[int],
+    name: str | None,
+    num_classes: int | None,
+    **extra: str,
+) -> dict[str, str]:
+    """The form fields that describe a teacher, for both ways of uploading one.
+
+    ``/v1/teachers`` and the one-shot ``/v1/jobs`` form take the same teacher fields, so the
+    shape is validated and encoded by one rule; ``extra`` (the one-shot's ``spec``) goes right
+    after ``input_shape``, keeping the field order the service has always received.
+    """
+    fields = {"input_shape": json.dumps(shape_list(input_shape)), **extra}
+    if name is not None:
+        fields["name"] = name
+    if num_classes is not None:
+        fields["num_classes"] = str(int(num_classes))
+    return fields
+
+
 class _Resource:
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -109,48 +129,51 @@ class _Resource:
     def _t(self) -> Transport:
         return self._client.transport
 
-    def _paginate(
+    def _pages(
         self,
         path: str,
         parse: Callable[[dict[str, Any]], T],
         params: dict[str, Any],
         limit: int,
         after: str | None,
-    ) -> Iterator[T]:
-        """Yield every item of every page, following ``next_after`` until ``has_more`` ends."""
+    ) -> Iterator[Page]:
+        """The pages of a list endpoint from ``after`` on, each fetched when asked for.
+
+        One generator serves both ways of listing: ``list_page`` takes the first page only,
+        ``list`` (:meth:`_items`) follows ``next_after`` until ``has_more`` ends.
+        """
         cursor = after
         while True:
             page = self._t.json("GET", path, params={**params, "limit": limit, "after": cursor})
-            for item in page.get("data") or []:
-                yield parse(item)
+            yield Page(
+                data=[parse(item) for item in page.get("data") or []],
+                has_more=bool(page.get("has_more")),
+                next_after=page.get("next_after"),
+            )
             cursor = page.get("next_after")
             if not page.get("has_more") or not cursor:
                 return
 
-    def _page(
-        self,
-        path: str,
-        parse: Callable[[dict[str, Any]], T],
-        params: dict[str, Any],
-        limit: int,
-        after: str | None,
-    ) -> Page:
-        page = self._t.json("GET", path, params={**params, "limit": limit, "after": after})
-        return Page(
-            data=[parse(item) for item in page.get("data") or []],
-            has_more=bool(page.get("has_more")),
-            next_after=page.get("next_after"),
-        )
+    @staticmethod
+    def _items(pages: Iterator[Page]) -> Iterator[Any]:
+        """Every item of every page, so ``list`` callers need not know about pages."""
+        return (item for page in pages for item in page.data)
 
     def _upload(
         self,
         path: str,
         fields: dict[str, str],
-        files: list[FilePart],
+        file: FilePart,
         idempotency_key: str | None,
         on_progress: ProgressCallback | None,
     ) -> Any:
-        body = MultipartBody(fields, files, on_progress)
+        """POST a multipart form with one file; every upload endpoint takes exactly one.
+
+        The read timeout is stretched to ``UPLOAD_READ_TIMEOUT_S`` because the service checks
+        the file before it answers, and the ``Idempotency-Key`` lets the transport retry the
+        POST after a lost response without creating a second object.
+        """
+        body = MultipartBody(fields, [file], on_progress)
         headers = {
             "Content-Type": body.content_type,
             "Content-Length": str(len(body)),
@@ -162,8 +185,34 @@ class _Resource:
         return self._t.json("POST", path, content=body, headers=headers, timeout=timeout)
 
 
-class Teachers(_Resource):
+Stored = TypeVar("Stored", Teacher, Dataset)
+
+
+class _StoredFiles(_Resource, Generic[Stored]):
+    """What the two collections of uploaded files share: get one, list them newest first."""
+
+    _path: ClassVar[str]
+    _model: ClassVar[type[Teacher] | type[Dataset]]
+
+    def _parse(self, data: dict[str, Any]) -> Stored:
+        return self._model.from_json(data)  # type: ignore[return-value]
+
+    def get(self, object_id: str, /) -> Stored:
+        return self._parse(self._t.json("GET", f"{self._path}/{object_id}"))
+
+    def list(self, limit: int = 20, after: str | None = None) -> Iterator[Stored]:
+        """Every object, newest first; ``limit`` is the page size (1..100), not a total."""
+        return self._items(self._pages(self._path, self._parse, {}, limit, after))
+
+    def list_page(self, limit: int = 20, after: str | None = None) -> Page:
+        return next(self._pages(self._path, self._parse, {}, limit, after))
+
+
+class Teachers(_StoredFiles[Teacher]):
     """``/v1/teachers``: upload, get, list, delete."""
+
+    _path = "/v1/teachers"
+    _model = Teacher
 
     def upload(
         self,
@@ -180,34 +229,22 @@ class Teachers(_Resource):
         ``TeacherInvalid`` when the service refuses the file (its ``detail`` says why) and
         ``PayloadTooLarge`` above the service's cap.
         """
-        file = _file(path, "teacher file")
-        fields = {"input_shape": json.dumps(shape_list(input_shape))}
-        if name is not None:
-            fields["name"] = name
-        if num_classes is not None:
-            fields["num_classes"] = str(int(num_classes))
-        data = self._upload(
-            "/v1/teachers", fields, [FilePart("file", file)], idempotency_key, on_progress
+        part = FilePart("file", _file(path, "teacher file"))
+        fields = _teacher_fields(input_shape, name, num_classes)
+        return Teacher.from_json(
+            self._upload(self._path, fields, part, idempotency_key, on_progress)
         )
-        return Teacher.from_json(data)
-
-    def get(self, teacher_id: str) -> Teacher:
-        return Teacher.from_json(self._t.json("GET", f"/v1/teachers/{teacher_id}"))
-
-    def list(self, limit: int = 20, after: str | None = None) -> Iterator[Teacher]:
-        """Every teacher, newest first; ``limit`` is the page size (1..100), not a total."""
-        return self._paginate("/v1/teachers", Teacher.from_json, {}, limit, after)
-
-    def list_page(self, limit: int = 20, after: str | None = None) -> Page:
-        return self._page("/v1/teachers", Teacher.from_json, {}, limit, after)
 
     def delete(self, teacher_id: str) -> None:
         """Delete a teacher (``Conflict`` while a queued or running job uses it)."""
         self._t.send("DELETE", f"/v1/teachers/{teacher_id}")
 
 
-class Datasets(_Resource):
+class Datasets(_StoredFiles[Dataset]):
     """``/v1/datasets``: evaluation data sets (``.npz`` with ``x`` and ``y``)."""
+
+    _path = "/v1/datasets"
+    _model = Dataset
 
     def upload(
         self,
@@ -216,18 +253,11 @@ class Datasets(_Resource):
         idempotency_key: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Dataset:
-        file = _file(path, "data set file")
+        part = FilePart("file", _file(path, "data set file"))
         fields = {"name": name} if name is not None else {}
-        data = self._upload(
-            "/v1/datasets", fields, [FilePart("file", file)], idempotency_key, on_progress
+        return Dataset.from_json(
+            self._upload(self._path, fields, part, idempotency_key, on_progress)
         )
-        return Dataset.from_json(data)
-
-    def get(self, dataset_id: str) -> Dataset:
-        return Dataset.from_json(self._t.json("GET", f"/v1/datasets/{dataset_id}"))
-
-    def list(self, limit: int = 20, after: str | None = None) -> Iterator[Dataset]:
-        return self._paginate("/v1/datasets", Dataset.from_json, {}, limit, after)
 
 
 class Jobs(_Resource):
@@ -272,19 +302,9 @@ class Jobs(_Resource):
         on_progress: ProgressCallback | None = None,
     ) -> Job:
         """Upload the teacher and create the job in one request (the multipart form)."""
-        file = _file(teacher_path, "teacher file")
-        fields = {
-            "input_shape": json.dumps(shape_list(input_shape)),
-            "spec": json.dumps(spec or {}),
-        }
-        if name is not None:
-            fields["name"] = name
-        if num_classes is not None:
-            fields["num_classes"] = str(int(num_classes))
-        data = self._upload(
-            "/v1/jobs", fields, [FilePart("teacher", file)], idempotency_key, on_progress
-        )
-        return self._job(data)
+        part = FilePart("teacher", _file(teacher_path, "teacher file"))
+        fields = _teacher_fields(input_shape, name, num_classes, spec=json.dumps(spec or {}))
+        return self._job(self._upload("/v1/jobs", fields, part, idempotency_key, on_progress))
 
     # -- read ------------------------------------------------------------------------------------
     def _job(self, data: dict[str, Any]) -> Job:
@@ -302,7 +322,7 @@ class Jobs(_Resource):
     ) -> Iterator[Job]:
         """Every job (optionally of one status or teacher), newest first, page by page."""
         params = {"status": status, "teacher_id": teacher_id}
-        return self._paginate("/v1/jobs", self._job, params, limit, after)
+        return self._items(self._pages("/v1/jobs", self._job, params, limit, after))
 
     def list_page(
         self,
@@ -312,7 +332,7 @@ class Jobs(_Resource):
         after: str | None = None,
     ) -> Page:
         params = {"status": status, "teacher_id": teacher_id}
-        return self._page("/v1/jobs", self._job, params, limit, after)
+        return next(self._pages("/v1/jobs", self._job, params, limit, after))
 
     def cancel(self, job_id: str) -> Job:
         """Ask the job to stop (queued: at once; running: at its next step); idempotent."""
@@ -324,7 +344,9 @@ class Jobs(_Resource):
 
     def events(self, job_id: str, after: str | None = None, limit: int = 100) -> Iterator[JobEvent]:
         """The job's log so far, oldest first (JSON pages; see ``stream_events`` for live)."""
-        return self._paginate(f"/v1/jobs/{job_id}/events", JobEvent.from_json, {}, limit, after)
+        return self._items(
+            self._pages(f"/v1/jobs/{job_id}/events", JobEvent.from_json, {}, limit, after)
+        )
 
     # -- live events -----------------------------------------------------------------------------
     def stream_events(self, job_id: str, after: str | None = None) -> Iterator[JobEvent]:

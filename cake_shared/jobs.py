@@ -158,16 +158,28 @@ def claim_job(services: Services, job_id: str, worker_id: str) -> str | None:
     return token
 
 
+def _set_while_claimed(
+    session: Session, job_id: str, token: str, values: Mapping[str, Any]
+) -> bool:
+    """Write ``values`` to the job only while ``token`` still holds its claim on a running job.
+
+    Every update a worker makes to its running job (heartbeat, progress, finish, hand-back) is
+    this compare-and-set on the claim token (see the module docstring); one copy keeps the
+    guard the same for all of them. False when the claim was lost and nothing was written.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def heartbeat(services: Services, job_id: str, token: str) -> bool:
     """Mark the job alive; False when this worker no longer holds the claim."""
     with services.session_scope() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
-            .values(heartbeat_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1
+        return _set_while_claimed(session, job_id, token, {"heartbeat_at": utcnow()})
 
 
 def update_progress(
@@ -191,13 +203,7 @@ def update_progress(
     if metrics is not None:
         values["metrics"] = json_safe(dict(metrics))
     with services.session_scope() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        return result.rowcount == 1
+        return _set_while_claimed(session, job_id, token, values)
 
 
 @dataclass(frozen=True)
@@ -289,13 +295,7 @@ def finish_job(
         JobStatus.CANCELED: "job canceled",
     }
     with services.session_scope() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
+        if not _set_while_claimed(session, job_id, token, values):
             session.rollback()
             return False
         if student is not None:
@@ -345,21 +345,15 @@ def requeue_job(
         job = session.get(Job, job_id)
         if job is None:
             return False
-        attempts = Job.attempts - 1 if refund_attempt else Job.attempts
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.claim_token == token, Job.status == JobStatus.RUNNING)
-            .values(
-                status=JobStatus.QUEUED,
-                phase=JobPhase.QUEUED,
-                claim_token=None,
-                claimed_by=None,
-                heartbeat_at=None,
-                attempts=attempts,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
+        handed_back = {
+            "status": JobStatus.QUEUED,
+            "phase": JobPhase.QUEUED,
+            "claim_token": None,
+            "claimed_by": None,
+            "heartbeat_at": None,
+            "attempts": Job.attempts - 1 if refund_attempt else Job.attempts,
+        }
+        if not _set_while_claimed(session, job_id, token, handed_back):
             session.rollback()
             return False
         queue = job.queue

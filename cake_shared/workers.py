@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from cake_shared.background import BackgroundLoop
 from cake_shared.models import Job, JobEvent, Worker, utcnow
 from cake_shared.queue_names import AUTO, CPU, GPU, QUEUES
 from cake_shared.settings import Settings
@@ -368,16 +369,17 @@ def flag_unserved_jobs(
     return flagged
 
 
-class WorkerWatch:
+class WorkerWatch(BackgroundLoop):
     """The API's watcher thread: :func:`flag_unserved_jobs` every ``interval_s`` seconds on
     ``sessions`` (the app's session factory)."""
 
-    def __init__(self, sessions: Any, settings: Settings, interval_s: float | None = None):
+    thread_name = "cake-worker-watch"
+
+    def __init__(self, sessions: Any, settings: Settings, interval_s: float | None = None) -> None:
+        super().__init__()
         self.sessions = sessions
         self.settings = settings
         self.interval_s = interval_s or settings.worker_watch_interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> list[str]:
         with self.sessions() as session:
@@ -402,15 +404,3 @@ class WorkerWatch:
                         reason[0] if reason else "",
                     )
                 failing = True
-
-    def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="cake-worker-watch", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None

@@ -13,10 +13,10 @@ same time; duplicate messages are harmless because a job is claimed before it ru
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from cake_shared import jobs
+from cake_shared.background import BackgroundLoop
 from cake_shared.queue import filesystem_folders
 from cake_shared.services import Services
 from cake_shared.settings import Settings
@@ -66,15 +66,16 @@ def sweep_once(services: Services, lost_after_s: float | None = None) -> jobs.Sw
     return result
 
 
-class Sweeper:
+class Sweeper(BackgroundLoop):
     """Runs :func:`sweep_once` now and then every ``interval_s`` (default
     ``sweep_interval_s``) on a daemon thread."""
 
+    thread_name = "cake-sweeper"
+
     def __init__(self, services: Services, interval_s: float | None = None) -> None:
+        super().__init__()
         self.services = services
         self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
         interval = self.interval_s or self.services.settings.sweep_interval_s
@@ -87,16 +88,3 @@ class Sweeper:
                             type(exc).__name__, reason, interval)  # fmt: skip
             if self._stop.wait(interval):
                 return
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cake-sweeper", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cake_core.architectures import INPUT_RANKS, check_arch, default_arch
+from cake_core.architectures import INPUT_RANKS, check_arch
 from cake_core.config import MAX_WIDTH, MIN_WIDTH
 from cake_core.errors import SpecError
 from cake_core.shapes import parse_input_shape
@@ -33,7 +33,6 @@ __all__ = [
     "budget_widths",
     "build_student",
     "choose_width",
-    "default_arch",
     "get_arch",
     "list_archs",
     "register",
