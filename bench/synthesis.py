@@ -3,8 +3,8 @@
 The claim under test: running many mini-batches at once as one large batch (each with its own
 step size, ``cake_core.synthesis.synthesize``) is faster than the reference's loop, one
 mini-batch of 100 at a time with ``torch.optim.SGD`` on the inputs
-(``cake_core.synthesis.reference_synthesize``), on the same work and the same teacher. Both run
-side by side in one process, so machine, teacher and load are shared.
+(``bench.reference_synthesis.reference_synthesize``), on the same work and the same
+teacher. Both run side by side in one process, so machine, teacher and load are shared.
 
 Every row does the same work: ``M`` mini-batches of 100 samples, ``T`` input-gradient steps each.
 The rate is sample-steps per second (``M * 100 * T / seconds``); the ratio is against the
@@ -47,10 +47,11 @@ from bench.common import (
     time_repeats,
     write_results,
 )
+from bench.reference_synthesis import reference_synthesize
 from cake_core.config import SynthesisSpec
 from cake_core.device import AttentionKernel, Runtime
 from cake_core.students import build_student
-from cake_core.synthesis import plan_synthesis, reference_synthesize, synthesize
+from cake_core.synthesis import plan_synthesis, synthesize
 from cake_core.teacher import load_teacher
 
 BATCH_SIZE = 100

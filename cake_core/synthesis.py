@@ -91,7 +91,7 @@ def plan_synthesis(
     return SynthesisPlan(num_batches, spec.batch_size, max(1, min(chunk, num_batches)))
 
 
-def _batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
+def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * _SEED_STRIDE + batch) % (2**63 - 1))
     return gen
@@ -110,7 +110,7 @@ def initial_batch(
     Each row's classes are a random permutation of all classes cut to ``G``, so the classes in a
     row are distinct.
     """
-    gen = _batch_generator(seed, batch, device)
+    gen = batch_generator(seed, batch, device)
     rows, groups = spec.batch_size // spec.groups, spec.groups
     shape = (rows, groups, *input_shape)
     if spec.prior == "normal":
@@ -227,7 +227,7 @@ def synthesize_chunk(
     # results do not depend on how mini-batches are chunked.
     noise_gens = (
         [
-            _batch_generator(seed + 7, b, device)
+            batch_generator(seed + 7, b, device)
             for b in range(first_batch, first_batch + num_batches)
         ]
         if spec.langevin
@@ -237,7 +237,7 @@ def synthesize_chunk(
     shift = max_shift(input_shape) if spec.augment else 0
     shift_gens = (
         [
-            _batch_generator(seed + 13, b, device)
+            batch_generator(seed + 13, b, device)
             for b in range(first_batch, first_batch + num_batches)
         ]
         if shift
@@ -369,41 +369,3 @@ def synthesize(
             losses=summary,
             target_accuracy=float((final_classes == targets).float().mean()),
         )
-
-
-def reference_synthesize(
-    teacher: Callable[[torch.Tensor], torch.Tensor],
-    spec: SynthesisSpec,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    *,
-    seed: int,
-    runtime: Runtime,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The reference's loop: one mini-batch at a time with ``torch.optim`` on the inputs.
-
-    Kept as the baseline for tests (batched results must match it) and for ``bench/synthesis``.
-    Yields ``(x [b, *shape], logits [b, C])`` per mini-batch.
-    """
-    input_shape = tuple(input_shape)
-    num_batches = math.ceil(spec.num_samples / spec.batch_size)
-    etas = step_sizes(num_batches, spec.noise, spec.noise_decay_magnitude, spec.noise_schedule)
-    for batch in range(num_batches):
-        x0, targets = initial_batch(spec, input_shape, num_classes, seed, batch, runtime.device)
-        x = x0.unsqueeze(0).requires_grad_(True)
-        targets = targets.unsqueeze(0)
-        optimizer_cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.SGD
-        optimizer = optimizer_cls([x], lr=etas[batch])
-        noise_gen = _batch_generator(seed + 7, batch, runtime.device) if spec.langevin else None
-        for _ in range(spec.steps):
-            total, _, _ = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
-            optimizer.zero_grad()
-            total.sum().backward()
-            optimizer.step()
-            if noise_gen is not None:
-                with torch.no_grad():
-                    noise = torch.randn(x.shape, generator=noise_gen, device=x.device)
-                    x.add_(noise * math.sqrt(2.0 * etas[batch]))
-        with torch.no_grad():
-            _, _, logits = synthesis_losses(teacher, x, targets, spec, input_shape, runtime)
-        yield x.detach().reshape(-1, *input_shape), logits.reshape(-1, logits.shape[-1])

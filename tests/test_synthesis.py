@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.reference_synthesis import reference_synthesize
 from cake_core.config import LossWeights, SynthesisSpec
 from cake_core.device import Runtime
 from cake_core.errors import JobCanceled, SynthesisDivergedError
@@ -22,7 +23,6 @@ from cake_core.synthesis import (
     SyntheticChunk,
     initial_batch,
     plan_synthesis,
-    reference_synthesize,
     synthesize,
 )
 
