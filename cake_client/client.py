@@ -189,7 +189,7 @@ Stored = TypeVar("Stored", Teacher, Dataset)
 
 
 class _StoredFiles(_Resource, Generic[Stored]):
-    """What the two collections of uploaded files share: get one, list them newest first."""
+    """What the two collections of uploaded files share: upload, get one, list newest first."""
 
     _path: ClassVar[str]
     _model: ClassVar[type[Teacher] | type[Dataset]]
@@ -206,6 +206,18 @@ class _StoredFiles(_Resource, Generic[Stored]):
 
     def list_page(self, limit: int = 20, after: str | None = None) -> Page:
         return next(self._pages(self._path, self._parse, {}, limit, after))
+
+    def _upload_file(
+        self,
+        path: str | os.PathLike[str],
+        what: str,
+        fields: dict[str, str],
+        idempotency_key: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> Stored:
+        """POST the file at ``path`` (``what`` names it in a missing-file error) as ``file``."""
+        part = FilePart("file", _file(path, what))
+        return self._parse(self._upload(self._path, fields, part, idempotency_key, on_progress))
 
 
 class Teachers(_StoredFiles[Teacher]):
@@ -229,11 +241,8 @@ class Teachers(_StoredFiles[Teacher]):
         ``TeacherInvalid`` when the service refuses the file (its ``detail`` says why) and
         ``PayloadTooLarge`` above the service's cap.
         """
-        part = FilePart("file", _file(path, "teacher file"))
         fields = _teacher_fields(input_shape, name, num_classes)
-        return Teacher.from_json(
-            self._upload(self._path, fields, part, idempotency_key, on_progress)
-        )
+        return self._upload_file(path, "teacher file", fields, idempotency_key, on_progress)
 
     def delete(self, teacher_id: str) -> None:
         """Delete a teacher (``Conflict`` while a queued or running job uses it)."""
@@ -253,11 +262,8 @@ class Datasets(_StoredFiles[Dataset]):
         idempotency_key: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Dataset:
-        part = FilePart("file", _file(path, "data set file"))
         fields = {"name": name} if name is not None else {}
-        return Dataset.from_json(
-            self._upload(self._path, fields, part, idempotency_key, on_progress)
-        )
+        return self._upload_file(path, "data set file", fields, idempotency_key, on_progress)
 
 
 class Jobs(_Resource):
