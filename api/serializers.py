@@ -7,10 +7,13 @@ Routes that return these dicts unchanged (``JSONResponse``) skip a second valida
 
 from __future__ import annotations
 
+import hashlib
+from datetime import datetime
 from typing import Any
 
 from api import schemas
-from cake_shared.job_view import job_json
+from cake_core import __version__
+from cake_shared.job_view import iso_utc, job_json
 from cake_shared.models import Artifact, Dataset, Job, JobEvent, Teacher
 
 
@@ -46,6 +49,22 @@ def job_out(row: Job) -> dict[str, Any]:
     """The Job object: the shared serializer (the webhook body is the same), checked against
     the documented response model."""
     return schemas.Job.model_validate(job_json(row)).model_dump(mode="json")
+
+
+def job_etag(job_id: str, updated_at: datetime | None) -> str:
+    """The ``ETag`` of ``GET /v1/jobs/{id}``, from the row's ``updated_at`` alone.
+
+    Every write to a job row bumps ``updated_at`` (the column's ``onupdate``: the ORM's flushes
+    and every ``update(Job)`` of ``cake_shared.jobs``, webhooks and the sweeper alike), and the
+    body is built from that row only, so an unchanged ``updated_at`` means an unchanged body:
+    a poll can be answered 304 from this one column, without loading or serialising the job.
+    Writes that change nothing a client sees (heartbeats) also bump it; that only costs a 200.
+    The tag is weak (the same job, not the same bytes) and folds in the service version, so
+    a body whose shape changed with an upgrade is never confirmed as current.
+    """
+    stamp = iso_utc(updated_at) or ""  # in UTC: the same tag whatever the session's time zone
+    digest = hashlib.blake2b(f"{job_id}|{stamp}|{__version__}".encode(), digest_size=12).hexdigest()
+    return f'W/"{digest}"'
 
 
 def event_out(row: JobEvent) -> dict[str, Any]:

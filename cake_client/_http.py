@@ -244,7 +244,12 @@ class Transport:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send and decode the JSON body (None for an empty body, e.g. 204)."""
-        response = self.send(method, path, **kwargs)
+        return self.decode(self.send(method, path, **kwargs), method, path)
+
+    @staticmethod
+    def decode(response: httpx.Response, method: str, path: str) -> Any:
+        """The JSON body of a response ``send`` returned (None when empty); a typed error,
+        not a ``JSONDecodeError``, when the service sent something else."""
         if not response.content:
             return None
         try:

@@ -375,11 +375,12 @@ class Jobs(_Resource):
 
         Follows the SSE stream (updates as they happen, no polling load); when the stream
         cannot be opened or keeps breaking, falls back to ``GET /v1/jobs/{id}`` every
-        ``poll_interval`` seconds. ``on_progress`` gets a ``JobProgress`` after each update,
-        with monotone ``progress``. Raises ``WaitTimeout`` after ``timeout`` seconds (the job
-        keeps running on the service).
+        ``poll_interval`` seconds (conditional GETs: an unchanged job is a bodiless 304).
+        ``on_progress`` gets a ``JobProgress`` after each update, with monotone ``progress``.
+        Raises ``WaitTimeout`` after ``timeout`` seconds (the job keeps running on the service).
         """
-        return streams.wait(self._t, self.get, job_id, timeout, on_progress, poll_interval)
+        poller = streams.JobPoller(self._t, self._job)
+        return streams.wait(self._t, poller, job_id, timeout, on_progress, poll_interval)
 
     # -- artifacts -------------------------------------------------------------------------------
     def artifacts(self, job_id: str) -> list[Artifact]:

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -209,6 +209,34 @@ def stream_events(
                 ) from None
             transport.sleep(transport.backoff(failures))
             failures += 1
+
+
+class JobPoller:
+    """``GET /v1/jobs/{id}`` for ``wait``'s repeated reads: each one after the first sends the
+    last ``ETag`` as ``If-None-Match``, and a ``304 Not Modified`` returns the ``Job`` already
+    read, so a poll of an unchanged job costs the service no body and this client no parsing.
+    """
+
+    def __init__(self, transport: Transport, parse: Callable[[dict[str, Any]], Job]) -> None:
+        self._t = transport
+        self._parse = parse
+        #: The last 200's job id, ETag and Job: what a 304 stands for.
+        self._last: tuple[str, str, Job] | None = None
+
+    def __call__(self, job_id: str) -> Job:
+        path = f"/v1/jobs/{job_id}"
+        last = self._last if self._last is not None and self._last[0] == job_id else None
+        if last is None:
+            response = self._t.send("GET", path)
+        else:
+            headers = {"If-None-Match": last[1]}
+            response = self._t.send("GET", path, headers=headers, ok_statuses=(304,))
+            if response.status_code == 304:
+                return last[2]
+        job = self._parse(self._t.decode(response, "GET", path))
+        etag = response.headers.get("etag")
+        self._last = (job_id, etag, job) if etag else None
+        return job
 
 
 def wait(

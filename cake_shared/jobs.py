@@ -177,9 +177,16 @@ def _set_while_claimed(
 
 
 def heartbeat(services: Services, job_id: str, token: str) -> bool:
-    """Mark the job alive; False when this worker no longer holds the claim."""
+    """Mark the job alive; False when this worker no longer holds the claim.
+
+    ``updated_at`` is written back unchanged (not bumped by its ``onupdate``): a heartbeat
+    changes nothing a client sees, and the job's ETag (``GET /v1/jobs/{id}``) follows
+    ``updated_at``, so a running job's pollers keep getting 304s between real updates. Nothing
+    reads a running job's ``updated_at`` (stale workers are found by ``heartbeat_at``).
+    """
+    values = {"heartbeat_at": utcnow(), "updated_at": Job.updated_at}
     with services.session_scope() as session:
-        return _set_while_claimed(session, job_id, token, {"heartbeat_at": utcnow()})
+        return _set_while_claimed(session, job_id, token, values)
 
 
 def update_progress(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -11,7 +12,7 @@ from api import quotas
 from api.crud.common import find_owned, newest_first, or_404
 from api.crud.events import add_event
 from api.deps import AppContext
-from api.errors import ApiError
+from api.errors import ApiError, not_found
 from api.job_planning import JobPlan
 from cake_shared import workers
 from cake_shared.ids import new_id
@@ -25,6 +26,18 @@ log = logging.getLogger("cake.api")
 def get_job(session: Session, tenant: str, job_id: str) -> Job:
     """The job a path names; 404 when unknown or another tenant's."""
     return or_404(find_owned(session, Job, tenant, job_id), "job", job_id)
+
+
+def job_updated_at(session: Session, tenant: str, job_id: str) -> datetime | None:
+    """The job's ``updated_at`` (what its ETag is made of), 404 exactly like :func:`get_job`.
+
+    Two columns instead of the whole row: a poll whose ``If-None-Match`` still matches needs
+    nothing else, so the JSON columns are neither read nor decoded.
+    """
+    found = session.execute(select(Job.tenant, Job.updated_at).where(Job.id == job_id)).first()
+    if found is None or found.tenant != tenant:
+        raise not_found("job", job_id)
+    return found.updated_at
 
 
 def list_jobs(

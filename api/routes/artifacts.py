@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
+from api.conditional import etag_matches
 from api.crud import artifacts
 from api.deps import SessionDep, TenantDep
 from api.errors import ApiError
@@ -46,14 +47,6 @@ _DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 def list_artifacts(job_id: JobId, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
     rows = artifacts.list_artifacts(session, tenant, job_id)
     return page([artifact_out(r) for r in rows], False)
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    """Weak comparison, as RFC 9110 prescribes for If-None-Match."""
-    if header.strip() == "*":
-        return True
-    wanted = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
 
 
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:
@@ -101,7 +94,7 @@ def _download(
         "Content-Disposition": f'attachment; filename="{name}"',
     }
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and _etag_matches(if_none_match, etag):
+    if if_none_match is not None and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={k: headers[k] for k in ("ETag", "Cache-Control")})
 
     range_header = request.headers.get("range")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import idempotency
+from api.conditional import etag_matches
 from api.crud import events, jobs, teachers
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.errors import ApiError, validation_error
@@ -35,7 +36,7 @@ from api.schemas import (
     JobSpecIn,
     problem_responses,
 )
-from api.serializers import event_out, job_out, page
+from api.serializers import event_out, job_etag, job_out, page
 from api.uploads import MultipartForm, load_json
 from cake_shared.models import Job as JobRow
 from cake_shared.models import JobEvent
@@ -46,6 +47,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ANY_CLIENT_ERROR)
 JobId = Annotated[str, Path(alias="id", description="job_… identifier")]
 
 MAX_JSON_BYTES = 1 << 20
+#: The OpenAPI description of the job's ``ETag`` response header.
+ETAG_HEADER: dict[str, Any] = {
+    "description": "Weak tag of the job's current state; send it back as If-None-Match.",
+    "schema": {"type": "string"},
+}
 
 ONE_SHOT_FORM = common.UploadForm(
     file_field="teacher",
@@ -197,19 +203,61 @@ def list_jobs(
     return page([job_out(r) for r in rows], has_more)
 
 
-def _read_job(ctx: AppContext, tenant: str, job_id: str) -> dict[str, Any]:
+def _read_job(
+    ctx: AppContext, tenant: str, job_id: str, if_none_match: str | None
+) -> tuple[dict[str, Any] | None, str]:
+    """The job's body and ETag; ``None`` for the body when ``If-None-Match`` still matches.
+
+    A conditional poll first reads only ``updated_at`` (the tag's source), so an unchanged job
+    costs two columns and no serialisation; a changed one is then read whole, and its tag is
+    taken from that same row, so the body and the tag sent together always agree."""
     with ctx.sessionmaker() as session:
-        return job_out(jobs.get_job(session, tenant, job_id))
+        if if_none_match is not None:
+            etag = job_etag(job_id, jobs.job_updated_at(session, tenant, job_id))
+            if etag_matches(if_none_match, etag):
+                return None, etag
+        row = jobs.get_job(session, tenant, job_id)
+        return job_out(row), job_etag(row.id, row.updated_at)
 
 
-@router.get("/{id}", response_model=Job, summary="Get a job", responses=problem_responses(404))
-async def get_job(request: Request, job_id: JobId, tenant: TenantDep) -> JSONResponse:
+@router.get(
+    "/{id}",
+    response_model=Job,
+    summary="Get a job",
+    description=(
+        "`ETag` changes whenever anything in the job does (status, phase, progress, metrics, "
+        "error, ...); a poll that sends it back as `If-None-Match` (or `*`, or a list holding "
+        "it; weak comparison) gets `304 Not Modified` with an empty body while the job is "
+        "unchanged."
+    ),
+    responses={
+        200: {"headers": {"ETag": ETAG_HEADER}},
+        304: {
+            "description": "Not modified: `If-None-Match` matched the job's current ETag",
+            "headers": {"ETag": ETAG_HEADER},
+        },
+        **problem_responses(404),
+    },
+)
+async def get_job(
+    request: Request,
+    job_id: JobId,
+    tenant: TenantDep,
+    if_none_match: Annotated[
+        str | None,
+        Header(description="ETags of earlier answers (or `*`): 304 while one is current."),
+    ] = None,
+) -> Response:
     """The polling path: one thread-pool hop that opens, reads and closes its own session (no
     connection held while waiting for the event loop), and ``job_out`` already validated the
-    body, so it goes out as is."""
+    body, so it goes out as is (or, on a matching ``If-None-Match``, is never built)."""
     ctx: AppContext = request.app.state.ctx
-    out = await anyio.to_thread.run_sync(_read_job, ctx, tenant, job_id, limiter=ctx.db_limiter())
-    return JSONResponse(out)
+    out, etag = await anyio.to_thread.run_sync(
+        _read_job, ctx, tenant, job_id, if_none_match, limiter=ctx.db_limiter()
+    )
+    if out is None:
+        return Response(status_code=304, headers={"ETag": etag})
+    return JSONResponse(out, headers={"ETag": etag})
 
 
 @router.post(

@@ -257,6 +257,30 @@ def test_wait_falls_back_to_polling_when_the_stream_fails() -> None:
     assert len(server.requests("GET", "/v1/jobs/job_1/events")) >= 2  # tried, then gave up
 
 
+def test_polling_revalidates_with_the_last_etag_and_keeps_the_job_on_304() -> None:
+    """While the job is unchanged the service answers 304 without a body; ``wait`` keeps the
+    job it has and sends the newest tag once the job changed."""
+    answers = iter(["v1", "304", "304", "v2", "304", "v3"])
+
+    def job(seen: Seen) -> Reply:
+        answer = next(answers)
+        if answer == "304":
+            return Reply(304, b"", {"ETag": seen.headers["if-none-match"]})
+        state = {"v1": job_json(progress=0.2), "v2": job_json(progress=0.7)}.get(answer)
+        return Reply(200, state or job_json(status="succeeded"), {"ETag": f'W/"{answer}"'})
+
+    with ScriptedServer() as server:
+        server.route("GET", "/v1/jobs/job_1", job)
+        server.add("GET", "/v1/jobs/job_1/events", problem(500, "internal", "no streams today"))
+        reports: list[JobProgress] = []
+        with fast_client(server.url, retries=0) as client:
+            final = client.jobs.wait("job_1", poll_interval=0.01, on_progress=reports.append)
+    assert final.status == "succeeded"
+    sent = [s.headers.get("if-none-match") for s in server.requests("GET", "/v1/jobs/job_1")]
+    assert sent == [None, 'W/"v1"', 'W/"v1"', 'W/"v1"', 'W/"v2"', 'W/"v2"']
+    assert [r.progress for r in reports] == [0.2, 0.2, 0.2, 0.7, 0.7, 1.0]
+
+
 def test_wait_follows_the_event_stream() -> None:
     events = [
         {"id": "evt_1", "type": "phase", "message": "training", "level": "info",
