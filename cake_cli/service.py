@@ -358,8 +358,14 @@ def serve(
     allow_remote: bool = False,
     queues: str = "cpu,gpu",
     log_level: str = "info",
+    api_processes: int = 1,
 ) -> int:
-    """Run the API (and, unless ``with_worker`` is False, one worker process)."""
+    """Run the API (and, unless ``with_worker`` is False, one worker process).
+
+    ``api_processes`` > 1 runs that many API processes on the one port (uvicorn's supervisor),
+    each building its app from the pinned ``CAKE_*`` environment: one process answers requests
+    with one core's worth of Python, so a busy API on a many-core machine needs several.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     [%(name)s] %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
@@ -391,21 +397,24 @@ def serve(
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, _raise_terminate)
     try:
-        app = create_app(settings)
         if with_worker:
             worker = start_worker_process(settings, queues, 1)
             threading.Thread(
                 target=_watch_worker, args=(worker, stopping), name="worker-watch", daemon=True
             ).start()
             log.info("worker started (pid %d, queues %s)", worker.pid, queues)
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            # open event streams must not hold the shutdown (and the worker's) forever
-            timeout_graceful_shutdown=SERVE_SHUTDOWN_GRACE_S,
-        )
+        # open event streams must not hold the shutdown (and the worker's) forever
+        common: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "log_level": log_level,
+            "timeout_graceful_shutdown": SERVE_SHUTDOWN_GRACE_S,
+        }
+        if api_processes > 1:
+            log.info("%d API processes", api_processes)
+            uvicorn.run("api.main:create_app", factory=True, workers=api_processes, **common)
+        else:
+            uvicorn.run(create_app(settings), **common)
     except (KeyboardInterrupt, _Terminate):
         pass
     finally:
@@ -496,6 +505,14 @@ def add_parsers(sub: Any) -> None:
     serve_p.add_argument(
         "--queues", default="cpu,gpu", help="queues the embedded worker serves (gpu,cpu)"
     )
+    serve_p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="API processes on the port (default 1); the per-key rate limit is shared by "
+        "them only with a Redis broker (CAKE_BROKER_URL), else each counts its own",
+    )
 
     worker_p = sub.add_parser(
         "worker",
@@ -532,6 +549,9 @@ def dispatch(args: argparse.Namespace) -> int:
         queues = _queues_or_report(args.queues)
         if queues is None:
             return 2
+        if args.workers < 1:
+            print(f"error: --workers must be at least 1, not {args.workers}", file=sys.stderr)
+            return 2
         return serve(
             args.host,
             args.port,
@@ -539,6 +559,7 @@ def dispatch(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             allow_remote=args.allow_remote,
             queues=queues,
+            api_processes=args.workers,
         )
     if args.command == "worker":
         queues = _queues_or_report(args.queues)

@@ -1,0 +1,72 @@
+"""``cake serve --workers N``: N API processes on one port, sharing the embedded database."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from e2e_support import (
+    CakeProcess,
+    command_line,
+    descendants,
+    expect,
+    free_port,
+    is_alive,
+    service_env,
+    wait_for,
+)
+
+READY_TIMEOUT_S = 120  # migrations, then two API processes, on a loaded 2-core machine
+
+
+def _api_processes(serve_pid: int) -> set[int]:
+    """The API processes uvicorn's supervisor spawned (not the sandbox's fork servers)."""
+    return {pid for pid in descendants(serve_pid) if "spawn_main" in command_line(pid)}
+
+
+def test_two_api_processes_serve_one_port_and_stop_together(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = CakeProcess(
+        ["serve", "--no-worker", "--workers", "2", "--port", str(port)],
+        service_env(CAKE_DATA_DIR=str(tmp_path / "data")),
+        tmp_path / "serve.log",
+        cwd=tmp_path,
+    )
+    try:
+        serve.wait_http(url + "/readyz", READY_TIMEOUT_S)
+        api = _api_processes(serve.pid)
+        assert len(api) == 2, (api, serve.log())
+        # New connections land on either process; both answer from the one database.
+        for _ in range(20):
+            with httpx.Client(base_url=url, timeout=30) as fresh_connection:
+                assert expect(fresh_connection.get("/v1/jobs"), 200)["data"] == []
+        everything = serve.remember_children()
+        serve.proc.send_signal(signal.SIGTERM)  # the documented clean stop
+        assert serve.proc.wait(60) == 0, serve.log()
+
+        def left() -> dict[int, str]:
+            return {pid: command_line(pid) for pid in everything if is_alive(pid)}
+
+        # The sandbox's fork servers go when the pipe from their API process closes.
+        wait_for(lambda: not left(), 30, f"every process of cake serve to end: {left()}")
+    finally:
+        serve.stop()
+
+
+def test_workers_below_one_are_refused(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "cake_cli.main", "serve", "--workers", "0"],
+        cwd=tmp_path,
+        env=service_env(CAKE_DATA_DIR=str(tmp_path / "data")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "--workers must be at least 1, not 0" in run.stderr
+    assert not (tmp_path / "data").exists()  # refused before touching anything
