@@ -50,12 +50,10 @@ def architectures() -> list[dict[str, Any]]:
         return _items
 
 
-def _no_report(_stage: str) -> None:
-    return None
+def architecture_catalogue(report: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every registered student architecture with example parameter counts (needs torch).
 
-
-def architecture_catalogue(report: Callable[[str], None] = _no_report) -> list[dict[str, Any]]:
-    """Every registered student architecture with example parameter counts (needs torch)."""
+    Run only by :func:`api.sandbox.run`, which always passes ``report``."""
     from cake_core.architectures import DEFAULT_FOR_RANK
     from cake_core.config import LIMITS, StudentSpec
     from cake_core.students import list_archs
