@@ -112,6 +112,7 @@ def check_teacher(
         "loading": "loading the model",
         "probing": f"running a probe batch of shape {probe}",
     }.get(result.stage or "", "starting the check")
+    memory_cap = bool(settings.teacher_check_memory_bytes)
     memory = format_bytes(settings.teacher_check_memory_bytes)
     if result.outcome == "timeout":
         if result.stage == "probing":
@@ -145,7 +146,9 @@ def check_teacher(
                 f"the teacher used more than {sandbox.cpu_limit(timeout)} s of CPU time while "
                 f"{doing}: forward() must return promptly on the CPU (does it loop forever?)"
             )
-        elif result.value == "memory" or sig == "SIGKILL":
+        elif result.value == "memory" or sig == "SIGKILL" or (sig == "SIGABRT" and memory_cap):
+            # Under the address-space cap a failed C++ allocation (std::bad_alloc with no
+            # handler) aborts the child before it can answer: that is the cap, not the file.
             msg = f"the teacher needs more than {memory} of memory while {doing}"
         elif sig:
             msg = f"the teacher check crashed ({sig}) while {doing}: the file or model is broken"
