@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.auth import Authenticator, Principal
+from api.job_watch import JobWatch, read_stamps
 from cake_shared.services import Services
 
 
@@ -36,11 +38,23 @@ class AppContext(Services):
     #: again on return (under load that was a PostgreSQL connect per request).
     db_slots: int = 10
     auth: Authenticator = field(init=False)
+    #: The process's long-poll watcher; ``job_watch.poll_s`` is its round on SQLite (0.5 s).
+    job_watch: JobWatch = field(init=False)
     _db_slots: anyio.Semaphore | None = field(default=None, repr=False)
     _db_limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.settings, self.sessionmaker)
+        postgres = self.engine.dialect.name == "postgresql"
+        self.job_watch = JobWatch(
+            partial(read_stamps, self.sessionmaker),
+            limiter=self.db_limiter,
+            listen_url=self.settings.resolved_database_url() if postgres else None,
+        )
+
+    def close(self) -> None:
+        self.job_watch.close()
+        super().close()
 
     def db_semaphore(self) -> anyio.Semaphore:
         if self._db_slots is None:

@@ -374,8 +374,10 @@ class Jobs(_Resource):
         """Block until the job is succeeded, failed or canceled; return that final ``Job``.
 
         Follows the SSE stream (updates as they happen, no polling load); when the stream
-        cannot be opened or keeps breaking, falls back to ``GET /v1/jobs/{id}`` every
-        ``poll_interval`` seconds (conditional GETs: an unchanged job is a bodiless 304).
+        cannot be opened or keeps breaking, falls back to long polls of ``GET /v1/jobs/{id}``
+        (``wait=30`` with the last ``ETag``: the service answers as soon as the job changes,
+        and an unchanged job is a bodiless 304); a service that answers at once is asked
+        every ``poll_interval`` seconds.
         ``on_progress`` gets a ``JobProgress`` after each update, with monotone ``progress``.
         Raises ``WaitTimeout`` after ``timeout`` seconds (the job keeps running on the service).
         """

@@ -211,10 +211,18 @@ def stream_events(
             failures += 1
 
 
+#: Seconds a long poll of ``wait``'s fall-back asks the service to hold the answer.
+LONG_POLL_S = 30.0
+#: Extra seconds the read timeout of a long poll allows beyond ``wait``.
+LONG_POLL_SLACK_S = 15.0
+
+
 class JobPoller:
     """``GET /v1/jobs/{id}`` for ``wait``'s repeated reads: each one after the first sends the
     last ``ETag`` as ``If-None-Match``, and a ``304 Not Modified`` returns the ``Job`` already
     read, so a poll of an unchanged job costs the service no body and this client no parsing.
+    With ``wait`` seconds it is a long poll: the service answers when the job changes, or with
+    the 304 after ``wait`` seconds.
     """
 
     def __init__(self, transport: Transport, parse: Callable[[dict[str, Any]], Job]) -> None:
@@ -223,14 +231,23 @@ class JobPoller:
         #: The last 200's job id, ETag and Job: what a 304 stands for.
         self._last: tuple[str, str, Job] | None = None
 
-    def __call__(self, job_id: str) -> Job:
+    def __call__(self, job_id: str, wait: float = 0.0) -> Job:
         path = f"/v1/jobs/{job_id}"
         last = self._last if self._last is not None and self._last[0] == job_id else None
+        params: dict[str, Any] = {}
+        timeout: httpx.Timeout | None = None
+        if wait > 0:
+            params["wait"] = round(wait, 3)
+            base = self._t.http.timeout
+            read = max(base.read or 0.0, wait + LONG_POLL_SLACK_S)
+            timeout = httpx.Timeout(base.connect, read=read, write=base.write, pool=base.pool)
         if last is None:
-            response = self._t.send("GET", path)
+            response = self._t.send("GET", path, params=params, timeout=timeout)
         else:
             headers = {"If-None-Match": last[1]}
-            response = self._t.send("GET", path, headers=headers, ok_statuses=(304,))
+            response = self._t.send(
+                "GET", path, params=params, headers=headers, timeout=timeout, ok_statuses=(304,)
+            )
             if response.status_code == 304:
                 return last[2]
         job = self._parse(self._t.decode(response, "GET", path))
@@ -241,13 +258,14 @@ class JobPoller:
 
 def wait(
     transport: Transport,
-    get: Callable[[str], Job],
+    get: Callable[..., Job],
     job_id: str,
     timeout: float | None = None,
     on_progress: Callable[[JobProgress], None] | None = None,
     poll_interval: float = 1.0,
 ) -> Job:
-    """:meth:`cake_client.client.Jobs.wait` (see there); ``get`` reads the job (``Jobs.get``)."""
+    """:meth:`cake_client.client.Jobs.wait` (see there); ``get(job_id, wait=seconds)`` reads
+    the job (:class:`JobPoller`)."""
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     tracker = _Tracker(job_id, on_progress)
@@ -268,14 +286,32 @@ def wait(
                     # Two failures in a row: the stream is not going to work (proxy that
                     # buffers, old server); polling always does.
                     use_stream = broken < 2
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(job_id, 0.0)
+                job = get(job_id)
             else:
-                _sleep_until(poll_interval, deadline)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(job_id, 0.0)
-            job = get(job_id)
+                job = _long_poll(get, job_id, job, poll_interval, deadline)
             tracker.job(job)
         except WaitTimeout:
             raise WaitTimeout(job_id, float(timeout or 0.0), last=job) from None
+    return job
+
+
+def _long_poll(
+    get: Callable[..., Job], job_id: str, seen: Job, poll_interval: float, deadline: float | None
+) -> Job:
+    """One long poll (at most :data:`LONG_POLL_S`, never past ``deadline``). A service that
+    answers an unchanged job early (one from before long polling, which ignores ``wait``) is
+    asked again only after ``poll_interval``, as plain polling would."""
+    asked = time.monotonic()
+    hold = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - asked)
+    if hold <= 0:
+        raise WaitTimeout(job_id, 0.0)
+    job = get(job_id, wait=hold)
+    if job is seen:
+        _sleep_until(max(0.0, poll_interval - (time.monotonic() - asked)), deadline)
+    if deadline is not None and time.monotonic() >= deadline and not job.finished:
+        raise WaitTimeout(job_id, 0.0)
     return job
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
@@ -47,6 +49,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ANY_CLIENT_ERROR)
 JobId = Annotated[str, Path(alias="id", description="job_… identifier")]
 
 MAX_JSON_BYTES = 1 << 20
+#: The longest ``wait`` of a long poll: under the minute after which proxies tend to cut.
+MAX_WAIT_S = 60.0
 #: The OpenAPI description of the job's ``ETag`` response header.
 ETAG_HEADER: dict[str, Any] = {
     "description": "Weak tag of the job's current state; send it back as If-None-Match.",
@@ -203,21 +207,40 @@ def list_jobs(
     return page([job_out(r) for r in rows], has_more)
 
 
-def _read_job(
-    ctx: AppContext, tenant: str, job_id: str, if_none_match: str | None
-) -> tuple[dict[str, Any] | None, str]:
-    """The job's body and ETag; ``None`` for the body when ``If-None-Match`` still matches.
+@dataclass(frozen=True)
+class _JobRead:
+    """One read of ``GET /v1/jobs/{id}``: the body (``None`` when ``If-None-Match`` still
+    matched), its ETag, the ``updated_at`` both come from, and whether a ``wait`` may wait."""
+
+    body: dict[str, Any] | None
+    etag: str
+    stamp: datetime | None
+    may_wait: bool
+
+    def response(self) -> Response:
+        if self.body is None:
+            return Response(status_code=304, headers={"ETag": self.etag})
+        return JSONResponse(self.body, headers={"ETag": self.etag})
+
+
+def _read_job(ctx: AppContext, tenant: str, job_id: str, if_none_match: str | None) -> _JobRead:
+    """The job's body and ETag; no body when ``If-None-Match`` still matches.
 
     A conditional poll first reads only ``updated_at`` (the tag's source), so an unchanged job
     costs two columns and no serialisation; a changed one is then read whole, and its tag is
-    taken from that same row, so the body and the tag sent together always agree."""
+    taken from that same row, so the body and the tag sent together always agree. A client
+    that holds the current state may wait for the next, and one without a tag may wait for a
+    change unless the job has ended (nothing but its deletion would come); a client with a
+    stale tag is behind and gets the job at once."""
     with ctx.sessionmaker() as session:
         if if_none_match is not None:
-            etag = job_etag(job_id, jobs.job_updated_at(session, tenant, job_id))
+            stamp = jobs.job_updated_at(session, tenant, job_id)
+            etag = job_etag(job_id, stamp)
             if etag_matches(if_none_match, etag):
-                return None, etag
+                return _JobRead(None, etag, stamp, may_wait=True)
         row = jobs.get_job(session, tenant, job_id)
-        return job_out(row), job_etag(row.id, row.updated_at)
+        may_wait = if_none_match is None and row.status not in TERMINAL_STATUSES
+        return _JobRead(job_out(row), job_etag(row.id, row.updated_at), row.updated_at, may_wait)
 
 
 @router.get(
@@ -228,7 +251,13 @@ def _read_job(
         "`ETag` changes whenever anything in the job does (status, phase, progress, metrics, "
         "error, ...); a poll that sends it back as `If-None-Match` (or `*`, or a list holding "
         "it; weak comparison) gets `304 Not Modified` with an empty body while the job is "
-        "unchanged."
+        "unchanged.\n\n"
+        "Long polling: with `wait=N` (seconds, up to 60) the answer waits until the job "
+        "changes, at most N seconds. With a current `If-None-Match` it waits for the next "
+        "state and answers 200 with it, or 304 when N seconds passed without a change; "
+        "without one it waits for a change from the state at the request (200 either way), "
+        "unless the job has ended. An ETag that is no longer current, or a job of another "
+        "tenant (404), is answered at once."
     ),
     responses={
         200: {"headers": {"ETag": ETAG_HEADER}},
@@ -247,17 +276,30 @@ async def get_job(
         str | None,
         Header(description="ETags of earlier answers (or `*`): 304 while one is current."),
     ] = None,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Seconds to wait for the job to change before answering (0..60).",
+        ),
+    ] = 0,
 ) -> Response:
     """The polling path: one thread-pool hop that opens, reads and closes its own session (no
     connection held while waiting for the event loop), and ``job_out`` already validated the
-    body, so it goes out as is (or, on a matching ``If-None-Match``, is never built)."""
+    body, so it goes out as is (or, on a matching ``If-None-Match``, is never built). A long
+    poll waits on the process's :class:`~api.job_watch.JobWatch`, which holds no thread and no
+    connection, and reads the job again only when it changed."""
     ctx: AppContext = request.app.state.ctx
-    out, etag = await anyio.to_thread.run_sync(
+    read = await anyio.to_thread.run_sync(
         _read_job, ctx, tenant, job_id, if_none_match, limiter=ctx.db_limiter()
     )
-    if out is None:
-        return Response(status_code=304, headers={"ETag": etag})
-    return JSONResponse(out, headers={"ETag": etag})
+    long_poll = wait > 0 and read.may_wait
+    if long_poll and await ctx.job_watch.wait_for_change(job_id, read.stamp, wait):
+        read = await anyio.to_thread.run_sync(
+            _read_job, ctx, tenant, job_id, if_none_match, limiter=ctx.db_limiter()
+        )
+    return read.response()
 
 
 @router.post(

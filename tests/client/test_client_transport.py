@@ -8,6 +8,7 @@ A healthy service never answers 503 on purpose, so these cases need a server tha
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -279,6 +280,34 @@ def test_polling_revalidates_with_the_last_etag_and_keeps_the_job_on_304() -> No
     sent = [s.headers.get("if-none-match") for s in server.requests("GET", "/v1/jobs/job_1")]
     assert sent == [None, 'W/"v1"', 'W/"v1"', 'W/"v1"', 'W/"v2"', 'W/"v2"']
     assert [r.progress for r in reports] == [0.2, 0.2, 0.2, 0.7, 0.7, 1.0]
+
+
+def test_the_fall_back_long_polls_and_paces_a_service_that_answers_at_once() -> None:
+    """Once the stream is given up, each poll asks the service to hold the answer
+    (``wait=30``); this service ignores ``wait`` and answers 304 at once, as one from before
+    long polling does, so the client waits ``poll_interval`` between polls instead of
+    spinning."""
+    answers = iter(["v1", "v1", "304", "304", "304", "done"])
+
+    def job(seen: Seen) -> Reply:
+        answer = next(answers)
+        if answer == "304":
+            return Reply(304, b"", {"ETag": seen.headers["if-none-match"]})
+        state = job_json(progress=0.2) if answer == "v1" else job_json(status="succeeded")
+        return Reply(200, state, {"ETag": f'W/"{answer}"'})
+
+    with ScriptedServer() as server:
+        server.route("GET", "/v1/jobs/job_1", job)
+        server.add("GET", "/v1/jobs/job_1/events", problem(500, "internal", "no streams today"))
+        with fast_client(server.url, retries=0) as client:
+            final = client.jobs.wait("job_1", poll_interval=0.2)
+    assert final.status == "succeeded"
+    polls = server.requests("GET", "/v1/jobs/job_1")
+    # The first read, then one after each of the two failed streams; then long polls only.
+    waits = [s.query.get("wait") for s in polls]
+    assert waits == [None, None, None, ["30.0"], ["30.0"], ["30.0"]]
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(polls[3:])]
+    assert min(gaps) >= 0.2
 
 
 def test_wait_follows_the_event_stream() -> None:
