@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+import anyio
 from cachetools import TTLCache
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
@@ -174,6 +175,8 @@ class Authenticator:
     _valid: TTLCache[str, Principal] = field(init=False)
     _unknown: TTLCache[str, bool] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Lookups under way, by key hash ("" for no key): later requests for the key await them.
+    _in_flight: dict[str, asyncio.Future[Principal]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ttl = self.settings.auth_cache_s
@@ -201,6 +204,29 @@ class Authenticator:
         if unknown:
             raise unauthorized("the API key is not valid (unknown or revoked)")
         return principal
+
+    async def authenticate(
+        self, secret: str | None, limiter: anyio.CapacityLimiter | None = None
+    ) -> Principal:
+        """The cached answer, else one database lookup on a worker thread (``limiter`` bounds
+        those threads) shared by every request that asks for the same key meanwhile.
+
+        Without the sharing, the cache's expiry every ``auth_cache_s`` turned a burst of pollers
+        (200 clients polling on the same second) into 200 identical lookups, two queries each.
+        """
+        principal = self.cached(secret)
+        if principal is not None:
+            return principal
+        flight = hash_key(secret) if secret is not None else ""
+        pending = self._in_flight.get(flight)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                anyio.to_thread.run_sync(self.resolve, secret, limiter=limiter)
+            )
+            self._in_flight[flight] = pending
+            pending.add_done_callback(lambda _: self._in_flight.pop(flight, None))
+        # Shielded: a client that goes away must not cancel the lookup the others wait on.
+        return await asyncio.shield(pending)
 
     def resolve(self, secret: str | None) -> Principal:
         """Look the key up in the database (thread pool), refresh the cache, answer."""

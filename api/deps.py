@@ -20,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.auth import Authenticator, Principal
+from api.job_bodies import JobBodies
 from api.job_watch import JobWatch, read_stamps
 from cake_shared.services import Services
 
@@ -40,6 +41,8 @@ class AppContext(Services):
     auth: Authenticator = field(init=False)
     #: The process's long-poll watcher; ``job_watch.poll_s`` is its round on SQLite (0.5 s).
     job_watch: JobWatch = field(init=False)
+    #: The last body of ``GET /v1/jobs/{id}`` per job, while the job is unchanged.
+    job_bodies: JobBodies = field(default_factory=JobBodies)
     _db_slots: anyio.Semaphore | None = field(default=None, repr=False)
     _db_limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)
 
@@ -113,11 +116,7 @@ async def current_principal(
     """Who the request acts for (see ``api.auth``); 401 without a valid key once keys exist,
     429 over the key's request rate. Cached answers cost no thread hop."""
     secret = credentials.credentials if credentials is not None else None
-    principal = ctx.auth.cached(secret)
-    if principal is None:
-        principal = await anyio.to_thread.run_sync(
-            ctx.auth.resolve, secret, limiter=ctx.db_limiter()
-        )
+    principal = await ctx.auth.authenticate(secret, ctx.db_limiter())
     await ctx.auth.check_rate(principal)
     request.state.tenant = principal.tenant
     return principal

@@ -58,7 +58,7 @@ def job_etag(job_id: str, updated_at: datetime | None) -> str:
     and every ``update(Job)`` of ``cake_shared.jobs``, webhooks and the sweeper alike), and the
     body is built from that row only, so an unchanged ``updated_at`` means an unchanged body:
     a poll can be answered 304 from this one column, without loading or serialising the job.
-    Writes that change nothing a client sees (heartbeats) also bump it; that only costs a 200.
+    Heartbeats, which change nothing a client sees, write it back unchanged.
     The tag is weak (the same job, not the same bytes) and folds in the service version, so
     a body whose shape changed with an upgrade is never confirmed as current.
     """

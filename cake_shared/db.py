@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,7 +48,15 @@ def make_engine(url: str, connect_timeout_s: int = 5) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # The pool as large as PostgreSQL's: with SQLAlchemy's default of 5, the API's 10 slots
+        # for short reads (``AppContext.db_slots``) opened and closed an overflow connection
+        # (and ran the pragmas below) for every poll of a burst past the fifth.
+        database = make_url(url).database
+        in_memory = not database or database == ":memory:"  # a connection per thread, no pool
+        pool = {} if in_memory else {"pool_size": 10, "max_overflow": 20}
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

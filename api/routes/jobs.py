@@ -27,6 +27,7 @@ from api.conditional import etag_matches
 from api.crud import events, jobs, teachers
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
 from api.errors import ApiError, validation_error
+from api.job_bodies import JobBody
 from api.job_planning import check_callback, plan_job
 from api.routes import common
 from api.schemas import (
@@ -209,38 +210,49 @@ def list_jobs(
 
 @dataclass(frozen=True)
 class _JobRead:
-    """One read of ``GET /v1/jobs/{id}``: the body (``None`` when ``If-None-Match`` still
+    """One read of ``GET /v1/jobs/{id}``: the JSON body (``None`` when ``If-None-Match`` still
     matched), its ETag, the ``updated_at`` both come from, and whether a ``wait`` may wait."""
 
-    body: dict[str, Any] | None
+    content: bytes | None
     etag: str
     stamp: datetime | None
     may_wait: bool
 
     def response(self) -> Response:
-        if self.body is None:
+        if self.content is None:
             return Response(status_code=304, headers={"ETag": self.etag})
-        return JSONResponse(self.body, headers={"ETag": self.etag})
+        return Response(self.content, media_type="application/json", headers={"ETag": self.etag})
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    """The bytes ``JSONResponse`` would send for ``body``."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _read_job(ctx: AppContext, tenant: str, job_id: str, if_none_match: str | None) -> _JobRead:
     """The job's body and ETag; no body when ``If-None-Match`` still matches.
 
-    A conditional poll first reads only ``updated_at`` (the tag's source), so an unchanged job
-    costs two columns and no serialisation; a changed one is then read whole, and its tag is
-    taken from that same row, so the body and the tag sent together always agree. A client
-    that holds the current state may wait for the next, and one without a tag may wait for a
-    change unless the job has ended (nothing but its deletion would come); a client with a
-    stale tag is behind and gets the job at once."""
+    The first query reads only ``tenant`` and ``updated_at`` (the tag's source): a conditional
+    poll of an unchanged job ends there, and a body built earlier from the same ``updated_at``
+    (:class:`~api.job_bodies.JobBodies`) is sent as it was. Only a changed job is read whole,
+    and its tag is taken from that same row, so the body and the tag sent together always
+    agree. A client that holds the current state may wait for the next, and one without a tag
+    may wait for a change unless the job has ended (nothing but its deletion would come); a
+    client with a stale tag is behind and gets the job at once."""
     with ctx.sessionmaker() as session:
-        if if_none_match is not None:
-            stamp = jobs.job_updated_at(session, tenant, job_id)
-            etag = job_etag(job_id, stamp)
-            if etag_matches(if_none_match, etag):
-                return _JobRead(None, etag, stamp, may_wait=True)
-        row = jobs.get_job(session, tenant, job_id)
-        may_wait = if_none_match is None and row.status not in TERMINAL_STATUSES
-        return _JobRead(job_out(row), job_etag(row.id, row.updated_at), row.updated_at, may_wait)
+        stamp = jobs.job_updated_at(session, tenant, job_id)
+        etag = job_etag(job_id, stamp)
+        if if_none_match is not None and etag_matches(if_none_match, etag):
+            return _JobRead(None, etag, stamp, may_wait=True)
+        body = ctx.job_bodies.get(job_id, stamp)
+        if body is None:
+            row = jobs.get_job(session, tenant, job_id)
+            ended = row.status in TERMINAL_STATUSES
+            body = JobBody(row.updated_at, _json_bytes(job_out(row)), ended)
+            ctx.job_bodies.put(job_id, body)
+            etag = job_etag(job_id, body.stamp)
+        may_wait = if_none_match is None and not body.ended
+        return _JobRead(body.content, etag, body.stamp, may_wait)
 
 
 @router.get(

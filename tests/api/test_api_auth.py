@@ -203,3 +203,50 @@ def test_tenant_limits_default_from_settings(keyed: TestClient) -> None:
         session.add(Tenant(name="t", webhook_secret="s", max_running_jobs=0))
         session.commit()
         assert limits_for(session, ctx.settings, "t").max_running_jobs == 0
+
+
+def test_simultaneous_requests_with_an_unchecked_key_share_one_lookup(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of pollers whose key is not (or no longer) in the cache: the first request looks
+    the key up, the others wait for that answer instead of each querying the database. The
+    lookup is held until every request of the burst has asked for the key."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    burst = 12
+    with make_client(auth_cache_s=30.0) as client:
+        headers = _key(client, "acme")
+        auth = client.app.state.ctx.auth  # type: ignore[attr-defined]
+        asked, looked_up, everyone_asked = [0], [0], threading.Event()
+        cached, resolve = auth.cached, auth.resolve
+
+        def counting_cached(secret: str | None) -> Any:
+            asked[0] += 1  # on the event loop: no two at once
+            if asked[0] >= burst:
+                everyone_asked.set()
+            return cached(secret)
+
+        def held_resolve(secret: str | None) -> Any:
+            looked_up[0] += 1
+            assert everyone_asked.wait(10), "the burst never reached the key check"
+            return resolve(secret)
+
+        monkeypatch.setattr(auth, "cached", counting_cached)
+        monkeypatch.setattr(auth, "resolve", held_resolve)
+
+        def get(headers: dict[str, str]) -> Any:
+            return client.get("/v1/jobs", headers=headers)
+
+        with ThreadPoolExecutor(burst) as pool:
+            answers = list(pool.map(get, [headers] * burst))
+        assert [a.status_code for a in answers] == [200] * burst
+        assert looked_up[0] == 1
+        # A wrong key is refused to every request of its burst from one lookup as well.
+        asked[0], looked_up[0] = 0, 0
+        everyone_asked.clear()
+        wrong = {"Authorization": "Bearer cake_wrong"}
+        with ThreadPoolExecutor(burst) as pool:
+            answers = list(pool.map(get, [wrong] * burst))
+        assert [a.status_code for a in answers] == [401] * burst
+        assert looked_up[0] == 1

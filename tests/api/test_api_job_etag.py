@@ -13,6 +13,7 @@ import pytest
 from api_support import BundledTeacher, TestClient, assert_problem, upload_teacher
 
 from api.conditional import etag_matches
+from api.serializers import job_out
 from cake_shared import jobs, tenants
 from cake_shared.status import JobPhase, JobStatus
 
@@ -97,6 +98,31 @@ def test_the_304_does_not_build_the_body(
 
     monkeypatch.setattr("api.routes.jobs.job_out", no_serialising)
     assert _get(client, job_id, tag).status_code == 304
+
+
+def test_an_unchanged_job_is_sent_from_its_last_body(
+    client: TestClient, job_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain poll (no ``If-None-Match``) of an unchanged job sends the bytes built for it
+    last time; once the job changed, the body is built afresh from the changed row."""
+    first = _get(client, job_id)
+    built: list[str] = []
+    real_job_out = job_out
+
+    def counting(row: Any) -> dict[str, Any]:
+        built.append(row.id)
+        return real_job_out(row)
+
+    monkeypatch.setattr("api.routes.jobs.job_out", counting)
+    again = _get(client, job_id)
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert again.headers["content-type"] == "application/json"
+    assert built == []
+    client.post(f"/v1/jobs/{job_id}/cancel")  # its answer is built too
+    built.clear()
+    changed = _get(client, job_id)
+    assert changed.json()["status"] == "canceled" and built == [job_id]
+    assert changed.headers["etag"] != first.headers["etag"]
 
 
 def test_cancel_changes_the_tag(client: TestClient, job_id: str) -> None:
