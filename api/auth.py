@@ -10,9 +10,9 @@ cache is bounded and evicts the least recently used key (cachetools), and unknow
 apart from valid ones, so a flood of random keys can neither grow memory nor push out the keys
 that real clients use.
 
-The per-key request rate is counted by the ``limits`` package (:class:`RequestRate`): in Redis
-when the broker is Redis, so every API process counts against one limit; in this process's
-memory otherwise.
+The per-key request rate (:class:`RequestRate`) is a moving window: counted in Redis by the
+``limits`` package when the broker is Redis, so every API process counts against one limit;
+in this process's memory otherwise (:class:`LocalMovingWindow`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import logging
 import math
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -31,8 +33,6 @@ from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter as SharedMovingWindow
 from limits.errors import StorageError
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
@@ -88,6 +88,42 @@ def shared_rate_url(settings: Settings) -> str | None:
     return None
 
 
+class LocalMovingWindow:
+    """At most ``limit`` requests per key in any ``window_s`` seconds, counted in this process.
+
+    The same moving window as the ``limits`` package's (and as the shared count in Redis): a
+    refused request waits until the oldest counted one leaves the window. Kept here because
+    ``limits``' in-memory storage started a timer thread to expire entries on nearly every
+    request (a thread start per poll: the largest single cost of a status poll with a key) and
+    inserted each entry at the front of a list. A deque per key, trimmed as it is read, needs
+    neither. Keys are API key ids (a request is counted only after its key was checked), so
+    their number is bounded by the keys that exist.
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self._window_s = window_s
+        self._clock = clock
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, limit: int) -> float:
+        """0.0 if the request may go ahead (it is counted), else the seconds (> 0) until the
+        window has room again."""
+        now = self._clock()
+        with self._lock:
+            hits = self._hits.setdefault(key, deque())
+            horizon = now - self._window_s
+            while hits and hits[0] <= horizon:
+                hits.popleft()
+            if len(hits) < limit:
+                hits.append(now)
+                return 0.0
+            # Room comes when enough of the oldest have left for one more (a lowered limit can
+            # leave more than ``limit`` counted).
+            leaves = hits[len(hits) - limit]
+        return max(0.001, leaves + self._window_s - now)
+
+
 class RequestRate:
     """At most ``per_minute`` requests per key in any 60 s (the ``limits`` moving window).
 
@@ -98,7 +134,7 @@ class RequestRate:
     """
 
     def __init__(self, shared_url: str | None = None) -> None:
-        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._local = LocalMovingWindow()
         self._shared_url = shared_url
         self._shared: SharedMovingWindow | None = None
         self._shared_loop: asyncio.AbstractEventLoop | None = None
@@ -146,9 +182,7 @@ class RequestRate:
                     log.info("counting requests in Redis again")
                     self._shared_down_until = 0.0
                 return wait
-        if self._local.hit(item, key):
-            return 0.0
-        return _until_room(self._local.get_window_stats(item, key).reset_time)
+        return self._local.take(key, per_minute)
 
     @staticmethod
     async def _take_shared(limiter: SharedMovingWindow, item: RateLimitItem, key: str) -> float:

@@ -239,20 +239,20 @@ def _read_job(ctx: AppContext, tenant: str, job_id: str, if_none_match: str | No
     agree. A client that holds the current state may wait for the next, and one without a tag
     may wait for a change unless the job has ended (nothing but its deletion would come); a
     client with a stale tag is behind and gets the job at once."""
-    with ctx.sessionmaker() as session:
-        stamp = jobs.job_updated_at(session, tenant, job_id)
-        etag = job_etag(job_id, stamp)
-        if if_none_match is not None and etag_matches(if_none_match, etag):
-            return _JobRead(None, etag, stamp, may_wait=True)
-        body = ctx.job_bodies.get(job_id, stamp)
-        if body is None:
+    stamp = jobs.job_stamp(ctx.engine, tenant, job_id)
+    etag = job_etag(job_id, stamp)
+    if if_none_match is not None and etag_matches(if_none_match, etag):
+        return _JobRead(None, etag, stamp, may_wait=True)
+    body = ctx.job_bodies.get(job_id, stamp)
+    if body is None:
+        with ctx.sessionmaker() as session:
             row = jobs.get_job(session, tenant, job_id)
             ended = row.status in TERMINAL_STATUSES
             body = JobBody(row.updated_at, _json_bytes(job_out(row)), ended)
-            ctx.job_bodies.put(job_id, body)
-            etag = job_etag(job_id, body.stamp)
-        may_wait = if_none_match is None and not body.ended
-        return _JobRead(body.content, etag, body.stamp, may_wait)
+        ctx.job_bodies.put(job_id, body)
+        etag = job_etag(job_id, body.stamp)
+    may_wait = if_none_match is None and not body.ended
+    return _JobRead(body.content, etag, body.stamp, may_wait)
 
 
 @router.get(
@@ -303,14 +303,10 @@ async def get_job(
     poll waits on the process's :class:`~api.job_watch.JobWatch`, which holds no thread and no
     connection, and reads the job again only when it changed."""
     ctx: AppContext = request.app.state.ctx
-    read = await anyio.to_thread.run_sync(
-        _read_job, ctx, tenant, job_id, if_none_match, limiter=ctx.db_limiter()
-    )
+    read = await ctx.short_read(_read_job, ctx, tenant, job_id, if_none_match)
     long_poll = wait > 0 and read.may_wait
     if long_poll and await ctx.job_watch.wait_for_change(job_id, read.stamp, wait):
-        read = await anyio.to_thread.run_sync(
-            _read_job, ctx, tenant, job_id, if_none_match, limiter=ctx.db_limiter()
-        )
+        read = await ctx.short_read(_read_job, ctx, tenant, job_id, if_none_match)
     return read.response()
 
 

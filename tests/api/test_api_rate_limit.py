@@ -24,7 +24,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from api import auth
-from api.auth import RequestRate, shared_rate_url
+from api.auth import LocalMovingWindow, RequestRate, shared_rate_url
 from cake_shared import tenants
 from cake_shared.models import Base
 from cake_shared.settings import Settings
@@ -131,6 +131,25 @@ def test_in_memory_the_window_refuses_past_the_limit_and_says_how_long() -> None
     assert 59.0 < refused <= 60.0  # until the oldest of the three leaves the 60 s window
     assert other_key == 0.0  # per key
     assert asyncio.run(RequestRate().take("key_a", 0)) == 0.0  # 0: no limit
+
+
+def test_the_local_window_moves_with_the_clock_and_follows_a_lowered_limit() -> None:
+    """``LocalMovingWindow`` on a clock of our own: room comes back exactly when the oldest
+    counted request leaves the window, and a limit lowered below what was counted waits for
+    enough of them to leave."""
+    now = [1000.0]
+    window = LocalMovingWindow(window_s=60.0, clock=lambda: now[0])
+    for offset in (0.0, 10.0, 20.0):
+        now[0] = 1000.0 + offset
+        assert window.take("key_a", 3) == 0.0
+    now[0] = 1030.0
+    assert window.take("key_a", 3) == pytest.approx(30.0)  # the first leaves at 1060
+    now[0] = 1060.0
+    assert window.take("key_a", 3) == 0.0  # it left; this one is counted
+    assert window.take("key_a", 3) == pytest.approx(10.0)  # the one of 1010 leaves at 1070
+    # Lowered to 2 with three counted (1010, 1020, 1060): room once two of them have left.
+    assert window.take("key_a", 2) == pytest.approx(20.0)
+    assert window.take("key_b", 1) == 0.0  # per key
 
 
 def test_redis_that_does_not_answer_never_fails_a_request(
