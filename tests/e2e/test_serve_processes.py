@@ -20,6 +20,8 @@ from e2e_support import (
 )
 
 READY_TIMEOUT_S = 120  # migrations, then two API processes, on a loaded 2-core machine
+#: What uvicorn's access log writes for each ``GET /v1/jobs``.
+ACCESS_LINE = '"GET /v1/jobs HTTP/1.1" 200'
 
 
 def _api_processes(serve_pid: int) -> set[int]:
@@ -44,6 +46,7 @@ def test_two_api_processes_serve_one_port_and_stop_together(tmp_path: Path) -> N
         for _ in range(20):
             with httpx.Client(base_url=url, timeout=30) as fresh_connection:
                 assert expect(fresh_connection.get("/v1/jobs"), 200)["data"] == []
+        wait_for(lambda: ACCESS_LINE in serve.log(), 30, "the access log's line per request")
         everything = serve.remember_children()
         serve.proc.send_signal(signal.SIGTERM)  # the documented clean stop
         assert serve.proc.wait(60) == 0, serve.log()
@@ -53,6 +56,29 @@ def test_two_api_processes_serve_one_port_and_stop_together(tmp_path: Path) -> N
 
         # The sandbox's fork servers go when the pipe from their API process closes.
         wait_for(lambda: not left(), 30, f"every process of cake serve to end: {left()}")
+    finally:
+        serve.stop()
+
+
+def test_no_access_log_writes_no_line_per_request(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = CakeProcess(
+        ["serve", "--no-worker", "--no-access-log", "--port", str(port)],
+        service_env(CAKE_DATA_DIR=str(tmp_path / "data")),
+        tmp_path / "serve.log",
+        cwd=tmp_path,
+    )
+    try:
+        serve.wait_http(url + "/readyz", READY_TIMEOUT_S)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(3):
+                assert expect(client.get("/v1/jobs"), 200)["data"] == []
+            metrics = client.get("/metrics").text  # the requests are still counted there
+        assert 'route="/v1/jobs",status="200"} 3.0' in metrics, metrics[:3000]
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(60) == 0, serve.log()
+        assert ACCESS_LINE not in serve.log()
     finally:
         serve.stop()
 
