@@ -125,11 +125,13 @@ async def get_db(ctx: CtxDep) -> AsyncIterator[Session]:
 
 async def current_principal(
     request: Request,
-    ctx: CtxDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
     """Who the request acts for (see ``api.auth``); 401 without a valid key once keys exist,
-    429 over the key's request rate. Cached answers cost no thread hop."""
+    429 over the key's request rate. Cached answers cost no thread hop. (The context is read
+    from the app, not asked for as a dependency: every request solves this one, and each
+    dependency level costs FastAPI more than the cached lookup itself.)"""
+    ctx: AppContext = request.app.state.ctx
     secret = credentials.credentials if credentials is not None else None
     principal = await ctx.auth.authenticate(secret, ctx.db_limiter())
     await ctx.auth.check_rate(principal)

@@ -8,6 +8,7 @@ body parameter; the OpenAPI request body is declared by hand and points at ``Job
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -208,6 +209,44 @@ def list_jobs(
     return page([job_out(r) for r in rows], has_more)
 
 
+#: The parameters of ``GET /v1/jobs/{id}`` as the OpenAPI document states them (the route
+#: reads them itself: see ``get_job``).
+_GET_JOB_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "description": "job_… identifier", "title": "Id"},
+        "description": "job_… identifier",
+    },
+    {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "schema": {
+            "type": "number",
+            "maximum": MAX_WAIT_S,
+            "minimum": 0,
+            "description": "Seconds to wait for the job to change before answering (0..60).",
+            "default": 0,
+            "title": "Wait",
+        },
+        "description": "Seconds to wait for the job to change before answering (0..60).",
+    },
+    {
+        "name": "if-none-match",
+        "in": "header",
+        "required": False,
+        "schema": {
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "description": "ETags of earlier answers (or `*`): 304 while one is current.",
+            "title": "If-None-Match",
+        },
+        "description": "ETags of earlier answers (or `*`): 304 while one is current.",
+    },
+]
+
+
 @dataclass(frozen=True)
 class _JobRead:
     """One read of ``GET /v1/jobs/{id}``: the JSON body (``None`` when ``If-None-Match`` still
@@ -279,35 +318,42 @@ def _read_job(ctx: AppContext, tenant: str, job_id: str, if_none_match: str | No
         },
         **problem_responses(404),
     },
+    openapi_extra={"parameters": _GET_JOB_PARAMETERS},
 )
-async def get_job(
-    request: Request,
-    job_id: JobId,
-    tenant: TenantDep,
-    if_none_match: Annotated[
-        str | None,
-        Header(description="ETags of earlier answers (or `*`): 304 while one is current."),
-    ] = None,
-    wait: Annotated[
-        float,
-        Query(
-            ge=0,
-            le=MAX_WAIT_S,
-            description="Seconds to wait for the job to change before answering (0..60).",
-        ),
-    ] = 0,
-) -> Response:
-    """The polling path: one thread-pool hop that opens, reads and closes its own session (no
-    connection held while waiting for the event loop), and ``job_out`` already validated the
-    body, so it goes out as is (or, on a matching ``If-None-Match``, is never built). A long
-    poll waits on the process's :class:`~api.job_watch.JobWatch`, which holds no thread and no
-    connection, and reads the job again only when it changed."""
+async def get_job(request: Request) -> Response:
+    """The polling path. Its three parameters (documented in ``_GET_JOB_PARAMETERS``) are read
+    here rather than declared: FastAPI's per-parameter work (a validation model each, dependency
+    cache keys) cost a quarter of a status poll's CPU. The tenant is the one the router's
+    ``current_principal`` (solved before any endpoint) put on the request. The read runs via
+    ``short_read`` and ``_read_job`` already validated and encoded the body, so it goes out as
+    is (or, on a matching ``If-None-Match``, is never built). A long poll waits on the process's
+    :class:`~api.job_watch.JobWatch`, which holds no thread and no connection, and reads the job
+    again only when it changed."""
     ctx: AppContext = request.app.state.ctx
+    job_id: str = request.path_params["id"]
+    tenant: str = request.state.tenant
+    if_none_match = request.headers.get("if-none-match")
+    wait = _wait_seconds(request.query_params.get("wait"))
     read = await ctx.short_read(_read_job, ctx, tenant, job_id, if_none_match)
     long_poll = wait > 0 and read.may_wait
     if long_poll and await ctx.job_watch.wait_for_change(job_id, read.stamp, wait):
         read = await ctx.short_read(_read_job, ctx, tenant, job_id, if_none_match)
     return read.response()
+
+
+def _wait_seconds(text: str | None) -> float:
+    """``wait`` of ``GET /v1/jobs/{id}``: seconds from 0 to ``MAX_WAIT_S``, else 422."""
+    if text is None:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT_S:  # also NaN and the infinities
+        raise validation_error(
+            ("query", "wait"), f"Input should be a number from 0 to {MAX_WAIT_S:g}"
+        )
+    return seconds
 
 
 @router.post(
