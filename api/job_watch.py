@@ -46,10 +46,22 @@ GONE = _Gone()
 Stamp = datetime | None | _Gone
 
 
+@dataclass(frozen=True)
+class JobChange:
+    """What a waiter is woken with: the job's ``updated_at`` as the round read it."""
+
+    stamp: Stamp
+
+    @property
+    def gone(self) -> bool:
+        return isinstance(self.stamp, _Gone)
+
+
 @dataclass(eq=False)
 class _Waiter:
     stamp: Stamp
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    change: JobChange | None = None
 
 
 def read_stamps(engine: Engine, job_ids: list[str]) -> dict[str, Stamp]:
@@ -105,16 +117,19 @@ class JobWatch:
         """Requests waiting right now."""
         return sum(len(waiters) for waiters in self._waiting.values())
 
-    async def wait_for_change(self, job_id: str, stamp: Stamp, timeout: float) -> bool:
+    async def wait_for_change(self, job_id: str, stamp: Stamp, timeout: float) -> JobChange | None:
         """Wait until job ``job_id``'s ``updated_at`` differs from ``stamp`` (or the job is
-        gone); False when ``timeout`` seconds passed first."""
+        gone) and return the stamp the round saw; None when ``timeout`` seconds passed first.
+
+        Passing the stamp on spares the woken requests a query each: a thousand clients of one
+        job that all wake on the same change answer from the body the first of them built."""
         waiter = _Waiter(stamp)
         self._waiting.setdefault(job_id, set()).add(waiter)
         self._ensure_running()
         try:
             with anyio.move_on_after(timeout):
                 await waiter.changed.wait()
-            return waiter.changed.is_set()
+            return waiter.change
         finally:
             waiters = self._waiting.get(job_id)
             if waiters is not None:
@@ -162,7 +177,8 @@ class JobWatch:
         for job_id in job_ids:
             current = stamps.get(job_id, GONE)
             for waiter in self._waiting.get(job_id, ()):
-                if waiter.stamp != current:
+                if waiter.stamp != current and waiter.change is None:
+                    waiter.change = JobChange(current)
                     waiter.changed.set()
 
     def _notified(self, job_id: str) -> None:

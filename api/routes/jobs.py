@@ -27,9 +27,10 @@ from api import idempotency
 from api.conditional import etag_matches
 from api.crud import events, jobs, teachers
 from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
-from api.errors import ApiError, validation_error
+from api.errors import ApiError, not_found, validation_error
 from api.job_bodies import JobBody
 from api.job_planning import check_callback, plan_job
+from api.job_watch import JobChange
 from api.routes import common
 from api.schemas import (
     ANY_CLIENT_ERROR,
@@ -289,9 +290,16 @@ def _read_job(ctx: AppContext, tenant: str, job_id: str, if_none_match: str | No
             ended = row.status in TERMINAL_STATUSES
             body = JobBody(row.updated_at, _json_bytes(job_out(row)), ended)
         ctx.job_bodies.put(job_id, body)
-        etag = job_etag(job_id, body.stamp)
-    may_wait = if_none_match is None and not body.ended
-    return _JobRead(body.content, etag, body.stamp, may_wait)
+    return _answer(job_id, body, if_none_match)
+
+
+def _answer(job_id: str, body: JobBody, if_none_match: str | None) -> _JobRead:
+    """The answer that ``body`` (the job as it is now) makes to a client holding
+    ``if_none_match``: 304 while its tag is current, else the body."""
+    etag = job_etag(job_id, body.stamp)
+    if if_none_match is not None and etag_matches(if_none_match, etag):
+        return _JobRead(None, etag, body.stamp, may_wait=True)
+    return _JobRead(body.content, etag, body.stamp, if_none_match is None and not body.ended)
 
 
 @router.get(
@@ -335,10 +343,25 @@ async def get_job(request: Request) -> Response:
     if_none_match = request.headers.get("if-none-match")
     wait = _wait_seconds(request.query_params.get("wait"))
     read = await ctx.short_read(_read_job, ctx, tenant, job_id, if_none_match)
-    long_poll = wait > 0 and read.may_wait
-    if long_poll and await ctx.job_watch.wait_for_change(job_id, read.stamp, wait):
-        read = await ctx.short_read(_read_job, ctx, tenant, job_id, if_none_match)
+    if wait > 0 and read.may_wait:
+        change = await ctx.job_watch.wait_for_change(job_id, read.stamp, wait)
+        if change is not None:
+            read = _read_changed(ctx, job_id, if_none_match, change) or await ctx.short_read(
+                _read_job, ctx, tenant, job_id, if_none_match
+            )
     return read.response()
+
+
+def _read_changed(
+    ctx: AppContext, job_id: str, if_none_match: str | None, change: JobChange
+) -> _JobRead | None:
+    """The answer to a long poll that was woken by ``change``, without the database when the
+    body for the changed state is kept (another waiter of the job built it); None to read the
+    job. The tenant was checked before the request waited (a job's tenant never changes)."""
+    if change.gone:
+        raise not_found("job", job_id)
+    body = ctx.job_bodies.get(job_id, change.stamp)
+    return None if body is None else _answer(job_id, body, if_none_match)
 
 
 def _wait_seconds(text: str | None) -> float:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from api_support import BundledTeacher, TestClient, assert_problem, upload_teacher
 
+import api.routes.jobs
 from cake_shared import jobs, tenants
 from cake_shared.status import JobPhase, JobStatus
 
@@ -81,13 +82,18 @@ def _waiting(client: TestClient, count: int) -> None:
 
 
 def test_a_change_answers_every_waiting_client_with_the_new_state(
-    client: TestClient, job_id: str, pool: ThreadPoolExecutor
+    client: TestClient, job_id: str, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = client.get(f"/v1/jobs/{job_id}")
     tag = first.headers["etag"]
     with_tag = [_long_poll(pool, client, job_id, 30, tag) for _ in range(5)]
     without_tag = [_long_poll(pool, client, job_id, 30) for _ in range(5)]
     _waiting(client, 10)
+    built: list[str] = []
+    real_job_out = api.routes.jobs.job_out
+    monkeypatch.setattr(
+        api.routes.jobs, "job_out", lambda row: built.append(row.id) or real_job_out(row)
+    )
     changed_at = time.monotonic()
     assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
     for future in with_tag + without_tag:
@@ -98,6 +104,9 @@ def test_a_change_answers_every_waiting_client_with_the_new_state(
     # The watcher's round is 0.5 s on SQLite: every client hears of the change within a second.
     assert time.monotonic() - changed_at < 2.0
     assert _watch(client).waiting == 0
+    # One body for the cancel's answer, one for the first woken client; the other nine are
+    # answered from it, with the stamp the watcher woke them with.
+    assert built == [job_id, job_id]
 
 
 def test_a_worker_write_wakes_the_waiter_and_a_heartbeat_does_not(
