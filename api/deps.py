@@ -41,7 +41,7 @@ class AppContext(Services):
     #: again on return (under load that was a PostgreSQL connect per request).
     db_slots: int = 10
     auth: Authenticator = field(init=False)
-    #: The process's long-poll watcher; ``job_watch.poll_s`` is its round on SQLite (0.5 s).
+    #: The process's long-poll watcher; ``job_watch.poll_s`` is its round on SQLite (0.25 s).
     job_watch: JobWatch = field(init=False)
     #: The last body of ``GET /v1/jobs/{id}`` per job, while the job is unchanged.
     job_bodies: JobBodies = field(default_factory=JobBodies)

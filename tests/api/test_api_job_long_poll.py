@@ -101,7 +101,7 @@ def test_a_change_answers_every_waiting_client_with_the_new_state(
         assert response.status_code == 200, response.text
         assert response.json()["status"] == JobStatus.CANCELED
         assert response.headers["etag"] != tag
-    # The watcher's round is 0.5 s on SQLite: every client hears of the change within a second.
+    # The watcher's round is 0.25 s on SQLite: every client hears of the change at once.
     assert time.monotonic() - changed_at < 2.0
     assert _watch(client).waiting == 0
     # One body for the cancel's answer, one for the first woken client; the other nine are
