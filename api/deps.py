@@ -139,6 +139,13 @@ async def current_principal(
     return principal
 
 
+async def tenant_of(request: Request) -> str:
+    """The tenant of a request whose route takes no dependencies (the polling path, which
+    FastAPI's dependency solving cost a sixth of its CPU): the same bearer parsing and the same
+    check as :func:`current_principal`."""
+    return (await current_principal(request, await bearer_scheme(request))).tenant
+
+
 async def current_tenant(principal: Annotated[Principal, Depends(current_principal)]) -> str:
     """The tenant the request acts for: every query filters by it, so other tenants' objects
     answer 404, exactly like unknown ids."""

@@ -207,7 +207,9 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     for database_error in (DBAPIError, PoolTimeout):
         app.add_exception_handler(database_error, _database_unavailable)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Every /v1 route needs a valid key once keys exist (api.auth); operations stay open.
+    # Every /v1 route needs a valid key once keys exist (api.auth); operations stay open. The
+    # polling route checks it itself (no dependency solving per poll), and comes first.
+    app.include_router(jobs.poll_router)
     for module in (teachers, jobs, artifacts, datasets, architectures, webhooks):
         app.include_router(module.router, dependencies=[Depends(current_principal)])
     app.include_router(ops.router)

@@ -26,7 +26,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api import idempotency
 from api.conditional import etag_matches
 from api.crud import events, jobs, teachers
-from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep
+from api.deps import AppContext, IdempotencyKeyDep, SessionDep, TenantDep, tenant_of
 from api.errors import ApiError, not_found, validation_error
 from api.job_bodies import JobBody
 from api.job_planning import check_callback, plan_job
@@ -48,6 +48,9 @@ from cake_shared.models import JobEvent
 from cake_shared.status import TERMINAL_STATUSES, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ANY_CLIENT_ERROR)
+#: ``GET /v1/jobs/{id}`` alone: included without the router-level ``current_principal`` (the
+#: route checks the key itself, ``tenant_of``), so that a poll runs no dependency solving.
+poll_router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ANY_CLIENT_ERROR)
 
 JobId = Annotated[str, Path(alias="id", description="job_… identifier")]
 
@@ -302,7 +305,7 @@ def _answer(job_id: str, body: JobBody, if_none_match: str | None) -> _JobRead:
     return _JobRead(body.content, etag, body.stamp, if_none_match is None and not body.ended)
 
 
-@router.get(
+@poll_router.get(
     "/{id}",
     response_model=Job,
     summary="Get a job",
@@ -326,20 +329,20 @@ def _answer(job_id: str, body: JobBody, if_none_match: str | None) -> _JobRead:
         },
         **problem_responses(404),
     },
-    openapi_extra={"parameters": _GET_JOB_PARAMETERS},
+    openapi_extra={"parameters": _GET_JOB_PARAMETERS, "security": [{"HTTPBearer": []}]},
 )
 async def get_job(request: Request) -> Response:
     """The polling path. Its three parameters (documented in ``_GET_JOB_PARAMETERS``) are read
     here rather than declared: FastAPI's per-parameter work (a validation model each, dependency
-    cache keys) cost a quarter of a status poll's CPU. The tenant is the one the router's
-    ``current_principal`` (solved before any endpoint) put on the request. The read runs via
+    cache keys) cost a quarter of a status poll's CPU, and it checks the key itself
+    (``tenant_of``, on ``poll_router``) for the same reason. The read runs via
     ``short_read`` and ``_read_job`` already validated and encoded the body, so it goes out as
     is (or, on a matching ``If-None-Match``, is never built). A long poll waits on the process's
     :class:`~api.job_watch.JobWatch`, which holds no thread and no connection, and reads the job
     again only when it changed."""
     ctx: AppContext = request.app.state.ctx
+    tenant = await tenant_of(request)
     job_id: str = request.path_params["id"]
-    tenant: str = request.state.tenant
     if_none_match = request.headers.get("if-none-match")
     wait = _wait_seconds(request.query_params.get("wait"))
     read = await ctx.short_read(_read_job, ctx, tenant, job_id, if_none_match)
