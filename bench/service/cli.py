@@ -21,11 +21,21 @@ from bench.common import (
     setup_device,
     write_results,
 )
+from bench.service.load import SCHEDULES
+from bench.service.long_poll import run_long_poll
 from bench.service.monitor import CpuWindow
 from bench.service.processes import BenchError, stop_all
-from bench.service.report import print_summary, summary_rows
-from bench.service.runs import run_embedded, run_postgres_redis
-from bench.service.stats import POLL_TARGET_S, QUEUE_TARGET_S, RSS_TARGET_MIB
+from bench.service.report import JUDGED, print_summary, summary_rows
+from bench.service.runs import DATABASES, run_embedded, run_polling_matrix, run_postgres_redis
+from bench.service.stats import (
+    LONG_POLL_DELAY_TARGET_S,
+    LONG_POLL_IDLE_CORES_TARGET,
+    QUEUE_TARGET_S,
+    RANDOM_P99_TARGET_S,
+    RSS_TARGET_MIB,
+    SYNC_CPU_TARGET_MS,
+    SYNC_P99_TARGET_S,
+)
 
 #: The first line of the package's docstring, the ``--help`` description.
 DESCRIPTION = (bench.service.__doc__ or "").splitlines()[0]
@@ -37,6 +47,15 @@ def _int_list(text: str) -> list[int]:
 
 def _float_list(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _word_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+#: Every part, and those that run by default (the burst check is on request only).
+PARTS = ("polling", "burst", "longpoll", "upload", "queue")
+DEFAULT_PARTS = "polling,longpoll,upload,queue"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,22 +72,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--poll-intervals",
         type=_float_list,
-        help="seconds each client waits after an answer, comma list; 0 = back-to-back "
-        "(default 0,1)",
+        help="seconds between a client's polls, comma list; 0 = back-to-back, one row "
+        "whatever the schedules (default 1; quick 0.5)",
     )
     parser.add_argument(
+        "--poll-schedules",
         "--poll-schedule",
-        choices=("ticker", "sleep"),
-        default="ticker",
-        help="paced pollers: ticker = on a fixed clock (every interval, random phase); sleep = "
-        "the interval after each answer (pollers then bunch up behind any slow answer)",
+        type=_word_list,
+        default=["synchronized", "ticker"],
+        help="paced pollers, comma list: synchronized = every client on one clock from phase "
+        "0, a burst of --clients requests every interval (hey -c N -q 1); ticker = each on a "
+        "clock of its own, random phase; sleep = the interval after each answer (pollers then "
+        "bunch up behind any slow answer) (default synchronized,ticker)",
+    )
+    parser.add_argument(
+        "--databases",
+        type=_word_list,
+        default=list(DATABASES),
+        help="polling matrix databases, comma list: sqlite (the embedded default), "
+        "postgresql (a database of its own on --pg-admin-url) (default sqlite,postgresql)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("key", "local"),
+        default="key",
+        help="polling and long poll: key = create an API key first (cake keys create) and "
+        "send it with every request; local = no key (single-user local mode) (default key)",
+    )
+    parser.add_argument(
+        "--long-poll-clients",
+        type=int,
+        help="long-polling clients on one job (default 1000; quick 50)",
+    )
+    parser.add_argument(
+        "--long-poll-wait",
+        type=float,
+        help="the clients' ?wait=N, seconds, at most 60 (default 30; quick 2)",
+    )
+    parser.add_argument(
+        "--long-poll-idle",
+        type=float,
+        help="seconds of waiting measured before the job changes; longer than the wait, so "
+        "every client's wait expires and it asks again (default 40; quick 5)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
     parser.add_argument("--upload-mb", type=float, help="teacher size in MiB (default 500)")
     parser.add_argument("--jobs", type=int, help="queue-latency jobs per broker (default 10)")
     parser.add_argument("--job-timeout", type=float, default=180.0, help="seconds per job")
     parser.add_argument(
-        "--parts", default="polling,upload,queue", help="comma list of: polling, upload, queue"
+        "--parts",
+        default=DEFAULT_PARTS,
+        help=f"comma list of: {', '.join(PARTS)} (default {DEFAULT_PARTS})",
     )
     parser.add_argument(
         "--brokers", default="redis,filesystem", help="queue-latency brokers: redis, filesystem"
@@ -88,7 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "duration": 3.0 if quick else 30.0,
         "clients": 20 if quick else 200,
         "api_workers": [1] if quick else [1, 2],
-        "poll_intervals": [0.0, 0.2] if quick else [0.0, 1.0],
+        "poll_intervals": [0.5] if quick else [1.0],
+        "long_poll_clients": 50 if quick else 1000,
+        "long_poll_wait": 2.0 if quick else 30.0,
+        "long_poll_idle": 5.0 if quick else 40.0,
         "upload_mb": 20.0 if quick else 500.0,
         "jobs": 2 if quick else 10,
     }
@@ -97,8 +154,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    if set(args.parts) - {"polling", "upload", "queue"}:
-        parser.error("--parts takes polling, upload, queue")
+    if set(args.parts) - set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}")
+    if set(args.poll_schedules) - set(SCHEDULES) or not args.poll_schedules:
+        parser.error(f"--poll-schedules takes {', '.join(SCHEDULES)}")
+    if set(args.databases) - set(DATABASES) or not args.databases:
+        parser.error(f"--databases takes {', '.join(DATABASES)}")
+    if args.long_poll_clients < 1 or args.long_poll_idle <= 0:
+        parser.error("--long-poll-clients and --long-poll-idle must be positive")
+    if not 0 < args.long_poll_wait <= 60:
+        parser.error("--long-poll-wait must be in (0, 60]")
     if set(args.brokers) - {"redis", "filesystem"}:
         parser.error("--brokers takes redis, filesystem")
     if any(w < 1 for w in args.api_workers) or args.clients < 1 or args.duration <= 0:
@@ -121,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         f"worker device {device}: parts {', '.join(args.parts)}; the load generator, the "
         "servers and the worker share these cores."
     )
-    results: dict[str, Any] = {"burst": [], "polling": [], "upload": None, "queue": []}
+    results: dict[str, Any] = {
+        "burst": [],
+        "polling": [],
+        "longpoll": None,
+        "upload": None,
+        "queue": [],
+    }
     failure = None
     machine_window = CpuWindow()
     machine_window.__enter__()
@@ -129,11 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="cake-bench-service-") as tmp:
             workdir = Path(tmp)
             try:
-                need_pg = "polling" in args.parts or "upload" in args.parts
+                if "polling" in args.parts or "burst" in args.parts:
+                    results.update(run_polling_matrix(args, workdir))
+                if "longpoll" in args.parts:
+                    results["longpoll"] = run_long_poll(args, workdir)
+                need_pg = "upload" in args.parts
                 need_pg = need_pg or ("queue" in args.parts and "redis" in args.brokers)
                 if need_pg:
                     pg = run_postgres_redis(args, workdir, device)
-                    results.update({k: v for k, v in pg.items() if k != "queue"})
+                    results["upload"] = pg["upload"]
                     results["queue"].extend(pg["queue"])
                 if "queue" in args.parts and "filesystem" in args.brokers:
                     results["queue"].append(run_embedded(args, workdir, device))
@@ -176,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             "busy": busy,
         },
         "targets": {
-            "poll_p99_s": POLL_TARGET_S,
+            "polling_judged_for": JUDGED,
+            "poll_synchronized_p99_s": SYNC_P99_TARGET_S,
+            "poll_synchronized_api_cpu_ms_per_request": SYNC_CPU_TARGET_MS,
+            "poll_random_phase_p99_s": RANDOM_P99_TARGET_S,
+            "long_poll_max_delay_s": LONG_POLL_DELAY_TARGET_S,
+            "long_poll_idle_api_cores": LONG_POLL_IDLE_CORES_TARGET,
             "upload_api_peak_rss_mib": RSS_TARGET_MIB,
             "queue_to_running_s": QUEUE_TARGET_S,
         },

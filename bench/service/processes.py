@@ -6,6 +6,7 @@ databases of their own that they run on.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -194,11 +195,14 @@ def wait_log(proc: Managed, pattern: str, timeout_s: float = 180.0) -> None:
         time.sleep(0.2)
 
 
-def wait_sandbox(proc: Managed, base: str, timeout_s: float = 120.0) -> None:
+def wait_sandbox(
+    proc: Managed, base: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None
+) -> None:
     """Wait until the API's torch fork server runs (``/v1/architectures`` is computed in it),
-    so that start-up work is not measured."""
+    so that start-up work is not measured. ``headers`` carry the API key once one exists (every
+    ``/v1`` request then needs it)."""
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=60, **LOCAL_ONLY) as client:
+    with httpx.Client(timeout=60, headers=headers, **LOCAL_ONLY) as client:
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(base + "/v1/architectures").status_code == 200:
@@ -208,11 +212,18 @@ def wait_sandbox(proc: Managed, base: str, timeout_s: float = 120.0) -> None:
 
 
 def start_api(
-    name: str, env: dict[str, str], log_dir: Path, workers: int = 1, *, embedded: bool = False
+    name: str,
+    env: dict[str, str],
+    log_dir: Path,
+    workers: int = 1,
+    *,
+    embedded: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> tuple[Managed, str]:
     """``cake serve --no-worker`` (one process), ``python -m uvicorn ... --workers N`` for more,
     or ``cake serve`` with its own worker (``embedded``). Logs at uvicorn's default level
-    (``info``, access log on), as ``cake serve`` runs."""
+    (``info``, access log on), as ``cake serve`` runs. ``headers``: the API key's, when the
+    database has one (the start-up check asks a ``/v1`` route)."""
     port = free_port()
     if workers == 1:
         argv = cake("serve", "--host", "127.0.0.1", "--port", str(port))
@@ -237,9 +248,53 @@ def start_api(
     proc = Managed(name, argv, env, log_dir)
     base = f"http://127.0.0.1:{port}"
     wait_http(proc, base + "/healthz")
-    wait_sandbox(proc, base)
+    wait_sandbox(proc, base, headers=headers)
     proc.remember_tree()
     return proc, base
+
+
+#: The tenant whose key the benchmark's clients send with ``--auth key``.
+BENCH_TENANT = "bench"
+#: Its request rate: high enough that no benchmark client is ever refused, but not 0
+#: ("unlimited"), so every request still goes through the per-key rate counter as deployed.
+BENCH_REQUESTS_PER_MINUTE = 100_000_000
+
+
+def create_api_key(env: dict[str, str], tenant: str = BENCH_TENANT) -> str:
+    """A new API key for ``tenant`` on the database ``env`` names (``cake keys create``), with
+    the tenant's request rate raised so that no benchmark client is rate-limited. Run before the
+    server starts: from then on every ``/v1`` request needs the key (API.md's local mode ends).
+    Returns the secret, which ``cake keys create --json`` prints once as ``key``."""
+    created = subprocess.run(
+        cake("keys", "create", "--tenant", tenant, "--name", "bench.service", "--json"),
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if created.returncode != 0:
+        raise BenchError(f"cake keys create failed: {created.stderr[-2000:]}")
+    try:
+        secret = json.loads(created.stdout.strip().splitlines()[-1])["key"]
+    except (IndexError, KeyError, ValueError):
+        raise BenchError(f"cake keys create printed no key: {created.stdout[-2000:]}") from None
+    limits = subprocess.run(
+        cake(
+            "tenants",
+            "set",
+            tenant,
+            "--requests-per-minute",
+            str(BENCH_REQUESTS_PER_MINUTE),
+            "--json",
+        ),
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if limits.returncode != 0:
+        raise BenchError(f"cake tenants set failed: {limits.stderr[-2000:]}")
+    return str(secret)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,11 +22,12 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
-def upload_small_teacher(base: str) -> str:
+def upload_small_teacher(base: str, auth: dict[str, str] | None = None) -> str:
+    """The wine MLP as a teacher; ``auth``: the API key's header, when the service has keys."""
     body = MultipartBody(
         {"input_shape": "[13]", "name": "bench-wine"}, [FilePart("file", WINE_TEACHER)]
     )
-    headers = {"Content-Type": body.content_type, "Content-Length": str(len(body))}
+    headers = {"Content-Type": body.content_type, "Content-Length": str(len(body)), **(auth or {})}
     with httpx.Client(timeout=120, **LOCAL_ONLY) as client:
         r = client.post(base + "/v1/teachers", content=body, headers=headers)
     if r.status_code != 201:

@@ -8,8 +8,18 @@ from typing import Any
 
 import httpx
 
-#: The targets of the issue: poll p99, the API's peak memory during an upload, POST -> running.
-POLL_TARGET_S = 0.050
+#: The targets of the issues. Polling (200 pollers once a second, judged with one API process,
+#: the embedded defaults (SQLite) and an API key): a synchronized burst every second (``hey -c
+#: 200 -q 1``) within a p99 and an API CPU cost per request; pollers at random phases within a
+#: tighter p99.
+SYNC_P99_TARGET_S = 0.250
+SYNC_CPU_TARGET_MS = 1.0
+RANDOM_P99_TARGET_S = 0.020
+#: Long polling (1,000 clients, ``wait=30``, one job): every client hears of a change within
+#: this, and the API process stays under this many cores while nothing changes.
+LONG_POLL_DELAY_TARGET_S = 1.0
+LONG_POLL_IDLE_CORES_TARGET = 0.25
+#: The API's peak memory during an upload, POST -> running.
 RSS_TARGET_MIB = 250.0
 QUEUE_TARGET_S = 1.0
 
@@ -67,11 +77,17 @@ def histogram_summary(before: dict[float, float], after: dict[float, float]) -> 
                 return b
         return math.inf
 
-    under = next((c for b, c in zip(bounds, counts, strict=True) if b >= POLL_TARGET_S), total)
+    # the share of requests at most the first bucket bound at or above the random-phase target
+    # (0.025 s with prometheus_client's default buckets)
+    bound, under = next(
+        ((b, c) for b, c in zip(bounds, counts, strict=True) if b >= RANDOM_P99_TARGET_S),
+        (math.inf, total),
+    )
     return {
         "requests": int(total),
         "p50_at_most_s": upper(0.5),
         "p99_at_most_s": upper(0.99),
-        "share_under_50ms": round(under / total, 4),
+        "share_at_most_bound": round(under / total, 4),
+        "bound_s": bound,
         "buckets": {str(b): int(c) for b, c in zip(bounds, counts, strict=True)},
     }
