@@ -27,15 +27,7 @@ from bench.service.monitor import CpuWindow
 from bench.service.processes import BenchError, stop_all
 from bench.service.report import JUDGED, print_summary, summary_rows
 from bench.service.runs import DATABASES, run_embedded, run_polling_matrix, run_postgres_redis
-from bench.service.stats import (
-    LONG_POLL_DELAY_TARGET_S,
-    LONG_POLL_IDLE_CORES_TARGET,
-    QUEUE_TARGET_S,
-    RANDOM_P99_TARGET_S,
-    RSS_TARGET_MIB,
-    SYNC_CPU_TARGET_MS,
-    SYNC_P99_TARGET_S,
-)
+from bench.service.stats import TARGETS
 
 #: The first line of the package's docstring, the ``--help`` description.
 DESCRIPTION = (bench.service.__doc__ or "").splitlines()[0]
@@ -250,16 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": load,
             "busy": busy,
         },
-        "targets": {
-            "polling_judged_for": JUDGED,
-            "poll_synchronized_p99_s": SYNC_P99_TARGET_S,
-            "poll_synchronized_api_cpu_ms_per_request": SYNC_CPU_TARGET_MS,
-            "poll_random_phase_p99_s": RANDOM_P99_TARGET_S,
-            "long_poll_max_delay_s": LONG_POLL_DELAY_TARGET_S,
-            "long_poll_idle_api_cores": LONG_POLL_IDLE_CORES_TARGET,
-            "upload_api_peak_rss_mib": RSS_TARGET_MIB,
-            "queue_to_running_s": QUEUE_TARGET_S,
-        },
+        "targets": {"polling_judged_for": JUDGED, **TARGETS},
         "summary": [{**r, "pass": r["pass"]} for r in rows],
         "results": results,
         "error": failure,

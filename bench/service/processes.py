@@ -260,40 +260,28 @@ BENCH_TENANT = "bench"
 BENCH_REQUESTS_PER_MINUTE = 100_000_000
 
 
+def _admin(env: dict[str, str], *args: str) -> str:
+    """``cake ARGS --json`` (keys, tenants) on the database ``env`` names; its stdout."""
+    done = subprocess.run(
+        cake(*args, "--json"), env=env, cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise BenchError(f"cake {' '.join(args[:2])} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
 def create_api_key(env: dict[str, str], tenant: str = BENCH_TENANT) -> str:
     """A new API key for ``tenant`` on the database ``env`` names (``cake keys create``), with
     the tenant's request rate raised so that no benchmark client is rate-limited. Run before the
     server starts: from then on every ``/v1`` request needs the key (API.md's local mode ends).
     Returns the secret, which ``cake keys create --json`` prints once as ``key``."""
-    created = subprocess.run(
-        cake("keys", "create", "--tenant", tenant, "--name", "bench.service", "--json"),
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if created.returncode != 0:
-        raise BenchError(f"cake keys create failed: {created.stderr[-2000:]}")
+    created = _admin(env, "keys", "create", "--tenant", tenant, "--name", "bench.service")
     try:
-        secret = json.loads(created.stdout.strip().splitlines()[-1])["key"]
+        secret = json.loads(created.strip().splitlines()[-1])["key"]
     except (IndexError, KeyError, ValueError):
-        raise BenchError(f"cake keys create printed no key: {created.stdout[-2000:]}") from None
-    limits = subprocess.run(
-        cake(
-            "tenants",
-            "set",
-            tenant,
-            "--requests-per-minute",
-            str(BENCH_REQUESTS_PER_MINUTE),
-            "--json",
-        ),
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if limits.returncode != 0:
-        raise BenchError(f"cake tenants set failed: {limits.stderr[-2000:]}")
+        raise BenchError(f"cake keys create printed no key: {created[-2000:]}") from None
+    rate = str(BENCH_REQUESTS_PER_MINUTE)
+    _admin(env, "tenants", "set", tenant, "--requests-per-minute", rate)
     return str(secret)
 
 

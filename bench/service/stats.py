@@ -22,6 +22,16 @@ LONG_POLL_IDLE_CORES_TARGET = 0.25
 #: The API's peak memory during an upload, POST -> running.
 RSS_TARGET_MIB = 250.0
 QUEUE_TARGET_S = 1.0
+#: Every target by the name the result file gives it.
+TARGETS: dict[str, float] = {
+    "poll_synchronized_p99_s": SYNC_P99_TARGET_S,
+    "poll_synchronized_api_cpu_ms_per_request": SYNC_CPU_TARGET_MS,
+    "poll_random_phase_p99_s": RANDOM_P99_TARGET_S,
+    "long_poll_max_delay_s": LONG_POLL_DELAY_TARGET_S,
+    "long_poll_idle_api_cores": LONG_POLL_IDLE_CORES_TARGET,
+    "upload_api_peak_rss_mib": RSS_TARGET_MIB,
+    "queue_to_running_s": QUEUE_TARGET_S,
+}
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

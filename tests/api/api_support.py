@@ -107,6 +107,15 @@ def upload_teacher(
         )
 
 
+def new_job(client: TestClient, teacher: BundledTeacher, headers: dict[str, str]) -> str:
+    """A queued job of ``teacher`` (uploaded anew) with the API's defaults; its id."""
+    uploaded = upload_teacher(client, teacher.path, list(teacher.input_shape), headers=headers)
+    assert uploaded.status_code == 201, uploaded.text
+    created = client.post("/v1/jobs", json={"teacher_id": uploaded.json()["id"]}, headers=headers)
+    assert created.status_code == 202, created.text
+    return str(created.json()["id"])
+
+
 def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
     """A problem document with every required field and nothing internal in it."""
     assert response.status_code == status, response.text

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_support import BundledTeacher, TestClient, assert_problem, upload_teacher
+from api_support import BundledTeacher, TestClient, assert_problem, new_job
 
 from api.conditional import etag_matches
 from api.serializers import job_out
@@ -18,17 +18,9 @@ from cake_shared import jobs, tenants
 from cake_shared.status import JobPhase, JobStatus
 
 
-def _new_job(client: TestClient, teacher: BundledTeacher, headers: dict[str, str]) -> str:
-    uploaded = upload_teacher(client, teacher.path, list(teacher.input_shape), headers=headers)
-    assert uploaded.status_code == 201, uploaded.text
-    created = client.post("/v1/jobs", json={"teacher_id": uploaded.json()["id"]}, headers=headers)
-    assert created.status_code == 202, created.text
-    return str(created.json()["id"])
-
-
 @pytest.fixture
 def job_id(client: TestClient, wine: BundledTeacher) -> str:
-    return _new_job(client, wine, {})
+    return new_job(client, wine, {})
 
 
 def _get(client: TestClient, job_id: str, if_none_match: str | None = None) -> Any:
@@ -182,7 +174,7 @@ def test_another_tenants_job_is_404_whatever_if_none_match_says(
     with ctx.sessionmaker() as session:
         for tenant in ("acme", "other"):
             keys[tenant] = {"Authorization": f"Bearer {tenants.create_key(session, tenant).secret}"}
-    job_id = _new_job(client, wine, keys["acme"])
+    job_id = new_job(client, wine, keys["acme"])
     owner = client.get(f"/v1/jobs/{job_id}", headers=keys["acme"])
     assert owner.status_code == 200
     tag = owner.headers["etag"]

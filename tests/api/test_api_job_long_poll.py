@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from api_support import BundledTeacher, TestClient, assert_problem, upload_teacher
+from api_support import BundledTeacher, TestClient, assert_problem, new_job
 
 import api.routes.jobs
 from cake_shared import jobs, tenants
@@ -33,17 +33,9 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
-def _new_job(client: TestClient, teacher: BundledTeacher, headers: dict[str, str]) -> str:
-    uploaded = upload_teacher(client, teacher.path, list(teacher.input_shape), headers=headers)
-    assert uploaded.status_code == 201, uploaded.text
-    created = client.post("/v1/jobs", json={"teacher_id": uploaded.json()["id"]}, headers=headers)
-    assert created.status_code == 202, created.text
-    return str(created.json()["id"])
-
-
 @pytest.fixture
 def job_id(client: TestClient, wine: BundledTeacher) -> str:
-    return _new_job(client, wine, {})
+    return new_job(client, wine, {})
 
 
 def _watch(client: TestClient) -> Any:
@@ -188,7 +180,7 @@ def test_another_tenants_job_is_404_at_once(
             for tenant in ("acme", "other"):
                 secret = tenants.create_key(session, tenant).secret
                 keys[tenant] = {"Authorization": f"Bearer {secret}"}
-        job_id = _new_job(client, wine, keys["acme"])
+        job_id = new_job(client, wine, keys["acme"])
         tag = client.get(f"/v1/jobs/{job_id}", headers=keys["acme"]).headers["etag"]
         for header in (None, tag, "*"):
             future = _long_poll(pool, client, job_id, 30, header, headers=keys["other"])
@@ -209,7 +201,7 @@ def test_one_read_per_round_whatever_the_number_of_waiters(
     """Ten clients on each of three jobs: the watcher reads all three stamps in one query a
     round, so its reads follow the clock, not the number of clients."""
     watch = _watch(client)
-    ids = [_new_job(client, wine, {}) for _ in range(3)]
+    ids = [new_job(client, wine, {}) for _ in range(3)]
     tags = {job: client.get(f"/v1/jobs/{job}").headers["etag"] for job in ids}
     futures = [_long_poll(pool, client, job, 2.0, tags[job]) for job in ids for _ in range(5)]
     _waiting(client, 15)
@@ -234,7 +226,7 @@ def test_on_postgresql_a_notification_wakes_the_waiter_before_the_round(
         with make_client(database_url=url) as client:
             watch = _watch(client)
             watch.poll_s = watch.listening_poll_s = 30.0
-            job_id = _new_job(client, wine, {})
+            job_id = new_job(client, wine, {})
             tag = client.get(f"/v1/jobs/{job_id}").headers["etag"]
             waiting = _long_poll(pool, client, job_id, 40, tag)
             _waiting(client, 1)

@@ -307,7 +307,9 @@ def test_the_fall_back_long_polls_and_paces_a_service_that_answers_at_once() -> 
     waits = [s.query.get("wait") for s in polls]
     assert waits == [None, None, None, ["30.0"], ["30.0"], ["30.0"]]
     gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(polls[3:])]
-    assert min(gaps) >= 0.2
+    # Measured where the service receives the polls, a hair after the client sent them: a
+    # client that did not pace itself would send them a few milliseconds apart.
+    assert min(gaps) >= 0.18
 
 
 def test_wait_follows_the_event_stream() -> None:
