@@ -283,11 +283,11 @@ def _read_job(ctx: AppContext, tenant: str, job_id: str, if_none_match: str | No
     may wait for a change unless the job has ended (nothing but its deletion would come); a
     client with a stale tag is behind and gets the job at once."""
     stamp = jobs.job_stamp(ctx.engine, tenant, job_id)
-    etag = job_etag(job_id, stamp)
-    if if_none_match is not None and etag_matches(if_none_match, etag):
-        return _JobRead(None, etag, stamp, may_wait=True)
     body = ctx.job_bodies.get(job_id, stamp)
     if body is None:
+        etag = job_etag(job_id, stamp)
+        if if_none_match is not None and etag_matches(if_none_match, etag):
+            return _JobRead(None, etag, stamp, may_wait=True)
         with ctx.sessionmaker() as session:
             row = jobs.get_job(session, tenant, job_id)
             ended = row.status in TERMINAL_STATUSES
