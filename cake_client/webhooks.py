@@ -4,7 +4,9 @@ The service POSTs the finished job to the job's ``callback_url`` with the header
 
     Cake-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
 
-where ``secret`` is the tenant's webhook secret (``GET /v1/webhooks/secret``)::
+where ``secret`` is the tenant's webhook secret (``GET /v1/webhooks/secret``). For a grace
+period after a rotation the header carries a second ``v1``, made with the previous secret, so
+a receiver that has not switched yet keeps verifying; ``verify_signature`` accepts either::
 
     from cake_client.webhooks import verify_signature
 

@@ -179,6 +179,11 @@ class Tenant(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     webhook_secret: Mapped[str] = mapped_column(String(128))
+    #: The secret the last rotation replaced: callbacks carry its signature too until
+    #: ``previous_webhook_secret_expires_at`` (``webhook_secret_grace_s`` after the rotation),
+    #: so receivers can switch secrets without refusing deliveries meanwhile.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_webhook_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     max_running_jobs: Mapped[int | None] = mapped_column(Integer)
     max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
     max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)

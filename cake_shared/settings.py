@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
     sweep_interval_s: float = 30.0
     lost_job_after_s: float = 60.0
+    # Orphans in the object store (cake_shared.store_sweep, run by the workers' sweeper every
+    # sweep_interval_s): checkpoints of jobs that ended, files of jobs that were deleted, and
+    # uploads no row refers to once they are older than orphan_upload_grace_s (an upload is
+    # stored a moment before its row is committed). Each round looks at no more than
+    # orphan_sweep_page objects per key prefix (jobs/, teachers/, datasets/).
+    orphan_upload_grace_s: float = Field(3600.0, ge=0)
+    orphan_sweep_page: int = Field(500, ge=1, le=1000)
 
     # Riding out short outages of the object store and the database (cake_shared.storage,
     # cake_shared.db.retrying): try n waits min(backoff_max_s, backoff_s * 2**(n-1)), half of
@@ -102,6 +109,16 @@ class Settings(BaseSettings):
     store_retry_attempts: int = Field(7, ge=1, description="tries of one object-store call")
     store_retry_backoff_s: float = Field(1.0, ge=0)
     store_retry_backoff_max_s: float = Field(20.0, ge=0)
+    store_connect_timeout_s: float = Field(5.0, gt=0, description="S3 connect timeout")
+    # The API's own, short store budget: a request waits a few seconds for the store, not a
+    # minute, before it answers 503 `not_ready` with Retry-After (the client retries; a held
+    # request holds a thread and a database slot). Defaults: 3 tries, at most 1.5 s of waits,
+    # plus a 2 s connect timeout per try against an endpoint that does not answer at all.
+    # Workers keep the long budget above: a job's store call is worth a minute of patience.
+    api_store_retry_attempts: int = Field(3, ge=1, description="tries of a store call (API)")
+    api_store_retry_backoff_s: float = Field(0.5, ge=0)
+    api_store_retry_backoff_max_s: float = Field(2.0, ge=0)
+    api_store_connect_timeout_s: float = Field(2.0, gt=0)
     db_retry_attempts: int = Field(8, ge=1, description="tries of a worker's state change")
     db_retry_backoff_s: float = Field(0.5, ge=0)
     db_retry_backoff_max_s: float = Field(15.0, ge=0)
@@ -139,6 +156,10 @@ class Settings(BaseSettings):
     #: True suits local mode (receivers on loopback); a managed deployment sets it false so that
     #: callbacks to loopback, private and link-local addresses are refused (SSRF).
     webhook_allow_private: bool = True
+    #: After ``POST /v1/webhooks/secret/rotate`` the previous secret keeps signing callbacks
+    #: (a second ``v1`` in ``Cake-Signature``) this long, so receivers can switch to the new
+    #: secret without refusing deliveries meanwhile; 0 drops it at once.
+    webhook_secret_grace_s: float = Field(24 * 3600.0, ge=0)
 
     @field_validator("default_queue")
     @classmethod

@@ -13,6 +13,14 @@ recomputes the HMAC over the *raw* request body (not re-serialized JSON), compar
 time, and refuses timestamps too far from its clock so a captured request cannot be replayed
 later. ``Cake-Delivery`` is the same on every retry of one delivery: use it to ignore repeats.
 
+After a secret rotation the previous secret stays valid for a grace period, and meanwhile the
+header carries one ``v1`` per secret, the new one first::
+
+    Cake-Signature: t=<unix seconds>,v1=<HMAC with the new secret>,v1=<HMAC with the old one>
+
+A receiver accepts the request when any ``v1`` matches its secret, so it can switch to the new
+secret at any moment of the grace period without refusing a delivery.
+
 Only the standard library is used, so receivers can copy this module as is, or import it
 through the client::
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 
 SIGNATURE_HEADER = "Cake-Signature"
 EVENT_HEADER = "Cake-Event"
@@ -41,10 +50,16 @@ def _digest(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The ``Cake-Signature`` header value for ``body`` signed at ``timestamp`` (default now)."""
+def sign(
+    secret: str, body: bytes, timestamp: int | None = None, *, also: Iterable[str] = ()
+) -> str:
+    """The ``Cake-Signature`` header value for ``body`` signed at ``timestamp`` (default now).
+
+    ``also``: more secrets to sign with, each adding a ``v1`` after ``secret``'s (the previous
+    secret during a rotation's grace period), all over the same timestamp.
+    """
     ts = int(time.time()) if timestamp is None else int(timestamp)
-    return f"t={ts},v1={_digest(secret, ts, body)}"
+    return ",".join([f"t={ts}", *(f"v1={_digest(key, ts, body)}" for key in (secret, *also))])
 
 
 def parse_signature(header: str) -> tuple[int | None, list[str]]:

@@ -18,6 +18,17 @@ returns it at that moment (``webhook.status`` is ``pending`` in it), and the hea
 ``job.failed``, ``job.canceled``), ``Cake-Delivery`` and ``Content-Type: application/json``.
 Redirects are never followed (a 3xx is a failed attempt), proxies from the environment are not
 used, and at most :data:`MAX_RESPONSE_BYTES` of the answer are read.
+
+The address: each attempt resolves the callback host once (:func:`resolve_callback`), refuses
+the attempt if any address is not public (unless ``webhook_allow_private``), and connects to
+exactly those checked addresses (:class:`PinnedBackend`); the URL's host name still goes in the
+``Host`` header, the TLS SNI and the certificate check. No lookup happens after the check, so a
+name that answers with a public address to the check and a loopback one a moment later (DNS
+rebinding) cannot steer the request into the service's own network.
+
+The secret: after a rotation the previous secret keeps signing for ``webhook_secret_grace_s``
+(:func:`rotate_webhook_secret`); meanwhile ``Cake-Signature`` carries one ``v1`` per secret,
+the current one first, and a receiver that holds either accepts the callback.
 """
 
 from __future__ import annotations
@@ -26,19 +37,23 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from cake_shared.job_events import add_event
 from cake_shared.job_view import iso_utc, job_json
-from cake_shared.models import Job, utcnow
+from cake_shared.models import Job, Tenant, utcnow
 from cake_shared.retry import backoff_delay
 from cake_shared.settings import Settings
 from cake_shared.signing import (
@@ -51,7 +66,7 @@ from cake_shared.signing import (
     verify_signature,
 )
 from cake_shared.status import WebhookStatus
-from cake_shared.tenants import get_or_create_tenant
+from cake_shared.tenants import get_or_create_tenant, new_webhook_secret
 
 if TYPE_CHECKING:
     from cake_shared.services import Services
@@ -64,6 +79,8 @@ __all__ = [
     "AttemptResult",
     "CallbackURLError",
     "Claim",
+    "PinnedBackend",
+    "ResolvedCallback",
     "check_callback_url",
     "claim_delivery",
     "deliver",
@@ -73,7 +90,10 @@ __all__ = [
     "post_once",
     "record_attempt",
     "refuse_non_public",
+    "resolve_callback",
+    "rotate_webhook_secret",
     "sign",
+    "signing_secrets",
     "validate_callback_url",
     "verify_signature",
 ]
@@ -132,9 +152,33 @@ def _non_public(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-def non_public_address(url: str) -> str | None:
-    """The first address ``url``'s host resolves to that is not public (loopback, private,
-    link-local, shared, reserved, multicast), or None when every address is public.
+@dataclass(frozen=True)
+class ResolvedCallback:
+    """A callback host looked up once: the addresses an attempt may connect to, in the
+    resolver's order (duplicates dropped), and the port."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+    def non_public(self) -> str | None:
+        """The first address that is not public (loopback, private, link-local, shared,
+        reserved, multicast), or None when every address is public."""
+        return next((a for a in self.addresses if _non_public(a)), None)
+
+    def refuse_non_public(self) -> None:
+        """Raise :class:`CallbackURLError` unless every address is public: one internal
+        address is enough to refuse, since the connection might pick it."""
+        address = self.non_public()
+        if address is not None:
+            raise CallbackURLError(
+                f"host {self.host!r} resolves to {address}, which is not a "
+                "public address; this service only calls public addresses"
+            )
+
+
+def resolve_callback(url: str) -> ResolvedCallback:
+    """Look ``url``'s host up (one ``getaddrinfo``; an IP literal needs no DNS).
 
     Raises :class:`CallbackURLError` when the host does not resolve.
     """
@@ -145,21 +189,21 @@ def non_public_address(url: str) -> str | None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise CallbackURLError(f"host {host!r} does not resolve ({exc})") from None
-    for info in infos:
-        address = str(info[4][0])
-        if _non_public(address):
-            return address
-    return None
+    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise CallbackURLError(f"host {host!r} does not resolve (no addresses)")
+    return ResolvedCallback(host, port, addresses)
+
+
+def non_public_address(url: str) -> str | None:
+    """The first address ``url``'s host resolves to that is not public, or None when every
+    address is public. Raises :class:`CallbackURLError` when the host does not resolve."""
+    return resolve_callback(url).non_public()
 
 
 def refuse_non_public(url: str) -> None:
     """Raise :class:`CallbackURLError` unless every address of ``url``'s host is public."""
-    address = non_public_address(url)
-    if address is not None:
-        raise CallbackURLError(
-            f"host {urlsplit(url).hostname!r} resolves to {address}, which is not a "
-            "public address; this service only calls public addresses"
-        )
+    resolve_callback(url).refuse_non_public()
 
 
 def check_callback_url(url: str, settings: Settings) -> str:
@@ -189,22 +233,101 @@ class AttemptResult:
         return self.error or "no answer"
 
 
+class PinnedBackend(httpcore.NetworkBackend):
+    """An httpcore network backend that connects only to addresses checked beforehand.
+
+    httpcore hands ``connect_tcp`` the URL's host name; a plain backend would look it up again
+    and could get another answer than the check did (DNS rebinding). This one ignores that
+    name and dials the pinned IP addresses in order (the next one if a connection is refused,
+    as ``socket.create_connection`` does with a resolver's list), so no lookup happens after
+    the check. Everything above the socket is untouched: httpx still sends the URL's host in
+    ``Host``, and httpcore's TLS uses it for SNI and to check the certificate's name.
+    """
+
+    def __init__(self, addresses: Iterable[str]) -> None:
+        self.addresses = tuple(addresses)
+        if not self.addresses:
+            raise ValueError("PinnedBackend needs at least one address")
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        options = list(socket_options or ())
+        error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in self.addresses:
+            try:
+                # an IP literal: socket.create_connection underneath does no DNS lookup
+                return self._inner.connect_tcp(address, port, timeout, local_address, options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("webhooks connect over TCP only")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _PinnedTransport(httpx.HTTPTransport):
+    """``httpx.HTTPTransport`` whose connection pool dials through :class:`PinnedBackend`.
+
+    ``HTTPTransport`` takes no network backend, so its pool is replaced by one built with the
+    same TLS context; request handling, timeouts and error mapping stay httpx's own."""
+
+    def __init__(self, addresses: Iterable[str], verify: ssl.SSLContext | bool = True) -> None:
+        context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        super().__init__(verify=context, trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=context,
+            max_connections=1,
+            network_backend=PinnedBackend(addresses),
+        )
+
+
 def post_once(
-    url: str, body: bytes, headers: dict[str, str], *, timeout_s: float, allow_private: bool
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout_s: float,
+    allow_private: bool,
+    verify: ssl.SSLContext | bool = True,
 ) -> AttemptResult:
-    """One POST: ok for a 2xx answer. Never raises; never follows a redirect."""
+    """One POST: ok for a 2xx answer. Never raises; never follows a redirect.
+
+    The host is resolved here, once, and checked (when ``allow_private`` is off) again at send
+    time, since DNS may have changed since the job was created; the connection then goes to
+    those very addresses (:class:`PinnedBackend`). ``verify`` is the TLS trust for https
+    receivers (default: the certifi bundle; tests pass a context that trusts their own CA).
+    """
     start = time.monotonic()
 
     def done(ok: bool, code: int | None, error: str | None) -> AttemptResult:
         return AttemptResult(ok, code, error, round((time.monotonic() - start) * 1000, 1))
 
     try:
+        resolved = resolve_callback(url)
         if not allow_private:
-            # checked again at send time: DNS may have changed since the job was created
-            refuse_non_public(url)
+            resolved.refuse_non_public()
         with (
             httpx.Client(
-                timeout=httpx.Timeout(timeout_s), follow_redirects=False, trust_env=False
+                transport=_PinnedTransport(resolved.addresses, verify),
+                timeout=httpx.Timeout(timeout_s),
+                follow_redirects=False,
+                trust_env=False,
             ) as client,
             client.stream("POST", url, content=body, headers=headers) as response,
         ):
@@ -224,6 +347,42 @@ def post_once(
     except Exception as exc:  # a receiver must never be able to crash the deliverer
         log.exception("webhook POST to %s failed unexpectedly", url)
         return done(False, None, f"{type(exc).__name__}"[:500])
+
+
+# --------------------------------------------------------------------------------------------
+# the signing secrets
+# --------------------------------------------------------------------------------------------
+
+
+def signing_secrets(tenant: Tenant, now: datetime | None = None) -> list[str]:
+    """The secrets a callback is signed with now: the current one first, then the previous one
+    while its grace period lasts (receivers that have not switched yet still verify)."""
+    now = now or utcnow()
+    secrets = [tenant.webhook_secret]
+    previous, until = tenant.previous_webhook_secret, tenant.previous_webhook_secret_expires_at
+    if previous and until is not None and until > now and previous != tenant.webhook_secret:
+        secrets.append(previous)
+    return secrets
+
+
+def rotate_webhook_secret(session: Session, name: str, grace_s: float) -> Tenant:
+    """Give tenant ``name`` a new secret and commit; the replaced one keeps signing for
+    ``grace_s`` seconds (none when 0).
+
+    Only one previous secret is kept: rotating again within the grace period drops the oldest
+    at once, so a receiver must have switched to a secret before it is rotated away twice.
+    """
+    row = get_or_create_tenant(session, name)
+    now = utcnow()
+    if grace_s > 0:
+        row.previous_webhook_secret = row.webhook_secret
+        row.previous_webhook_secret_expires_at = now + timedelta(seconds=grace_s)
+    else:
+        row.previous_webhook_secret = None
+        row.previous_webhook_secret_expires_at = None
+    row.webhook_secret = new_webhook_secret()
+    session.commit()
+    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,12 +475,12 @@ def claim_delivery(services: Services, job_id: str) -> Claim | None:
         job = session.get(Job, job_id)
         if job is None or not job.callback_url:
             return None
-        secret = get_or_create_tenant(session, job.tenant).webhook_secret
+        current, *previous = signing_secrets(get_or_create_tenant(session, job.tenant), now)
         body = json.dumps(job_json(job), separators=(",", ":"), ensure_ascii=False).encode()
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            SIGNATURE_HEADER: sign(secret, body),
+            SIGNATURE_HEADER: sign(current, body, also=previous),
             EVENT_HEADER: f"job.{job.status}",
             DELIVERY_HEADER: delivery_id(job.id),
         }

@@ -43,3 +43,20 @@ def test_several_v1_entries_and_malformed_headers() -> None:
     for header in (None, "", "v1=" + digest, f"t={ts}", "t=abc,v1=" + digest, "garbage"):
         assert not verify_signature(SECRET, header, BODY, now=ts), header
     assert not verify_signature("", good, BODY, now=ts)
+
+
+def test_rotation_grace_header_signs_with_both_secrets() -> None:
+    """During a rotation's grace period the sender signs with the new and the old secret; a
+    receiver holding either one verifies, one holding neither does not."""
+    header = sign("whsec_new", BODY, timestamp=1_700_000_000, also=["whsec_old"])
+    ts, digests = parse_signature(header)
+    assert ts == 1_700_000_000 and len(digests) == 2
+    assert header == (
+        f"t={ts},v1={sign('whsec_new', BODY, ts).split('v1=')[1]},"
+        f"v1={sign('whsec_old', BODY, ts).split('v1=')[1]}"
+    )
+    for secret in ("whsec_new", "whsec_old"):
+        assert verify_signature(secret, header, BODY, now=ts), secret
+        assert not verify_signature(secret, header, BODY + b"x", now=ts), secret
+    assert not verify_signature("whsec_other", header, BODY, now=ts)
+    assert sign(SECRET, BODY, timestamp=ts, also=()) == sign(SECRET, BODY, timestamp=ts)

@@ -3,11 +3,14 @@
 Each path has its own script: the status codes of its first answers (then ``then``), an
 optional delay before answering, an optional ``Location`` for 3xx answers. Every request is
 recorded with its raw body and headers, so the tests check signatures over the exact bytes.
+With ``tls`` (a server-side ``ssl.SSLContext``) it speaks https, for the tests that check which
+name the sender puts in the TLS handshake and verifies the certificate against.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +39,7 @@ class Script:
 class WebhookReceiver:
     """``ThreadingHTTPServer`` on 127.0.0.1 (a port the OS picks), recording every POST."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
         self.scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
@@ -68,6 +71,8 @@ class WebhookReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:  # a failed handshake is an OSError in accept: the server drops it
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(
             target=self.server.serve_forever, name="webhook-receiver", daemon=True
@@ -114,8 +119,8 @@ class WebhookReceiver:
 
 
 @contextmanager
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
+def webhook_receiver(tls: ssl.SSLContext | None = None) -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(tls)
     try:
         yield receiver
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from api_support import BundledTeacher, TestClient, assert_problem, upload_teacher
@@ -136,10 +137,29 @@ def test_webhook_secret_is_stable_until_rotated(client: TestClient) -> None:
     assert (info["signature_header"], info["algorithm"]) == ("Cake-Signature", "hmac-sha256")
     assert client.get("/v1/webhooks/secret").json() == info
 
+    assert info["previous_secret_expires_at"] is None  # never rotated: one secret signs
+
     rotated = client.post("/v1/webhooks/secret/rotate")
     assert rotated.status_code == 200, rotated.text
     assert rotated.json()["secret"] != info["secret"]
     assert client.get("/v1/webhooks/secret").json()["secret"] == rotated.json()["secret"]
+
+
+def test_rotation_keeps_the_previous_secret_for_the_grace_period(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(webhook_secret_grace_s=3600)
+    before = datetime.now(UTC)
+    rotated = client.post("/v1/webhooks/secret/rotate").json()
+    until = datetime.fromisoformat(rotated["previous_secret_expires_at"])
+    assert before + timedelta(seconds=3600) <= until <= datetime.now(UTC) + timedelta(hours=1)
+    assert client.get("/v1/webhooks/secret").json() == rotated
+
+    # No grace: the previous secret stops signing at once and no expiry is shown.
+    client = make_client(webhook_secret_grace_s=0)
+    rotated = client.post("/v1/webhooks/secret/rotate").json()
+    assert rotated["previous_secret_expires_at"] is None
+    assert client.get("/v1/webhooks/secret").json() == rotated
 
 
 def test_openapi_documents_callbacks_and_the_secret(client: TestClient) -> None:
@@ -151,4 +171,4 @@ def test_openapi_documents_callbacks_and_the_secret(client: TestClient) -> None:
     assert "get" in spec["paths"]["/v1/webhooks/secret"]
     assert "post" in spec["paths"]["/v1/webhooks/secret/rotate"]
     secret = schemas["WebhookSecret"]["properties"]
-    assert {"secret", "signature_header", "algorithm"} <= set(secret)
+    assert {"secret", "signature_header", "algorithm", "previous_secret_expires_at"} <= set(secret)

@@ -127,8 +127,9 @@ def test_receiver_failing_twice_gets_three_attempts_signed_with_the_rotated_secr
     service: Service, receiver: WebhookReceiver
 ) -> None:
     old = expect(service.client.get("/v1/webhooks/secret"), 200)["secret"]
-    new = expect(service.client.post("/v1/webhooks/secret/rotate"), 200)["secret"]
-    assert new != old
+    rotated = expect(service.client.post("/v1/webhooks/secret/rotate"), 200)
+    new = rotated["secret"]
+    assert new != old and rotated["previous_secret_expires_at"] is not None
     job = service.create(TINY, receiver.script("/e2e/flaky", [500, 502], then=204))
     service.settled(job["id"], "delivered", receiver)
 
@@ -136,7 +137,11 @@ def test_receiver_failing_twice_gets_three_attempts_signed_with_the_rotated_secr
     assert len(requests) == 3
     for request in requests:
         _verified(request, new, "job.succeeded")
-        assert not verify_signature(old, request.headers["cake-signature"], request.body)
+        # within the grace period (24 h by default) the replaced secret signs too
+        header = request.headers["cake-signature"]
+        assert header.count("v1=") == 2
+        assert verify_signature(old, header, request.body)
+        assert not verify_signature("whsec_other", header, request.body)
     assert len({r.headers["cake-delivery"] for r in requests}) == 1
     events = all_events(service.client, job["id"])
     attempts = [e for e in events if e["type"] == "webhook_attempt"]

@@ -16,10 +16,10 @@ from sqlalchemy import update
 from webhook_receiver_support import Received, WebhookReceiver, webhook_receiver
 from worker_support import TINY_SPEC, Service, wait_for
 
-from cake_client.webhooks import verify_signature
+from cake_client.webhooks import parse_signature, sign, verify_signature
 from cake_shared import jobs, webhooks
 from cake_shared.job_view import job_json
-from cake_shared.models import LOCAL_TENANT, Job, utcnow
+from cake_shared.models import LOCAL_TENANT, Job, Tenant, utcnow
 from cake_shared.tenants import get_or_create_tenant
 from worker.runner import process_job
 from worker.webhooks import WebhookDeliverer
@@ -286,3 +286,55 @@ def test_redirects_are_not_followed_and_attempts_are_time_limited(
 
     ok = webhooks.post_once(receiver.url("/ok"), b"{}", {}, timeout_s=5, allow_private=True)
     assert (ok.ok, ok.status_code, ok.error) == (True, 200, None)
+
+
+def test_rotated_secret_keeps_verifying_for_the_grace_period_then_not(
+    make_service, any_database, receiver: WebhookReceiver
+) -> None:
+    """A receiver that still holds the old secret verifies callbacks sent during the grace
+    period (the header carries both signatures, the new one first) and refuses those sent
+    after it; the new secret verifies throughout."""
+    service = make_service(**any_database, **FAST, CAKE_WEBHOOK_SECRET_GRACE_S="3600")
+    ctx = service.ctx
+    old = _secret(service)
+    with ctx.session_scope() as session:
+        row = webhooks.rotate_webhook_secret(session, LOCAL_TENANT, 3600)
+        new, until = row.webhook_secret, row.previous_webhook_secret_expires_at
+    assert new != old and until is not None
+    assert timedelta(minutes=59) < until - utcnow() <= timedelta(hours=1)
+
+    def delivered(path: str) -> Received:
+        job_id = service.add_job(Wine(), TINY_SPEC)
+        _with_callback(service, job_id, receiver.url(path))
+        with ctx.session_scope() as session:
+            jobs.request_cancel(session, job_id)
+        assert webhooks.deliver(ctx, job_id) == "delivered"
+        (request,) = receiver.at(path)
+        return request
+
+    during = delivered("/grace")
+    header = during.headers["cake-signature"]
+    assert len(parse_signature(header)[1]) == 2
+    assert header == sign(new, during.body, parse_signature(header)[0], also=[old])
+    assert verify_signature(old, header, during.body)
+    assert verify_signature(new, header, during.body)
+
+    # The grace period ends (the expiry moved into the past instead of waiting a day).
+    with ctx.session_scope() as session:
+        session.execute(
+            update(Tenant)
+            .where(Tenant.name == LOCAL_TENANT)
+            .values(previous_webhook_secret_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    after = delivered("/after")
+    header = after.headers["cake-signature"]
+    assert len(parse_signature(header)[1]) == 1
+    assert not verify_signature(old, header, after.body)
+    assert verify_signature(new, header, after.body)
+
+    # Rotating twice within a grace period keeps only the secret the last rotation replaced.
+    with ctx.session_scope() as session:
+        middle = webhooks.rotate_webhook_secret(session, LOCAL_TENANT, 3600).webhook_secret
+        latest = webhooks.rotate_webhook_secret(session, LOCAL_TENANT, 3600)
+        assert webhooks.signing_secrets(latest) == [latest.webhook_secret, middle]
+        assert new not in webhooks.signing_secrets(latest)
