@@ -49,6 +49,7 @@ from cake_core import __version__
 from cake_shared.db import is_unavailable
 from cake_shared.services import JobQueue
 from cake_shared.settings import Settings
+from cake_shared.storage import api_retry_from_settings
 from cake_shared.workers import WorkerWatch
 
 log = logging.getLogger("cake.api")
@@ -168,7 +169,11 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     this is the entry point of ``uvicorn --factory``), ``queue`` to the Celery broker of the
     settings (tests pass a stand-in)."""
     settings = settings or Settings()
-    ctx = AppContext.from_settings(settings, queue=queue)
+    # The API's short store budget: a request answers 503 after a few seconds of outage
+    # instead of holding its thread for the workers' minute.
+    ctx = AppContext.from_settings(
+        settings, queue=queue, store_retry=api_retry_from_settings(settings)
+    )
     sessions = ctx.sessionmaker
     ctx.upload_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_uploads(ctx.upload_dir)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cake_shared import db
 from cake_shared.settings import Settings
-from cake_shared.storage import ObjectStore, store_from_settings
+from cake_shared.storage import ObjectStore, Retry, retry_from_settings, store_from_settings
 
 T = TypeVar("T")
 
@@ -47,29 +47,39 @@ class JobQueue(Protocol):
 @dataclass
 class Services:
     """One process's settings and what is built from them: the database engine and its session
-    factory, the object store and the job queue."""
+    factory, the object store (with the process's retry budget, ``store_retry``) and the job
+    queue."""
 
     settings: Settings
     engine: Engine
     sessionmaker: sessionmaker[Session]
     store: ObjectStore
     queue: JobQueue
+    #: How patiently ``store`` rides out an outage; kept so that :meth:`after_fork` builds
+    #: the child's store with the same budget.
+    store_retry: Retry | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, queue: JobQueue | None = None) -> Self:
+    def from_settings(
+        cls, settings: Settings, *, queue: JobQueue | None = None, store_retry: Retry | None = None
+    ) -> Self:
         """Build everything from ``settings``; ``queue`` defaults to the Celery broker of the
-        settings (built lazily: no broker is contacted and Celery is not imported here)."""
+        settings (built lazily: no broker is contacted and Celery is not imported here),
+        ``store_retry`` to the workers' long store budget (``CAKE_STORE_RETRY_*``; the API
+        passes its short one, :func:`cake_shared.storage.api_retry_from_settings`)."""
         engine = db.make_engine(settings.resolved_database_url(), settings.db_connect_timeout_s)
         if queue is None:
             from cake_shared.queue import CeleryQueue
 
             queue = CeleryQueue(settings)
+        store_retry = store_retry or retry_from_settings(settings)
         return cls(
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker(bind=engine, expire_on_commit=False),
-            store=store_from_settings(settings),
+            store=store_from_settings(settings, store_retry),
             queue=queue,
+            store_retry=store_retry,
         )
 
     @contextmanager
@@ -94,7 +104,7 @@ class Services:
         connections without closing them under the parent, and build a store of its own
         (an S3 client must not be shared across processes)."""
         self.engine.dispose(close=False)
-        self.store = store_from_settings(self.settings)
+        self.store = store_from_settings(self.settings, self.store_retry)
 
     def close(self) -> None:
         """Close pooled database and broker connections."""

@@ -4,10 +4,13 @@ Keys are ``/``-separated paths (``teachers/<sha256>``, ``jobs/<id>/artifacts/stu
 Writes are whole-object and atomic on both backends, so a reader never sees half a file.
 
 S3 calls ride out short outages of the store (a restart, a dropped link): a call that fails on a
-connection error, a timeout or a 5xx is tried again with exponential backoff (:class:`Retry`,
-``CAKE_STORE_RETRY_*``; about a minute by default) before the error reaches the caller. A
-download cut mid-stream resumes from the byte it stopped at. What is never retried: a missing
-object, a refused request (4xx), and :meth:`ObjectStore.ping` (readiness must answer at once).
+connection error, a timeout or a 5xx is tried again with exponential backoff (:class:`Retry`)
+before the error reaches the caller. How long depends on who waits: workers use
+``CAKE_STORE_RETRY_*`` (about a minute by default: a job's store call is worth it), the API
+``CAKE_API_STORE_RETRY_*`` (a few seconds, then 503 ``not_ready``: a client that is told to come
+back holds nothing meanwhile). A download cut mid-stream resumes from the byte it stopped at.
+What is never retried: a missing object, a refused request (4xx), and
+:meth:`ObjectStore.ping` (readiness must answer at once).
 """
 
 from __future__ import annotations
@@ -40,17 +43,22 @@ _TRANSIENT_CODES = frozenset(
 
 @dataclass(frozen=True)
 class Retry:
-    """How often and how patiently a store call is tried (``CAKE_STORE_RETRY_*``).
+    """How often and how patiently a store call is tried (``CAKE_STORE_RETRY_*`` in workers,
+    ``CAKE_API_STORE_RETRY_*`` in the API: :func:`retry_from_settings`,
+    :func:`api_retry_from_settings`).
 
     Try ``n`` (n >= 2) waits ``min(backoff_max_s, backoff_s * 2**(n-2))``, half fixed and half
     random, so workers that lost the store together do not come back together: the project's
     one policy, :func:`cake_shared.retry.backoff_delay`. ``attempts`` counts HTTP requests, as
-    botocore itself does not retry (:class:`S3Store`).
+    botocore itself does not retry (:class:`S3Store`). ``connect_timeout_s`` bounds each try
+    against an endpoint that does not answer at all (a refused connection fails at once), so
+    that the budget holds there too.
     """
 
     attempts: int = 7
     backoff_s: float = 1.0
     backoff_max_s: float = 20.0
+    connect_timeout_s: float = 5.0
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th failed try."""
@@ -201,10 +209,11 @@ class LocalStore(ObjectStore):
 class S3Store(ObjectStore):
     """S3 or an S3-compatible server. Every call but :meth:`ping` goes through :meth:`_retry`.
 
-    botocore's own retries are off (``total_max_attempts=1``, 5 s connect timeout): the only
-    retries are :class:`Retry`'s (:mod:`cake_shared.retry`), which are configurable and
-    logged. With both layers on, each of our tries would hide botocore's tries, and one call
-    on a dead endpoint would make ``attempts`` x botocore's requests instead of ``attempts``.
+    botocore's own retries are off (``total_max_attempts=1``; the connect timeout is
+    ``retry.connect_timeout_s``): the only retries are :class:`Retry`'s
+    (:mod:`cake_shared.retry`), which are configurable and logged. With both layers on, each of
+    our tries would hide botocore's tries, and one call on a dead endpoint would make
+    ``attempts`` x botocore's requests instead of ``attempts``.
     """
 
     def __init__(
@@ -228,7 +237,7 @@ class S3Store(ObjectStore):
             region_name=region,
             config=Config(
                 retries={"total_max_attempts": 1, "mode": "standard"},
-                connect_timeout=5,
+                connect_timeout=self.retry.connect_timeout_s,
                 read_timeout=60,
             ),
         )
@@ -359,20 +368,35 @@ def store_from_url(
     raise ValueError(f"unsupported store URL scheme {parsed.scheme!r}; use file:// or s3://")
 
 
-def store_from_settings(settings: Settings) -> ObjectStore:
-    """The object store that ``settings`` name, with their retry policy."""
+def store_from_settings(settings: Settings, retry: Retry | None = None) -> ObjectStore:
+    """The object store that ``settings`` name, with ``retry`` (default: the workers' long
+    budget, :func:`retry_from_settings`; the API passes :func:`api_retry_from_settings`)."""
     return store_from_url(
         settings.resolved_store_url(),
         settings.s3_endpoint_url,
         settings.s3_region,
-        retry_from_settings(settings),
+        retry or retry_from_settings(settings),
     )
 
 
 def retry_from_settings(settings: Settings) -> Retry:
-    """The :class:`Retry` of ``CAKE_STORE_RETRY_*`` (a :class:`~cake_shared.settings.Settings`)."""
+    """The workers' :class:`Retry`: ``CAKE_STORE_RETRY_*`` and ``CAKE_STORE_CONNECT_TIMEOUT_S``
+    (about a minute of outage by default)."""
     return Retry(
         attempts=settings.store_retry_attempts,
         backoff_s=settings.store_retry_backoff_s,
         backoff_max_s=settings.store_retry_backoff_max_s,
+        connect_timeout_s=settings.store_connect_timeout_s,
+    )
+
+
+def api_retry_from_settings(settings: Settings) -> Retry:
+    """The API's short :class:`Retry`: ``CAKE_API_STORE_RETRY_*`` and
+    ``CAKE_API_STORE_CONNECT_TIMEOUT_S`` (a few seconds by default, then the request answers
+    503 and the client comes back, instead of holding a thread and a database slot)."""
+    return Retry(
+        attempts=settings.api_store_retry_attempts,
+        backoff_s=settings.api_store_retry_backoff_s,
+        backoff_max_s=settings.api_store_retry_backoff_max_s,
+        connect_timeout_s=settings.api_store_connect_timeout_s,
     )
