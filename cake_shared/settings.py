@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # stored a moment before its row is committed). Each round looks at no more than
     # orphan_sweep_page objects per key prefix (jobs/, teachers/, datasets/).
     orphan_upload_grace_s: float = Field(3600.0, ge=0)
-    orphan_sweep_page: int = Field(500, ge=1, le=1000)
+    orphan_sweep_page: int = Field(500, ge=1)
 
     # Riding out short outages of the object store and the database (cake_shared.storage,
     # cake_shared.db.retrying): try n waits min(backoff_max_s, backoff_s * 2**(n-1)), half of

@@ -8,13 +8,17 @@ connection error, a timeout or a 5xx is tried again with exponential backoff (:c
 before the error reaches the caller. How long depends on who waits: workers use
 ``CAKE_STORE_RETRY_*`` (about a minute by default: a job's store call is worth it), the API
 ``CAKE_API_STORE_RETRY_*`` (a few seconds, then 503 ``not_ready``: a client that is told to come
-back holds nothing meanwhile). A download cut mid-stream resumes from the byte it stopped at.
-What is never retried: a missing object, a refused request (4xx), and
+back holds nothing meanwhile), and calls whose work the sweeper redoes anyway (deleting a
+finished job's checkpoints, the sweeper's rounds) make one try
+(:meth:`ObjectStore.with_attempts`). A download cut mid-stream resumes from the byte it stopped
+at. What is never retried: a missing object, a refused request (4xx), and
 :meth:`ObjectStore.ping` (readiness must answer at once).
 """
 
 from __future__ import annotations
 
+import copy
+import heapq
 import logging
 import os
 import shutil
@@ -22,7 +26,8 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
@@ -100,6 +105,17 @@ class ObjectNotFound(KeyError):
     pass
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object as a listing shows it: the sweeper needs its age (an upload younger
+    than the grace period may be waiting for its row) without a request per object."""
+
+    key: str
+    size: int
+    #: when the object was last written (UTC)
+    modified: datetime
+
+
 class ObjectStore(ABC):
     @abstractmethod
     def put_file(self, key: str, path: str | Path) -> None: ...
@@ -122,8 +138,21 @@ class ObjectStore(ABC):
     def list(self, prefix: str) -> list[str]: ...
 
     @abstractmethod
+    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        """Up to ``limit`` objects under ``prefix`` whose keys sort after ``start_after``, in
+        key order: a walk over a large store in bounded steps (the sweeper's), where
+        :meth:`list` would fetch every key at once. Fewer than ``limit`` means the end."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise if the store cannot be reached."""
+
+    def with_attempts(self, attempts: int) -> ObjectStore:
+        """This store with each call tried at most ``attempts`` times, for work that is redone
+        later anyway (a worker deleting a finished job's checkpoints, the sweeper's rounds):
+        waiting out an outage there would only hold the caller. Backends without retries
+        return themselves."""
+        return self
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
@@ -200,6 +229,29 @@ class LocalStore(ObjectStore):
             and not p.name.startswith(".tmp-")
             and str(p.relative_to(base)).replace(os.sep, "/").startswith(prefix)
         )
+
+    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        """Only the folder that holds ``prefix`` is walked (keys are paths under the root)."""
+        folder = prefix.rpartition("/")[0]
+        base = self._path(folder) if folder else self.root
+        if not base.is_dir():
+            return []
+        keys = (
+            str(p.relative_to(self.root)).replace(os.sep, "/")
+            for p in base.rglob("*")
+            if not p.name.startswith(".tmp-") and p.is_file()
+        )
+        chosen = heapq.nsmallest(
+            limit, (k for k in keys if k.startswith(prefix) and k > start_after)
+        )
+        found: list[ObjectInfo] = []
+        for key in chosen:
+            try:
+                stat = self._path(key).stat()
+            except FileNotFoundError:  # deleted since the walk
+                continue
+            found.append(ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC)))
+        return found
 
     def ping(self) -> None:
         if not self.root.is_dir() or not os.access(self.root, os.W_OK):
@@ -346,6 +398,40 @@ class S3Store(ObjectStore):
             return sorted(keys)
 
         return self._retry(f"list of {prefix}", listing)
+
+    def list_page(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[ObjectInfo]:
+        """``ListObjectsV2`` from ``StartAfter``, as many requests as ``limit`` needs (S3
+        answers at most 1,000 keys each); keys come back in S3's order, which is byte order."""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+
+        def page() -> list[ObjectInfo]:
+            found: list[ObjectInfo] = []
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+            if start_after:
+                kwargs["StartAfter"] = self._key(start_after)
+            while len(found) < limit:
+                kwargs["MaxKeys"] = min(1000, limit - len(found))
+                answer = self.client.list_objects_v2(**kwargs)
+                for obj in answer.get("Contents", []):
+                    modified = obj["LastModified"]
+                    if modified.tzinfo is None:
+                        modified = modified.replace(tzinfo=UTC)
+                    found.append(
+                        ObjectInfo(obj["Key"][strip:], int(obj["Size"]), modified.astimezone(UTC))
+                    )
+                if not answer.get("IsTruncated") or not answer.get("NextContinuationToken"):
+                    break
+                kwargs["ContinuationToken"] = answer["NextContinuationToken"]
+            return found[:limit]
+
+        return self._retry(f"list of {prefix} after {start_after!r}", page)
+
+    def with_attempts(self, attempts: int) -> S3Store:
+        """A copy whose calls make at most ``attempts`` tries; it shares this store's client
+        (boto3 clients are thread-safe), so it costs no new connection pool."""
+        view = copy.copy(self)
+        view.retry = replace(self.retry, attempts=max(1, attempts))
+        return view
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

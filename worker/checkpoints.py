@@ -94,7 +94,9 @@ class ObjectStoreCheckpoints:
             if key.endswith(".pt")
         ]
 
-    def clear(self) -> None:
-        """Delete every checkpoint of the job (after it ended for good)."""
-        for key in self.store.list(self.prefix):
-            self.store.delete(key)
+    def clear(self, attempts: int | None = None) -> None:
+        """Delete every checkpoint of the job (after it ended for good), each store call tried
+        at most ``attempts`` times (default: the store's budget)."""
+        store = self.store if attempts is None else self.store.with_attempts(attempts)
+        for key in store.list(self.prefix):
+            store.delete(key)

@@ -135,10 +135,16 @@ def upload_artifacts(
 
 
 def clear_checkpoints(checkpoints: ObjectStoreCheckpoints | None) -> None:
-    """Delete the job's checkpoints once it has ended; a failure is only logged."""
+    """Delete the job's checkpoints once it has ended; a failure is only logged.
+
+    One try per store call, not the worker's minute of retries: the job is over, the next
+    job should not wait behind an outage of the store, and the sweeper
+    (:mod:`cake_shared.store_sweep`) deletes the checkpoints of ended jobs that are left.
+    """
     if checkpoints is None:
         return
     try:
-        checkpoints.clear()
-    except Exception as exc:  # a leftover checkpoint wastes space, nothing else
-        log.warning("could not delete checkpoints under %s: %s", checkpoints.prefix, exc)
+        checkpoints.clear(attempts=1)
+    except Exception as exc:  # a leftover checkpoint wastes space until the next sweep
+        log.warning("could not delete checkpoints under %s (the sweeper will): %s",
+                    checkpoints.prefix, exc)  # fmt: skip

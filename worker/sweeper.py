@@ -5,6 +5,9 @@
 - Queued jobs that the broker may have lost (a publish that failed while the broker was down, a
   message consumed by a worker that died before acknowledging it) are published again.
 - The filesystem broker's processed message files are pruned.
+- Objects nothing will read again are deleted from the store, a page at a time
+  (:mod:`cake_shared.store_sweep`): checkpoints of ended jobs, files of deleted jobs, uploads no
+  row refers to after a grace period.
 
 Every change is a compare-and-set in the database, so sweepers in several workers can run at the
 same time; duplicate messages are harmless because a job is claimed before it runs.
@@ -20,6 +23,7 @@ from cake_shared.background import BackgroundLoop
 from cake_shared.queue import filesystem_folders
 from cake_shared.services import Services
 from cake_shared.settings import Settings
+from cake_shared.store_sweep import StoreSweeper
 from worker.runner import claim_is_dead
 
 log = logging.getLogger("cake.worker.sweeper")
@@ -45,11 +49,17 @@ def prune_processed_messages(settings: Settings, max_age_s: float = PROCESSED_ME
     return removed
 
 
-def sweep_once(services: Services, lost_after_s: float | None = None) -> jobs.SweepResult:
+def sweep_once(
+    services: Services,
+    lost_after_s: float | None = None,
+    store_sweeper: StoreSweeper | None = None,
+) -> jobs.SweepResult:
     """One pass; returns what changed (requeued ids include lost queued jobs re-published).
 
     ``lost_after_s`` (default ``lost_job_after_s``): how long a job may sit queued before the
-    sweeper checks that the broker still has it.
+    sweeper checks that the broker still has it. ``store_sweeper``: when given, a round of the
+    object store's orphans comes last; its failure (the store is down) is only logged, after
+    the jobs were taken care of.
     """
     result = jobs.requeue_stale_jobs(services, is_dead_claim=claim_is_dead)
     for job_id in result.requeued:
@@ -63,6 +73,12 @@ def sweep_once(services: Services, lost_after_s: float | None = None) -> jobs.Sw
         log.info("job %s: queued but not in the broker; published again", job_id)
     result.requeued.extend(lost)
     prune_processed_messages(services.settings)
+    if store_sweeper is not None:
+        try:
+            store_sweeper.sweep()
+        except Exception as exc:  # one try per store call: an outage ends the round, no more
+            log.warning("store sweep stopped (%s: %s); it goes on next round",
+                        type(exc).__name__, exc)  # fmt: skip
     return result
 
 
@@ -76,12 +92,14 @@ class Sweeper(BackgroundLoop):
         super().__init__()
         self.services = services
         self.interval_s = interval_s
+        #: Keeps its place in the store between rounds.
+        self.store_sweeper = StoreSweeper(services)
 
     def _run(self) -> None:
         interval = self.interval_s or self.services.settings.sweep_interval_s
         while True:
             try:
-                sweep_once(self.services)
+                sweep_once(self.services, store_sweeper=self.store_sweeper)
             except Exception as exc:  # the database or broker may be down; try again later
                 reason = getattr(exc, "orig", None) or exc
                 log.warning("sweep failed (%s: %s); retrying in %.0f s",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from postgres_support import fresh_database
-from worker_support import Service, configure_service
+from worker_support import S3_BUCKET, Service, configure_service, free_port
 
 from cake_shared.services import Services
 
@@ -72,3 +72,23 @@ def any_database(request: pytest.FixtureRequest) -> dict[str, str]:
 def any_service(any_database: dict[str, str], make_service: Callable[..., Service]) -> Service:
     """The same test on SQLite and on PostgreSQL: the claim and sweep SQL must hold on both."""
     return make_service(**any_database)
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on a free port, with the bucket
+    ``S3_BUCKET``; its URL."""
+    server_mod = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=S3_BUCKET)
+        yield endpoint
+    finally:
+        server.stop()

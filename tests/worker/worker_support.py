@@ -29,6 +29,8 @@ from cake_shared.services import Services
 from cake_shared.settings import Settings
 from cake_shared.storage import ObjectStore
 
+#: The bucket of the ``s3_endpoint`` fixture's S3 server.
+S3_BUCKET = "cake-test"
 TINY_SPEC: dict[str, Any] = {
     "synthesis": {"num_samples": 400, "steps": 10},
     "training": {"epochs": 2},

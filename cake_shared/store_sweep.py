@@ -1,0 +1,202 @@
+"""The sweeper's side of the object store: deleting objects nothing will read again.
+
+Objects are left behind when a delete fails: a worker deletes a job's checkpoints with one try
+per call once the job has ended (``worker.job_files.clear_checkpoints``), ``DELETE /v1/jobs/{id}``
+deletes the job's row first and its files after, and an upload is stored before its row is
+committed (a crash or a database error in between leaves the object alone). The workers'
+sweeper (``worker.sweeper``) calls :meth:`StoreSweeper.sweep` every round, and it deletes:
+
+- ``jobs/<id>/checkpoints/...`` of a job that has ended (succeeded, failed, canceled: a final
+  status never changes again, so nothing will resume from them);
+- every ``jobs/<id>/...`` object of a job whose row no longer exists (its artifacts go with
+  its row: ``Artifact`` rows are deleted with the job);
+- ``teachers/<sha256>`` and ``datasets/<sha256>`` objects that no row refers to, once they are
+  older than ``orphan_upload_grace_s`` (an upload is written a moment before its row). A
+  teacher's object is referred to by a live teacher row, or by a deleted teacher row that a
+  job (of any status) still names: uploads are stored by content, so several rows, tenants
+  and jobs may share one object, and the object goes only when none of them is left.
+
+The work per round is bounded: each round lists at most ``orphan_sweep_page`` objects per
+prefix, from where the previous round stopped (a cursor per prefix, starting over at the
+end), with one query per few hundred keys. Every store call makes one try (an outage of the
+store ends the round; the next one starts from the same place), and the database is read
+before each delete, so a failure in either never deletes anything that is still referred to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import exists, or_, select, union
+
+from cake_shared.models import Dataset, Job, Teacher, utcnow
+from cake_shared.status import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from cake_shared.services import Services
+    from cake_shared.storage import ObjectInfo, ObjectStore
+
+__all__ = ["JOB_PREFIX", "UPLOAD_PREFIXES", "StoreSweepResult", "StoreSweeper"]
+
+log = logging.getLogger("cake.worker.sweeper")
+
+#: Where a job's checkpoints and artifacts live: ``jobs/<id>/checkpoints/``, ``.../artifacts/``.
+JOB_PREFIX = "jobs/"
+#: Where uploads live, stored by content: ``teachers/<sha256>``, ``datasets/<sha256>``.
+UPLOAD_PREFIXES = ("teachers/", "datasets/")
+#: Keys per ``IN (...)`` query: under SQLite's oldest limit of 999 bound parameters.
+_QUERY_CHUNK = 500
+
+
+@dataclass
+class StoreSweepResult:
+    """What one round deleted (object keys) and how many objects it looked at."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    job_files: list[str] = field(default_factory=list)
+    uploads: list[str] = field(default_factory=list)
+    examined: int = 0
+
+    @property
+    def removed(self) -> int:
+        return len(self.checkpoints) + len(self.job_files) + len(self.uploads)
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), _QUERY_CHUNK):
+        yield items[start : start + _QUERY_CHUNK]
+
+
+class StoreSweeper:
+    """Deletes orphaned objects a page at a time; one instance per sweeper, as it keeps the
+    place each prefix's walk has reached between rounds."""
+
+    def __init__(
+        self, services: Services, *, page: int | None = None, grace_s: float | None = None
+    ) -> None:
+        self.services = services
+        self.page = page or services.settings.orphan_sweep_page
+        self.grace_s = services.settings.orphan_upload_grace_s if grace_s is None else grace_s
+        #: The last key each prefix's walk looked at ("" = start from the beginning).
+        self.cursors: dict[str, str] = {prefix: "" for prefix in (JOB_PREFIX, *UPLOAD_PREFIXES)}
+        self._warned_empty = False
+
+    def sweep(self) -> StoreSweepResult:
+        """One round: a page of each prefix; raises when the store or the database fails
+        (what was deleted before that stays deleted, the rest waits for the next round)."""
+        store = self.services.store.with_attempts(1)
+        result = StoreSweepResult()
+        pages = {prefix: store.list_page(prefix, cursor, self.page)
+                 for prefix, cursor in self.cursors.items()}  # fmt: skip
+        if any(pages.values()) and self._database_is_empty():
+            # A database without a single job, teacher or data set beside a store that holds
+            # objects is likelier a wrong CAKE_DATABASE_URL than a service whose every row was
+            # deleted: deleting "orphans" then would delete every upload and artifact.
+            if not self._warned_empty:
+                log.warning(
+                    "the database holds no jobs, teachers or data sets but the object store "
+                    "has objects; not deleting orphans (is CAKE_DATABASE_URL right?)"
+                )
+                self._warned_empty = True
+            return result
+        for prefix, found in pages.items():
+            result.examined += len(found)
+            if prefix == JOB_PREFIX:
+                self._sweep_job_objects(store, found, result)
+            else:
+                self._sweep_uploads(store, found, result)
+            # Only now, so that a round that failed half-way looks at the same page again.
+            self.cursors[prefix] = found[-1].key if len(found) >= self.page else ""
+        if result.removed:
+            log.info(
+                "store sweep: removed %d checkpoint object(s) of ended jobs, %d object(s) of "
+                "deleted jobs, %d unreferenced upload(s) (%d objects looked at)",
+                len(result.checkpoints), len(result.job_files), len(result.uploads),
+                result.examined,
+            )  # fmt: skip
+        return result
+
+    # -- jobs/<id>/... ---------------------------------------------------------------------------
+    def _sweep_job_objects(
+        self, store: ObjectStore, found: list[ObjectInfo], result: StoreSweepResult
+    ) -> None:
+        by_job: dict[str, list[str]] = {}
+        for info in found:
+            parts = info.key.split("/")
+            if len(parts) >= 3 and parts[1]:  # jobs/<id>/<area>/...; anything else is left
+                by_job.setdefault(parts[1], []).append(info.key)
+        statuses = self._job_statuses(list(by_job))
+        for job_id, keys in by_job.items():
+            status = statuses.get(job_id)
+            if status is None:
+                # No row: the job was deleted (its files after its row) and nothing reads these.
+                # A job's row is committed before any worker writes under its prefix.
+                self._delete(store, keys, result.job_files)
+                log.info("job %s no longer exists: removed %d object(s)", job_id, len(keys))
+            elif status in TERMINAL_STATUSES:
+                checkpoints = [
+                    k for k in keys if k.startswith(f"{JOB_PREFIX}{job_id}/checkpoints/")
+                ]
+                if checkpoints:
+                    self._delete(store, checkpoints, result.checkpoints)
+                    log.info("job %s (%s): removed %d checkpoint object(s)",
+                             job_id, status, len(checkpoints))  # fmt: skip
+
+    def _job_statuses(self, job_ids: list[str]) -> dict[str, str]:
+        statuses: dict[str, str] = {}
+        with self.services.session_scope() as session:
+            for chunk in _chunks(job_ids):
+                rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(chunk)))
+                statuses.update({row.id: row.status for row in rows})
+        return statuses
+
+    # -- teachers/<sha256>, datasets/<sha256> ------------------------------------------------------
+    def _sweep_uploads(
+        self, store: ObjectStore, found: list[ObjectInfo], result: StoreSweepResult
+    ) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.grace_s)
+        old = {info.key: info for info in found if info.modified < cutoff}
+        if not old:
+            return
+        referenced = self._referenced(list(old))
+        for key, info in old.items():
+            # Asked again right before the delete: a row written since the page's query (an
+            # upload of the same content reuses the stored object) keeps the object.
+            if key in referenced or self._referenced([key]):
+                continue
+            self._delete(store, [key], result.uploads)
+            log.info("removed %s: no teacher, data set or job refers to it (%d bytes, last "
+                     "written %s)", key, info.size, info.modified.isoformat())  # fmt: skip
+
+    def _referenced(self, keys: list[str]) -> set[str]:
+        """The ``keys`` a row still refers to: a live teacher, a deleted teacher that a job
+        still names, or a data set (data sets are never deleted)."""
+        found: set[str] = set()
+        teacher_kept = or_(
+            Teacher.deleted_at.is_(None), exists().where(Job.teacher_id == Teacher.id)
+        )
+        with self.services.session_scope() as session:
+            for chunk in _chunks(keys):
+                query = union(
+                    select(Teacher.storage_key).where(Teacher.storage_key.in_(chunk), teacher_kept),
+                    select(Dataset.storage_key).where(Dataset.storage_key.in_(chunk)),
+                )
+                found.update(session.scalars(query))
+        return found
+
+    def _database_is_empty(self) -> bool:
+        with self.services.session_scope() as session:
+            return not any(
+                session.scalar(select(exists().select_from(model)))
+                for model in (Job, Teacher, Dataset)
+            )
+
+    @staticmethod
+    def _delete(store: ObjectStore, keys: list[str], into: list[str]) -> None:
+        for key in keys:
+            store.delete(key)
+            into.append(key)
