@@ -13,7 +13,8 @@ imported the modules callers named with :func:`preload` once (``multiprocessing`
 so each child starts in ~0.1 s. The server itself never runs the target, so forking it is safe
 (no thread pools yet). Before running the target the child
 
-* caps its address space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``: a second line behind the
+* caps (with :mod:`cake_shared.sandbox`, shared with the worker's engine child) its address
+  space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``: a second line behind the
   parent's wall-clock timeout, for a target that spins several threads), the size of
   any file it writes (``RLIMIT_FSIZE`` 64 MiB) and core dumps;
 * moves into a new, empty network namespace where the kernel allows it (root, or unprivileged
@@ -34,7 +35,6 @@ imported in the children, so a script that creates the app must guard its own co
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import importlib
 import logging
@@ -49,6 +49,8 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal
+
+from cake_shared.sandbox import isolate_network, set_limits
 
 log = logging.getLogger("cake.api.sandbox")
 
@@ -108,45 +110,6 @@ class SandboxResult:
     network_isolated: bool | None = None
 
 
-_MAX_FILE_BYTES = 64 << 20
-"""No file the child writes may grow past this (torch probes the temp folder with a tiny file)."""
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-
-
-def _isolate_network() -> bool:
-    """Move this (single-threaded, freshly forked) process into a new network namespace.
-
-    Tried as is first (root or CAP_SYS_ADMIN), then together with a new user namespace (allowed
-    to unprivileged users on most distributions). Python 3.11 has no ``os.unshare``, hence libc.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        unshare = libc.unshare
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        return False
-    for flags in (_CLONE_NEWNET, _CLONE_NEWUSER | _CLONE_NEWNET):
-        if unshare(ctypes.c_int(flags)) == 0:
-            return True
-    return False
-
-
-def _set_limits(memory_bytes: int | None, cpu_seconds: int | None) -> None:
-    """Resource limits of the child; each is best effort (a platform may lack one)."""
-    limits: list[tuple[int, int, int]] = [
-        (resource.RLIMIT_CORE, 0, 0),
-        (resource.RLIMIT_FSIZE, _MAX_FILE_BYTES, _MAX_FILE_BYTES),
-    ]
-    if memory_bytes:
-        limits.append((resource.RLIMIT_AS, memory_bytes, memory_bytes))
-    if cpu_seconds:
-        # SIGXCPU at the soft limit, SIGKILL one second later at the hard one.
-        limits.append((resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1))
-    for which, soft, hard in limits:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(which, (soft, hard))
-
-
 def _child_main(
     conn: Connection,
     target: str,
@@ -161,8 +124,8 @@ def _child_main(
     os.dup2(devnull, 2)
     os.environ.update(env or {})
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    conn.send(("isolation", _isolate_network()))
-    _set_limits(memory_bytes, cpu_seconds)
+    conn.send(("isolation", isolate_network()))
+    set_limits(memory_bytes, cpu_seconds)
 
     def report(stage: str) -> None:
         conn.send(("stage", stage))

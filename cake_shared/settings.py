@@ -83,6 +83,15 @@ class Settings(BaseSettings):
         AUTO, description="auto (gpu when a live GPU worker serves it, else cpu), gpu or cpu"
     )
     worker_device: str | None = None
+    # The engine's sandbox in the worker (worker.engine_sandbox): a child process with no
+    # network, no secrets, rlimits and writes only in the job's folder. A job fails when it
+    # runs longer than job_timeout_s, makes no step for job_stall_timeout_s (a forward pass
+    # that never returns) or needs more than job_memory_mb of address space (0: the machine's
+    # memory; no limit on CUDA). worker_sandbox=false runs the engine in the worker process.
+    worker_sandbox: bool = True
+    job_timeout_s: float = Field(24 * 3600.0, gt=0)
+    job_stall_timeout_s: float = Field(1800.0, gt=0)
+    job_memory_mb: int = Field(0, ge=0)
     # Worker heartbeats (cake_shared.workers): a worker records itself every
     # worker_heartbeat_s and counts as live until worker_live_s after its last record; a job
     # queued for no_worker_after_s while no live worker serves its queue gets a no_worker event

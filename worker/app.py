@@ -11,15 +11,20 @@ deliverer, the heartbeat) uses those services and nothing else.
 
 At shutdown (the first SIGTERM or Ctrl-C) the running job is handed back to the queue at its
 next step with its checkpoints kept, so it resumes on the next start rather than holding the
-shutdown up for the rest of the job. That works for the ``solo`` pool, where the job runs in
-the process that gets the signal; a ``prefork`` child finishes its job first (warm shutdown).
+shutdown up for the rest of the job. With the ``solo`` pool the job runs in the process that
+gets the signal; with ``prefork`` it runs in a pool child, which reads the shutdown flag the
+main process sets from shared memory (:class:`SharedFlag`), so it stops at its next step too and
+Celery's warm shutdown only waits for the hand-back. Either way the engine itself runs in a
+sandboxed child of the process that runs the job (:mod:`worker.engine_sandbox`), which is told
+to stop through its pipe.
 """
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import sys
-import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +54,21 @@ def _consumer_queues(consumer: Any) -> list[str]:
     return sorted(names or QUEUES)
 
 
+class SharedFlag:
+    """A flag in shared memory, made before the prefork pool forks its children: the main
+    process sets it (in its signal handler, so lock-free), every child sees it. The same
+    ``set``/``is_set`` as :class:`threading.Event`, which it replaces for the shutdown flag."""
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.RawValue(ctypes.c_bool, False)
+
+    def set(self) -> None:
+        self._value.value = True
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+
 class WorkerProcess:
     """One worker process: its Celery app (the one of ``services.queue``) with the task
     registered, and what runs beside the task (sweeper, webhook deliverer, heartbeat), started
@@ -64,8 +84,9 @@ class WorkerProcess:
         self.services = services
         self.app: Celery = services.queue.app
         self.heartbeat = heartbeat
-        #: Set when the worker begins to shut down; the running job then stops at its next step.
-        self.shutdown = threading.Event()
+        #: Set when the worker begins to shut down; the running job then stops at its next step,
+        #: in this process (solo pool) or in a pool child (prefork).
+        self.shutdown = SharedFlag()
         self.sweeper = Sweeper(services)
         self.webhooks = WebhookDeliverer(services)
 

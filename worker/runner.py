@@ -3,7 +3,9 @@
 :func:`process_job` is what the Celery task calls, and what tests call in-process, with the
 worker's :class:`~cake_shared.services.Services` (settings, database, store, queue). It claims
 the job in the database first (a redelivered message for a job another live worker runs, or for
-a finished or canceled job, does nothing), then runs :func:`cake_core.pipeline.run_job` with:
+a finished or canceled job, does nothing), then runs :func:`cake_core.pipeline.run_job`
+(in a sandboxed child process, :mod:`worker.engine_sandbox`, that reports back through this one)
+with:
 
 - ``on_progress`` writing phase and progress to the database (phase changes at once, otherwise
   at most every ``progress_interval_s``) and an event for each phase change, synthesis chunk,
@@ -32,19 +34,18 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from cake_core.device import Runtime, default_runtime
 from cake_core.errors import CakeError, JobCanceled
-from cake_core.pipeline import run_job
 from cake_shared import jobs
 from cake_shared.services import Services
 from cake_shared.status import JobStatus
 from cake_shared.storage import ObjectStore
 from worker.checkpoints import ObjectStoreCheckpoints
+from worker.engine_sandbox import run_engine
 from worker.job_files import (
     ARTIFACT_CONTENT_TYPES,
     clear_checkpoints,
@@ -57,6 +58,7 @@ from worker.tracker import (
     HEARTBEAT_S,
     MAX_BUFFERED_EVENTS,
     JobTracker,
+    ShutdownFlag,
     describe_metrics,
 )
 
@@ -122,7 +124,7 @@ def process_job(
     job_id: str,
     *,
     worker_id: str | None = None,
-    shutdown: threading.Event | None = None,
+    shutdown: ShutdownFlag | None = None,
     runtime: Runtime | None = None,
     store: ObjectStore | None = None,
 ) -> str:
@@ -190,16 +192,19 @@ def process_job(
                     synthesis_chunks=chunks,
                     training="training" in saved,
                 )
-            result = run_job(
+            # In a sandboxed child (worker.engine_sandbox): the teacher is untrusted code.
+            result = run_engine(
+                settings,
+                work,
                 teacher_path,
                 inputs.input_shape,
                 inputs.spec,
-                work / "out",
                 eval_path=eval_path,
                 runtime=runtime,
                 on_progress=tracker.on_progress,
                 should_cancel=tracker.should_cancel,
                 checkpoints=checkpoints,
+                on_isolation=lambda network, files: _record_isolation(tracker, network, files),
             )
             # Last check before the results land: a worker that lost the job must not
             # overwrite its files, and a cancel that came during evaluation or export (after
@@ -283,6 +288,27 @@ def process_job(
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _record_isolation(tracker: JobTracker, network: bool, filesystem: bool) -> None:
+    """Say in the job's log when the kernel refused part of the engine's sandbox (an
+    unprivileged container, an old kernel): the job still runs, with the rlimits and the clean
+    environment, and the operator can see what it ran without."""
+    if network and filesystem:
+        log.info("job %s: engine sandboxed (no network, writes only in its folder)", tracker.job_id)
+        return
+    missing = [
+        name
+        for name, ok in (("network namespace", network), ("file-system confinement", filesystem))
+        if not ok
+    ]
+    tracker.event(
+        "sandbox",
+        "the kernel refused the engine's " + " and ".join(missing) + "; the job runs without",
+        level="warning",
+        network_isolated=network,
+        filesystem_isolated=filesystem,
+    )
 
 
 def _finish(services: Services, job_id: str, token: str, status: JobStatus, **details: Any) -> bool:

@@ -13,7 +13,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,6 +32,14 @@ HEARTBEAT_S = 1.0
 MAX_BUFFERED_EVENTS = 1000
 
 
+class ShutdownFlag(Protocol):
+    """Says the worker is shutting down: the Celery worker's flag in shared memory
+    (:class:`worker.app.SharedFlag`, which prefork pool children read too), or a
+    :class:`threading.Event` of a caller that runs jobs in its own threads."""
+
+    def is_set(self) -> bool: ...
+
+
 class JobTracker:
     """Everything the running pipeline reports goes through here into the database.
 
@@ -48,7 +56,7 @@ class JobTracker:
         attempt: int,
         *,
         interval_s: float,
-        shutdown: threading.Event | None = None,
+        shutdown: ShutdownFlag | None = None,
     ) -> None:
         self.services = services
         self.job_id = job_id

@@ -171,9 +171,10 @@ def free_port() -> int:
 
 
 class CeleryWorker:
-    """``celery -A worker.app worker`` as a real child process, logging to a file."""
+    """``celery -A worker.app worker`` as a real child process, logging to a file (``solo`` pool
+    for concurrency 1, ``prefork`` above)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
         self.log_path = log_path
         full_env = {**os.environ, **env, "OMP_NUM_THREADS": "1"}
         full_env["PYTHONPATH"] = os.pathsep.join(
@@ -181,7 +182,14 @@ class CeleryWorker:
         )
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", *worker_argv("cpu,gpu", 1)],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.app",
+                *worker_argv("cpu,gpu", concurrency),
+            ],
             env=full_env,
             cwd=str(ROOT),
             stdout=self._log,
