@@ -270,6 +270,7 @@ def finish_job(
     message: str | None = None,
     data: Mapping[str, Any] | None = None,
     student: Mapping[str, Any] | None = None,
+    artifacts_attempt: int | None = None,
 ) -> bool:
     """End a running job as ``status`` (succeeded/failed/canceled), in one transaction with its
     artifact rows and its final event. False (and nothing written) when the claim was lost.
@@ -277,6 +278,9 @@ def finish_job(
     ``artifacts``: dicts with name, size_bytes, sha256, content_type, storage_key. ``student``:
     the student the engine built (``arch``, ``width``, ``width_reason``), recorded in the job's
     spec in place of the requested one (a width left to the budget becomes the chosen width).
+    ``artifacts_attempt``: the attempt whose folder the artifacts were uploaded to
+    (``cake_shared.job_keys``); recorded in the same transaction as the rows, and only by the
+    claim holder, so the job points at the attempt that won and never at a stale one.
     """
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {status!r}")
@@ -292,6 +296,8 @@ def finish_job(
     if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
         values["error"] = None
+    if artifacts_attempt is not None:
+        values["artifacts_attempt"] = artifacts_attempt
     if metrics is not None:
         values["metrics"] = json_safe(dict(metrics))
     if error is not None:

@@ -107,6 +107,11 @@ class Job(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The attempt whose artifacts the job serves (``jobs/<id>/attempts/<n>/artifacts/``,
+    #: ``cake_shared.job_keys``), written with the artifact rows when the job succeeds; null
+    #: for other jobs and for jobs that succeeded before per-attempt keys (their rows name the
+    #: old keys).
+    artifacts_attempt: Mapped[int | None] = mapped_column(Integer)
     job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     queue: Mapped[str] = mapped_column(String(16), default="cpu")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -6,8 +6,13 @@ deletes the job's row first and its files after, and an upload is stored before 
 committed (a crash or a database error in between leaves the object alone). The workers'
 sweeper (``worker.sweeper``) calls :meth:`StoreSweeper.sweep` every round, and it deletes:
 
-- ``jobs/<id>/checkpoints/...`` of a job that has ended (succeeded, failed, canceled: a final
-  status never changes again, so nothing will resume from them);
+- the checkpoints of every attempt of a job that has ended (``jobs/<id>/attempts/<n>/
+  checkpoints/...``, and ``jobs/<id>/checkpoints/...`` from before per-attempt folders:
+  succeeded, failed, canceled is a final status, so nothing will resume from them);
+- the artifacts of an ended job's attempts that did not win (``jobs/<id>/attempts/<n>/
+  artifacts/...`` where ``n`` is not ``jobs.artifacts_attempt`` and no artifact row names the
+  key): a worker that lost its claim after its last check uploads into its own attempt's
+  folder (``cake_shared.job_keys``), and a thawed one may do so even after the job ended;
 - every ``jobs/<id>/...`` object of a job whose row no longer exists (its artifacts go with
   its row: ``Artifact`` rows are deleted with the job);
 - ``teachers/<sha256>`` and ``datasets/<sha256>`` objects that no row refers to, once they are
@@ -33,7 +38,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import exists, or_, select, union
 
-from cake_shared.models import Dataset, Job, Teacher, utcnow
+from cake_shared.job_keys import JOB_PREFIX, parse_job_key
+from cake_shared.models import Artifact, Dataset, Job, Teacher, utcnow
 from cake_shared.status import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
@@ -44,8 +50,6 @@ __all__ = ["JOB_PREFIX", "UPLOAD_PREFIXES", "StoreSweepResult", "StoreSweeper"]
 
 log = logging.getLogger("cake.worker.sweeper")
 
-#: Where a job's checkpoints and artifacts live: ``jobs/<id>/checkpoints/``, ``.../artifacts/``.
-JOB_PREFIX = "jobs/"
 #: Where uploads live, stored by content: ``teachers/<sha256>``, ``datasets/<sha256>``.
 UPLOAD_PREFIXES = ("teachers/", "datasets/")
 #: Keys per ``IN (...)`` query: under SQLite's oldest limit of 999 bound parameters.
@@ -58,12 +62,19 @@ class StoreSweepResult:
 
     checkpoints: list[str] = field(default_factory=list)
     job_files: list[str] = field(default_factory=list)
+    #: artifacts uploaded by an attempt that did not win its ended job
+    lost_artifacts: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     examined: int = 0
 
     @property
     def removed(self) -> int:
-        return len(self.checkpoints) + len(self.job_files) + len(self.uploads)
+        return (
+            len(self.checkpoints)
+            + len(self.job_files)
+            + len(self.lost_artifacts)
+            + len(self.uploads)
+        )
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:
@@ -114,9 +125,10 @@ class StoreSweeper:
         if result.removed:
             log.info(
                 "store sweep: removed %d checkpoint object(s) of ended jobs, %d object(s) of "
-                "deleted jobs, %d unreferenced upload(s) (%d objects looked at)",
-                len(result.checkpoints), len(result.job_files), len(result.uploads),
-                result.examined,
+                "deleted jobs, %d artifact(s) of attempts that lost their job, %d unreferenced "
+                "upload(s) (%d objects looked at)",
+                len(result.checkpoints), len(result.job_files), len(result.lost_artifacts),
+                len(result.uploads), result.examined,
             )  # fmt: skip
         return result
 
@@ -129,30 +141,62 @@ class StoreSweeper:
             parts = info.key.split("/")
             if len(parts) >= 3 and parts[1]:  # jobs/<id>/<area>/...; anything else is left
                 by_job.setdefault(parts[1], []).append(info.key)
-        statuses = self._job_statuses(list(by_job))
+        jobs = self._jobs(list(by_job))
         for job_id, keys in by_job.items():
-            status = statuses.get(job_id)
-            if status is None:
+            job = jobs.get(job_id)
+            if job is None:
                 # No row: the job was deleted (its files after its row) and nothing reads these.
                 # A job's row is committed before any worker writes under its prefix.
                 self._delete(store, keys, result.job_files)
                 log.info("job %s no longer exists: removed %d object(s)", job_id, len(keys))
-            elif status in TERMINAL_STATUSES:
-                checkpoints = [
-                    k for k in keys if k.startswith(f"{JOB_PREFIX}{job_id}/checkpoints/")
-                ]
-                if checkpoints:
-                    self._delete(store, checkpoints, result.checkpoints)
-                    log.info("job %s (%s): removed %d checkpoint object(s)",
-                             job_id, status, len(checkpoints))  # fmt: skip
+                continue
+            status, winner = job
+            if status not in TERMINAL_STATUSES:
+                continue
+            parsed = {key: parse_job_key(key) for key in keys}
+            checkpoints = [k for k, p in parsed.items() if p and p.area == "checkpoints"]
+            if checkpoints:
+                self._delete(store, checkpoints, result.checkpoints)
+                log.info("job %s (%s): removed %d checkpoint object(s)",
+                         job_id, status, len(checkpoints))  # fmt: skip
+            # Legacy artifacts (attempt 0) are what rows from before per-attempt folders name.
+            losers = [
+                k
+                for k, p in parsed.items()
+                if p and p.area == "artifacts" and p.attempt not in (0, winner)
+            ]
+            if losers:
+                # Asked at the delete: the rows are the final word on what a job serves (a
+                # database downgraded and upgraded again has lost artifacts_attempt).
+                named = self._artifact_keys(losers)
+                losers = [k for k in losers if k not in named]
+            if losers:
+                self._delete(store, losers, result.lost_artifacts)
+                log.info("job %s (%s): removed %d artifact(s) of attempts other than %s",
+                         job_id, status, len(losers), winner)  # fmt: skip
 
-    def _job_statuses(self, job_ids: list[str]) -> dict[str, str]:
-        statuses: dict[str, str] = {}
+    def _jobs(self, job_ids: list[str]) -> dict[str, tuple[str, int | None]]:
+        """Job id -> (status, the attempt whose artifacts it serves) for the rows that exist."""
+        found: dict[str, tuple[str, int | None]] = {}
         with self.services.session_scope() as session:
             for chunk in _chunks(job_ids):
-                rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(chunk)))
-                statuses.update({row.id: row.status for row in rows})
-        return statuses
+                rows = session.execute(
+                    select(Job.id, Job.status, Job.artifacts_attempt).where(Job.id.in_(chunk))
+                )
+                found.update({row.id: (row.status, row.artifacts_attempt) for row in rows})
+        return found
+
+    def _artifact_keys(self, keys: list[str]) -> set[str]:
+        """The ``keys`` an artifact row names."""
+        found: set[str] = set()
+        with self.services.session_scope() as session:
+            for chunk in _chunks(keys):
+                found.update(
+                    session.scalars(
+                        select(Artifact.storage_key).where(Artifact.storage_key.in_(chunk))
+                    )
+                )
+        return found
 
     # -- teachers/<sha256>, datasets/<sha256> ------------------------------------------------------
     def _sweep_uploads(

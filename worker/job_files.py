@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cake_core.errors import DatasetInvalidError, TeacherInvalidError
+from cake_shared.job_keys import artifact_key
 from cake_shared.models import Dataset, Job, Teacher
 from cake_shared.services import Services
 from cake_shared.storage import ObjectNotFound, ObjectStore
@@ -114,13 +115,17 @@ def fetch_inputs(store: ObjectStore, inputs: JobInputs, work: Path) -> tuple[Pat
 
 
 def upload_artifacts(
-    store: ObjectStore, job_id: str, artifacts: dict[str, Path]
+    store: ObjectStore, job_id: str, attempt: int, artifacts: dict[str, Path]
 ) -> list[dict[str, Any]]:
-    """Put each artifact under ``jobs/<id>/artifacts/`` and return the rows that
-    :func:`cake_shared.jobs.finish_job` records."""
+    """Put each artifact under the attempt's ``jobs/<id>/attempts/<n>/artifacts/`` and return
+    the rows that :func:`cake_shared.jobs.finish_job` records.
+
+    The attempt's own folder, not one shared by the job: a worker that lost its claim after
+    its last check still uploads, but only where no row points (:mod:`cake_shared.job_keys`).
+    """
     rows = []
     for name, path in artifacts.items():
-        key = f"jobs/{job_id}/artifacts/{name}"
+        key = artifact_key(job_id, attempt, name)
         store.put_file(key, path)
         rows.append(
             {
@@ -132,6 +137,18 @@ def upload_artifacts(
             }
         )
     return rows
+
+
+def discard_artifacts(store: ObjectStore, rows: list[dict[str, Any]]) -> None:
+    """Delete artifacts this attempt uploaded but could not record (it lost the job); one try
+    per object, a failure only logged: no row points at them, and the sweeper deletes what is
+    left in a losing attempt's folder once the job has ended."""
+    once = store.with_attempts(1)
+    for row in rows:
+        try:
+            once.delete(row["storage_key"])
+        except Exception as exc:
+            log.warning("could not delete %s (the sweeper will): %s", row["storage_key"], exc)
 
 
 def clear_checkpoints(checkpoints: ObjectStoreCheckpoints | None) -> None:
@@ -146,5 +163,5 @@ def clear_checkpoints(checkpoints: ObjectStoreCheckpoints | None) -> None:
     try:
         checkpoints.clear(attempts=1)
     except Exception as exc:  # a leftover checkpoint wastes space until the next sweep
-        log.warning("could not delete checkpoints under %s (the sweeper will): %s",
-                    checkpoints.prefix, exc)  # fmt: skip
+        log.warning("could not delete the checkpoints of job %s (the sweeper will): %s",
+                    checkpoints.job_id, exc)  # fmt: skip

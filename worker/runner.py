@@ -49,6 +49,7 @@ from worker.engine_sandbox import run_engine
 from worker.job_files import (
     ARTIFACT_CONTENT_TYPES,
     clear_checkpoints,
+    discard_artifacts,
     fetch_inputs,
     load_inputs,
     upload_artifacts,
@@ -172,7 +173,9 @@ def process_job(
     try:
         runtime = runtime or default_runtime(settings.worker_device)
         store = store or services.store
-        checkpoints = ObjectStoreCheckpoints(store, job_id, scratch=work, guard=tracker.owns)
+        checkpoints = ObjectStoreCheckpoints(
+            store, job_id, attempt=inputs.attempt, scratch=work, guard=tracker.owns
+        )
         tracker.event(
             "started",
             f"attempt {inputs.attempt} started on {worker_id} ({runtime.device})",
@@ -206,12 +209,14 @@ def process_job(
                 checkpoints=checkpoints,
                 on_isolation=lambda network, files: _record_isolation(tracker, network, files),
             )
-            # Last check before the results land: a worker that lost the job must not
-            # overwrite its files, and a cancel that came during evaluation or export (after
-            # the pipeline's last step) still ends the job canceled, as API.md promises.
+            # Last check before the results land: a worker that lost the job has no need to
+            # upload, and a cancel that came during evaluation or export (after the pipeline's
+            # last step) still ends the job canceled, as API.md promises. A worker that loses
+            # the job right after this check uploads into its own attempt's folder, which no
+            # row will point at (cake_shared.job_keys): the winner's files are never touched.
             if not tracker.owns() or tracker.stop_reason == "cancel":
                 raise JobCanceled("claim lost or canceled")
-            rows = upload_artifacts(store, job_id, result.artifacts)
+            rows = upload_artifacts(store, job_id, inputs.attempt, result.artifacts)
         if not _finish(
             services,
             job_id,
@@ -220,10 +225,16 @@ def process_job(
             metrics=result.metrics,
             artifacts=rows,
             student=asdict(result.spec.student),
+            artifacts_attempt=inputs.attempt,
             message=f"job succeeded: {describe_metrics(result.metrics)}",
             data={"attempt": inputs.attempt, "artifacts": [r["name"] for r in rows]},
         ):
-            log.warning("job %s: finished, but the claim was lost; result dropped", job_id)
+            log.warning(
+                "job %s: attempt %d finished, but the claim was lost; result dropped",
+                job_id,
+                inputs.attempt,
+            )
+            discard_artifacts(store, rows)
             return "lost"
         clear_checkpoints(checkpoints)
         log.info("job %s: succeeded", job_id)

@@ -220,3 +220,48 @@ def test_artifact_downloads(client: TestClient, job_id: str) -> None:
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
     store = client.app.state.ctx.store  # type: ignore[attr-defined]
     assert store.list(f"jobs/{job_id}/") == []
+
+
+def test_a_job_serves_the_attempt_that_won_and_its_delete_removes_every_attempt(
+    client: TestClient, job_id: str
+) -> None:
+    """Per-attempt keys: the job succeeded on attempt 2 while attempt 1 (its worker lost the
+    claim) also uploaded, and both left checkpoints. Every download route serves attempt 2's
+    bytes, the list its rows, and deleting the job removes the objects of every attempt."""
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    winner = {"student.pt": b"attempt 2 student", "report.md": b"# attempt 2\n"}
+    for name in winner:
+        ctx.store.put_bytes(f"jobs/{job_id}/attempts/1/artifacts/{name}", b"stale attempt 1")
+    for attempt in (1, 2):
+        ctx.store.put_bytes(f"jobs/{job_id}/attempts/{attempt}/checkpoints/training.pt", b"c")
+    with ctx.sessionmaker() as session:
+        for name, data in winner.items():
+            key = f"jobs/{job_id}/attempts/2/artifacts/{name}"
+            ctx.store.put_bytes(key, data)
+            session.add(
+                Artifact(
+                    job_id=job_id,
+                    name=name,
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    content_type="application/octet-stream",
+                    storage_key=key,
+                )
+            )
+        session.commit()
+    _finish(client, job_id)
+    _worker_writes(client, job_id, [], attempts=2, artifacts_attempt=2)
+
+    listing = client.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]
+    assert {a["name"]: a["sha256"] for a in listing} == {
+        name: hashlib.sha256(data).hexdigest() for name, data in winner.items()
+    }
+    assert set(listing[0]) == {"name", "size_bytes", "sha256", "content_type"}
+    for name, data in winner.items():
+        assert client.get(f"/v1/jobs/{job_id}/artifacts/{name}").content == data
+    assert client.get(f"/v1/jobs/{job_id}/student").content == winner["student.pt"]
+    part = client.get(f"/v1/jobs/{job_id}/student", headers={"Range": "bytes=0-8"})
+    assert part.status_code == 206 and part.content == winner["student.pt"][:9]
+
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    assert ctx.store.list(f"jobs/{job_id}/") == []

@@ -153,9 +153,10 @@ class Stack:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def checkpoints(self, job_id: str) -> list[str]:
-        prefix = f"{PREFIX}/jobs/{job_id}/checkpoints/"
+        """The job's checkpoint objects, of every attempt (``jobs/<id>/attempts/<n>/...``)."""
+        prefix = f"{PREFIX}/jobs/{job_id}/"
         listing = self.s3_client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-        return [obj["Key"] for obj in listing.get("Contents", [])]
+        return [obj["Key"] for obj in listing.get("Contents", []) if "/checkpoints/" in obj["Key"]]
 
     def wait_running(self, job_id: str, min_progress: float | None = None) -> dict[str, Any]:
         """Until the job runs (and has passed ``min_progress``, when given)."""
@@ -597,5 +598,6 @@ def test_store_cut_briefly_mid_job(stack: Stack) -> None:
         time.sleep(3.0)  # the deliberate outage
     stack.wait_finished(job_id)
     assert_ran_once(stack, job_id)
-    assert f"{PREFIX}/jobs/{job_id}/artifacts/student.pt" in _keys(stack, f"jobs/{job_id}/")
+    student = f"{PREFIX}/jobs/{job_id}/attempts/1/artifacts/student.pt"
+    assert student in _keys(stack, f"jobs/{job_id}/")
     figures(test="store_cut_mid_job", outage_s=round(outage.seconds, 1), attempts=1, lost=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -47,6 +48,8 @@ from faults_worker_support import (
     service_env,
     wait_for,
 )
+
+from cake_client import Client
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 JOB_TIMEOUT_S = 120
@@ -188,7 +191,9 @@ def test_kill9_during_training_resumes_from_the_last_epoch(h: Harness) -> None:
     and continues training after the checkpointed epoch."""
     workers = h.start_workers("p1", "p2", concurrency=2)
     job_id = h.submit(LONG_TRAINING)
-    checkpoint = h.root / "store" / "jobs" / job_id / "checkpoints" / "training.pt"
+    checkpoint = (
+        h.root / "store" / "jobs" / job_id / "attempts" / "1" / "checkpoints" / "training.pt"
+    )
     h.wait_events(
         job_id,
         lambda ev: len(epochs(ev, 1)) >= 2 and checkpoint.exists(),
@@ -426,9 +431,7 @@ def test_cancel_at_every_phase_leaves_nothing_running(h: Harness) -> None:
     q = h.job(queued)
     assert (q["status"], q["attempts"]) == ("canceled", 0)
     for job_id in (running, training):
-        assert not (h.root / "store" / "jobs" / job_id / "checkpoints").exists() or not any(
-            (h.root / "store" / "jobs" / job_id / "checkpoints").rglob("*.pt")
-        ), f"checkpoints of canceled {job_id} left behind"
+        assert _checkpoint_files(h, job_id) == [], f"checkpoints of canceled {job_id} left behind"
     # Nothing left running: no child process, no job claimed, and the worker takes the next.
     assert descendants(worker.pid) == set()
     after = h.submit(TINY)
@@ -482,7 +485,7 @@ def test_frozen_worker_is_replaced_and_fenced_off_when_it_thaws(h: Harness) -> N
     assert late == [], late
     assert row["attempts"] == 2 and survivor.runs(row["claimed_by"]) is not None, row
     # ... nor the store: no checkpoint left behind, every artifact is the one its row describes.
-    assert not list((h.root / "store" / "jobs" / job_id / "checkpoints").rglob("*.pt"))
+    assert _checkpoint_files(h, job_id) == []
     artifacts = h.artifacts(job_id)
     assert {"student.pt", "manifest.json"} <= set(artifacts), artifacts
     for name, (key, sha) in artifacts.items():
@@ -495,6 +498,114 @@ def test_frozen_worker_is_replaced_and_fenced_off_when_it_thaws(h: Harness) -> N
         frozen_until_taken_over_s=round(frozen_s, 1), requeued=len(requeued),
         attempts=row["attempts"], late_writes_of_frozen_worker=len(late), status=row["status"],
     )  # fmt: skip
+
+
+# -- 8. frozen between its last claim check and its upload: the winner's bytes are served -------
+def test_a_worker_frozen_before_its_upload_never_changes_the_winners_artifacts(
+    h: Harness, tmp_path: Path
+) -> None:
+    """The worker passes its last claim check and is frozen (SIGSTOP) before its upload; its
+    job is taken over and finished by another worker; then it thaws and uploads. Artifacts are
+    written under per-attempt keys and the job points at the attempt that won, so every
+    download route (the artifact list, each artifact, ``/student``, the client SDK and
+    ``cake jobs download``) serves the winner's bytes, bit for bit, before and after the thaw,
+    and the stale upload lands only in its own attempt's folder, which is then removed."""
+    timeout = "5"
+    hook = str(Path(__file__).parent / "freeze_before_upload")
+    (victim,) = h.start_workers(
+        "u1",
+        CAKE_JOB_HEARTBEAT_TIMEOUT_S=timeout,
+        CAKE_TEST_FREEZE_BEFORE_UPLOAD="1",
+        PYTHONPATH=os.pathsep.join(p for p in (hook, h.env.get("PYTHONPATH")) if p),
+    )
+    job_id = h.submit(TINY)
+    wait_for(lambda: "FREEZE job" in victim.log(200_000), JOB_TIMEOUT_S, "the freeze", 0.05)
+    wait_for(lambda: _state(victim.pid) == "T", 10, "the worker to be stopped", interval=0.02)
+    try:
+        assert h.job(job_id)["status"] == "running"
+        (survivor,) = h.start_workers("u2", CAKE_JOB_HEARTBEAT_TIMEOUT_S=timeout)
+        row = succeeded(h, job_id)
+        assert row["attempts"] == 2 and survivor.runs(row["claimed_by"]) is not None, row
+        winner = _downloads(h, job_id, tmp_path / "before")
+    finally:
+        victim.signal(signal.SIGCONT)
+    wait_for(lambda: "'lost'" in victim.log(200_000), 60, "the thawed worker's task to end")
+    log = victim.log(200_000)
+    assert "finished, but the claim was lost; result dropped" in log
+    uploaded = log.split(f"FREEZE job {job_id} attempt 1: thawed, uploaded ")[1].split("\n")[0]
+    stale_sha = dict(item.split("=") for item in uploaded.split())
+    stale_folder = f"jobs/{job_id}/attempts/1/artifacts/"
+    assert set(stale_sha) == {stale_folder + name for name in winner["rows"]}
+    # The stale upload is not the winner's copy (its student and reports are its own run's),
+    # so had it landed on the served keys (as before per-attempt keys) the bytes would differ.
+    differ = [
+        name for name, (_, sha) in winner["rows"].items() if stale_sha[stale_folder + name] != sha
+    ]
+    assert differ, (stale_sha, winner["rows"])
+
+    after = _downloads(h, job_id, tmp_path / "after")
+    assert after == winner  # the same rows, and every route's bytes the same, bit for bit
+    assert _artifacts_attempt(h, job_id) == 2
+    for name, (key, sha) in winner["rows"].items():
+        assert key == f"jobs/{job_id}/attempts/2/artifacts/{name}", key
+        assert hashlib.sha256(winner["bytes"][name]).hexdigest() == sha, name
+    # The loser's upload is gone (the thawed worker deletes what it could not record; the
+    # sweeper would otherwise), and no attempt's checkpoints are left.
+    stale = h.root / "store" / "jobs" / job_id / "attempts" / "1" / "artifacts"
+    assert not stale.exists() or not any(stale.iterdir())
+    assert _checkpoint_files(h, job_id) == []
+    assert victim.proc.poll() is None and descendants(victim.pid) == set()
+    figures(
+        test="frozen_before_upload", jobs=1, frozen=1, attempts=row["attempts"],
+        stale_uploads=len(stale_sha), stale_copies_differing=len(differ),
+        artifacts=len(winner["rows"]),
+        bytes_compared=sum(len(b) for b in winner["bytes"].values()), routes=5,
+        served_attempt=2, status=row["status"],
+    )  # fmt: skip
+
+
+def _downloads(h: Harness, job_id: str, folder: Path) -> dict[str, Any]:
+    """What every download route serves for the job: the artifact rows (name -> key, sha256),
+    the list route's entries, and each artifact's bytes by the artifact route, with
+    ``student.pt`` also by ``/student``, the client SDK and ``cake jobs download``, which
+    must all agree."""
+    url = str(h.client.base_url).rstrip("/")
+    listed = expect(h.client.get(f"/v1/jobs/{job_id}/artifacts"), 200)["data"]
+    data: dict[str, bytes] = {}
+    for item in listed:
+        answer = h.client.get(f"/v1/jobs/{job_id}/artifacts/{item['name']}")
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["etag"] == f'"{item["sha256"]}"'
+        data[item["name"]] = answer.content
+    student = h.client.get(f"/v1/jobs/{job_id}/student")
+    assert student.status_code == 200 and student.content == data["student.pt"]
+    folder.mkdir()
+    with Client(url) as client:
+        for name in data:
+            assert client.jobs.download(job_id, name, folder).read_bytes() == data[name], name
+    cli_copy = folder / "cli-student.pt"
+    cli = subprocess.run(
+        [sys.executable, "-m", "cake_cli.main", "jobs", "download", job_id,
+         "--url", url, "-o", str(cli_copy)],
+        env=h.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert cli_copy.read_bytes() == data["student.pt"]
+    return {"rows": h.artifacts(job_id), "listed": listed, "bytes": data}
+
+
+def _artifacts_attempt(h: Harness, job_id: str) -> int | None:
+    """The attempt whose artifacts the job's row says it serves."""
+    with psycopg.connect(h.database_url, connect_timeout=5) as conn:
+        row = conn.execute("SELECT artifacts_attempt FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _checkpoint_files(h: Harness, job_id: str) -> list[Path]:
+    """The job's checkpoint files in the local store, of every attempt."""
+    folder = h.root / "store" / "jobs" / job_id
+    return [p for p in folder.rglob("*.pt") if "checkpoints" in p.relative_to(folder).parts]
 
 
 def _state(pid: int) -> str | None:

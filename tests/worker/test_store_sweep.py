@@ -20,7 +20,7 @@ from store_endpoint_support import ClosingEndpoint
 from worker_support import S3_BUCKET, Service, wait_for
 
 from cake_shared.ids import new_id
-from cake_shared.models import Dataset, Job, Teacher, utcnow
+from cake_shared.models import Artifact, Dataset, Job, Teacher, utcnow
 from cake_shared.storage import LocalStore, Retry, S3Store
 from cake_shared.store_sweep import StoreSweeper
 from worker.checkpoints import ObjectStoreCheckpoints
@@ -81,18 +81,46 @@ def _dataset(service: Service, key: str) -> None:
         )
 
 
-def _job(service: Service, teacher_id: str, status: str) -> str:
+def _job(
+    service: Service, teacher_id: str, status: str, artifacts_attempt: int | None = None
+) -> str:
     job_id = new_id("job")
     with service.ctx.session_scope() as session:
-        session.add(Job(id=job_id, teacher_id=teacher_id, spec={}, status=status, phase=status))
+        session.add(
+            Job(
+                id=job_id,
+                teacher_id=teacher_id,
+                spec={},
+                status=status,
+                phase=status,
+                artifacts_attempt=artifacts_attempt,
+            )
+        )
     return job_id
 
 
+def _artifact_row(service: Service, job_id: str, key: str) -> None:
+    """The row ``finish_job`` writes for an artifact stored under ``key``."""
+    with service.ctx.session_scope() as session:
+        session.add(
+            Artifact(
+                job_id=job_id,
+                name=key.rpartition("/")[2],
+                size_bytes=1,
+                sha256="0" * 64,
+                content_type="application/octet-stream",
+                storage_key=key,
+            )
+        )
+
+
 def _checkpoints(service: Service, job_id: str) -> list[str]:
-    """A synthesis chunk and a training checkpoint of ``job_id``, as a worker leaves them."""
+    """Checkpoints of ``job_id`` as workers leave them: a synthesis chunk in the folder from
+    before per-attempt keys, a training checkpoint of attempt 1 and another of attempt 2."""
     keys = [
         f"jobs/{job_id}/checkpoints/synthesis/000000.pt",
-        f"jobs/{job_id}/checkpoints/training.pt",
+        f"jobs/{job_id}/attempts/1/checkpoints/training.pt",
+        f"jobs/{job_id}/attempts/2/checkpoints/training.pt",
     ]
     for key in keys:
         service.store.put_bytes(key, b"checkpoint")
@@ -106,8 +134,9 @@ def test_checkpoints_of_ended_jobs_and_files_of_deleted_jobs_are_swept(
     teacher = _teacher(service, _upload(service, "teachers", b"teacher"))
     job_ids = {status: _job(service, teacher, status) for status in STATUSES}
     checkpoints = {status: _checkpoints(service, job_id) for status, job_id in job_ids.items()}
-    student = f"jobs/{job_ids['succeeded']}/artifacts/student.pt"
+    student = f"jobs/{job_ids['succeeded']}/artifacts/student.pt"  # a row from before 0006
     service.store.put_bytes(student, b"student")
+    _artifact_row(service, job_ids["succeeded"], student)
     # DELETE /v1/jobs/{id} removed the row, then the store was down: its files were left.
     gone = new_id("job")
     gone_files = [*_checkpoints(service, gone), f"jobs/{gone}/artifacts/student.pt"]
@@ -123,6 +152,44 @@ def test_checkpoints_of_ended_jobs_and_files_of_deleted_jobs_are_swept(
     assert service.store.list("jobs/") == sorted(
         [*checkpoints["queued"], *checkpoints["running"], student]
     )
+    assert StoreSweeper(service.ctx).sweep().removed == 0
+
+
+def test_artifacts_of_attempts_that_lost_an_ended_job_are_swept(store_service: Service) -> None:
+    """Per-attempt keys: a worker that lost its claim after its last check uploads into its
+    own attempt's folder. Once the job has ended, those objects go; the winner's (named by
+    ``artifacts_attempt`` and its rows), a row's legacy key, and anything of a job still
+    running stay."""
+    service = store_service
+    teacher = _teacher(service, _upload(service, "teachers", b"teacher"))
+
+    def put(job_id: str, attempt: int, name: str = "student.pt") -> str:
+        key = f"jobs/{job_id}/attempts/{attempt}/artifacts/{name}"
+        service.store.put_bytes(key, f"attempt {attempt}".encode())
+        return key
+
+    won = _job(service, teacher, "succeeded", artifacts_attempt=2)
+    winner = [put(won, 2), put(won, 2, "manifest.json")]
+    for key in winner:
+        _artifact_row(service, won, key)
+    losers = [put(won, 1), put(won, 1, "manifest.json"), put(won, 3)]
+    failed = _job(service, teacher, "failed")
+    losers.append(put(failed, 1))
+    # Live: the stale attempt's upload may still be followed by the winner's; not decided yet.
+    running = _job(service, teacher, "running")
+    undecided = [put(running, 1)]
+    # artifacts_attempt lost (a downgrade and upgrade again): the rows still name the keys.
+    relabelled = _job(service, teacher, "succeeded")
+    named = put(relabelled, 4)
+    _artifact_row(service, relabelled, named)
+
+    result = StoreSweeper(service.ctx).sweep()
+
+    assert sorted(result.lost_artifacts) == sorted(losers)
+    assert result.checkpoints == [] and result.job_files == []
+    assert all(service.store.exists(key) for key in [*winner, *undecided, named])
+    assert not any(service.store.exists(key) for key in losers)
+    assert service.store.get_bytes(winner[0]) == b"attempt 2"
     assert StoreSweeper(service.ctx).sweep().removed == 0
 
 
@@ -238,7 +305,7 @@ def test_a_worker_deletes_an_ended_jobs_checkpoints_with_one_try(
         long = Retry(attempts=7, backoff_s=1.0, backoff_max_s=20.0)
         store = S3Store("bucket", endpoint_url=endpoint.url, region="us-east-1", retry=long)
         started = time.monotonic()
-        clear_checkpoints(ObjectStoreCheckpoints(store, "job_x"))  # logs, does not raise
+        clear_checkpoints(ObjectStoreCheckpoints(store, "job_x", attempt=1))  # logs only
         elapsed = time.monotonic() - started
         assert endpoint.connections == 1
     assert elapsed < 5, elapsed  # the long budget's waits alone are at least 25 s

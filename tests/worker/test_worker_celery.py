@@ -40,7 +40,7 @@ def _run_jobs_through_celery(service: Service, teacher, worker: CeleryWorker) ->
         assert job.status == "succeeded", (job.error, worker.log()[-4000:])
         assert job.attempts == 1
         assert [e.type for e in service.events(job_id)].count("started") == 1
-        assert service.store.exists(f"jobs/{job_id}/artifacts/student.pt")
+        assert service.store.exists(f"jobs/{job_id}/attempts/1/artifacts/student.pt")
 
 
 def test_celery_worker_on_the_embedded_filesystem_broker(tmp_path, service, wine_teacher):

@@ -18,9 +18,21 @@ from worker_support import TINY_SPEC, Service, wait_for
 from cake_core.config import WIDTH_GIVEN, WIDTH_PENDING, resolve_spec
 from cake_core.students import choose_width
 from cake_shared import jobs
+from cake_shared.job_keys import parse_job_key
 from cake_shared.models import Artifact, Job, Teacher, utcnow
+from cake_shared.storage import ObjectStore
 from worker.checkpoints import ObjectStoreCheckpoints
 from worker.runner import claim_is_dead, process_job
+
+
+def _checkpoints(store: ObjectStore, job_id: str) -> list[str]:
+    """The job's checkpoint objects, of every attempt (per-attempt folders and the old one)."""
+    return [
+        key
+        for key in store.list(f"jobs/{job_id}/")
+        if (parsed := parse_job_key(key)) is not None and parsed.area == "checkpoints"
+    ]
+
 
 REQUIRED_METRICS = {
     "agreement_synthetic",
@@ -57,6 +69,7 @@ def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, d
 
     job = any_service.get_job(job_id)
     assert (job.status, job.phase, job.progress, job.attempts) == ("succeeded", "succeeded", 1.0, 1)
+    assert job.artifacts_attempt == 1
     assert job.error is None and job.claim_token is None
     assert job.started_at is not None and job.finished_at >= job.started_at
     assert REQUIRED_METRICS | {"teacher_accuracy", "student_accuracy", "agreement_eval"} <= set(
@@ -82,13 +95,13 @@ def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, d
     assert artifacts["student.pt"].content_type == "application/octet-stream"
     for name, row in artifacts.items():
         data = any_service.store.get_bytes(row.storage_key)
-        assert row.storage_key == f"jobs/{job_id}/artifacts/{name}"
+        assert row.storage_key == f"jobs/{job_id}/attempts/1/artifacts/{name}"
         assert (len(data), hashlib.sha256(data).hexdigest()) == (row.size_bytes, row.sha256)
     student_path = any_service.data_dir / "student.pt"
     student_path.write_bytes(any_service.store.get_bytes(artifacts["student.pt"].storage_key))
     student = torch.jit.load(str(student_path))
     assert student(torch.zeros(2, *digits_teacher.input_shape)).shape == (2, 10)
-    assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
+    assert _checkpoints(any_service.store, job_id) == []
 
     log = any_service.events(job_id)
     types = [e.type for e in log]
@@ -162,7 +175,7 @@ def test_cancel_requested_mid_run_ends_canceled(any_service, wine_teacher):
     assert job.finished_at is not None
     types = [e.type for e in any_service.events(job_id)]
     assert "cancel_requested" in types and types[-1] == "canceled"
-    assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
+    assert _checkpoints(any_service.store, job_id) == []
 
 
 def test_cancel_of_a_queued_job_is_immediate_and_never_runs(service, wine_teacher):
@@ -275,12 +288,13 @@ def test_interrupted_job_resumes_from_checkpoints_without_redoing_chunks(
     job_id = any_service.add_job(digits_teacher, spec)
     # Make the first training checkpoint impossible to write (a folder is in its way): the
     # first attempt dies right after synthesis with an internal error.
-    blocker = any_service.data_dir / "store" / "jobs" / job_id / "checkpoints" / "training.pt"
+    first_attempt = any_service.data_dir / "store" / "jobs" / job_id / "attempts" / "1"
+    blocker = first_attempt / "checkpoints" / "training.pt"
     blocker.mkdir(parents=True)
     assert process_job(any_service.ctx, job_id) == "requeued"
     job = any_service.get_job(job_id)
     assert (job.status, job.attempts, job.claim_token) == ("queued", 1, None)
-    keys = ObjectStoreCheckpoints(any_service.store, job_id).keys()
+    keys = ObjectStoreCheckpoints(any_service.store, job_id, attempt=2).keys()
     assert keys == [f"synthesis/{i:06d}" for i in range(4)]
     assert any_service.events(job_id)[-1].type == "requeued"
     assert any_service.ctx.queue.depth("cpu") == 1  # the retry is on its way
@@ -288,7 +302,10 @@ def test_interrupted_job_resumes_from_checkpoints_without_redoing_chunks(
     blocker.rmdir()
     assert process_job(any_service.ctx, job_id) == "succeeded"
     job = any_service.get_job(job_id)
-    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert (job.status, job.attempts, job.artifacts_attempt) == ("succeeded", 2, 2)
+    with any_service.ctx.session_scope() as session:
+        keys = set(session.scalars(select(Artifact.storage_key).where(Artifact.job_id == job_id)))
+    assert keys and all(k.startswith(f"jobs/{job_id}/attempts/2/artifacts/") for k in keys)
     log = any_service.events(job_id)
     first = [e for e in log if e.data.get("attempt") == 1]
     second = [e for e in log if e.data.get("attempt") == 2]
@@ -297,7 +314,7 @@ def test_interrupted_job_resumes_from_checkpoints_without_redoing_chunks(
     resumed = [e for e in second if e.type == "resumed"]
     assert len(resumed) == 1 and resumed[0].data["synthesis_chunks"] == 4
     assert job.metrics["num_samples"] == 400
-    assert any_service.store.list(f"jobs/{job_id}/checkpoints/") == []
+    assert _checkpoints(any_service.store, job_id) == []
 
 
 def test_internal_errors_fail_after_the_last_attempt_without_leaking_paths(
@@ -305,7 +322,8 @@ def test_internal_errors_fail_after_the_last_attempt_without_leaking_paths(
 ):
     service = make_service(CAKE_JOB_MAX_ATTEMPTS="1")
     job_id = service.add_job(digits_teacher)
-    blocker = service.data_dir / "store" / "jobs" / job_id / "checkpoints" / "training.pt"
+    first_attempt = service.data_dir / "store" / "jobs" / job_id / "attempts" / "1"
+    blocker = first_attempt / "checkpoints" / "training.pt"
     blocker.mkdir(parents=True)
     assert process_job(service.ctx, job_id) == "failed"
     job = service.get_job(job_id)

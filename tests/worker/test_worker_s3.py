@@ -14,15 +14,15 @@ PREFIX = "svc"
 
 def test_checkpoints_round_trip_on_s3(s3_endpoint):
     store = S3Store(BUCKET, PREFIX, endpoint_url=s3_endpoint)
-    checkpoints = ObjectStoreCheckpoints(store, "job_x")
+    checkpoints = ObjectStoreCheckpoints(store, "job_x", attempt=1)
     assert checkpoints.load("synthesis/000000") is None
     state = {"x": torch.randn(4, 3), "labels": torch.arange(4), "seconds": 1.5, "log": {"a": 1.0}}
     checkpoints.save("synthesis/000000", state)
     checkpoints.save("training", {"epoch": 2, "student": {"w": torch.ones(2)}})
     assert sorted(checkpoints.keys()) == ["synthesis/000000", "training"]
-    assert store.list("jobs/job_x/checkpoints/") == [
-        "jobs/job_x/checkpoints/synthesis/000000.pt",
-        "jobs/job_x/checkpoints/training.pt",
+    assert store.list("jobs/job_x/") == [
+        "jobs/job_x/attempts/1/checkpoints/synthesis/000000.pt",
+        "jobs/job_x/attempts/1/checkpoints/training.pt",
     ]
     loaded = checkpoints.load("synthesis/000000")
     assert torch.equal(loaded["x"], state["x"]) and loaded["log"] == {"a": 1.0}
@@ -43,6 +43,6 @@ def test_job_on_s3_uploads_artifacts_and_clears_checkpoints(
     keys = service.store.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/jobs/{job_id}/")
     names = sorted(obj["Key"] for obj in keys.get("Contents", []))
     assert names == [
-        f"{PREFIX}/jobs/{job_id}/artifacts/{name}"
+        f"{PREFIX}/jobs/{job_id}/attempts/1/artifacts/{name}"
         for name in ("curves.png", "manifest.json", "report.md", "samples.png", "student.pt")
     ]
