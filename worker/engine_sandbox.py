@@ -37,7 +37,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,6 @@ class EngineLimits:
     cpu_seconds: int | None
     file_bytes: int = ENGINE_FILE_BYTES
     open_files: int = ENGINE_OPEN_FILES
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, runtime: Runtime) -> EngineLimits:
