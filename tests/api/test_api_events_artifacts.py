@@ -137,15 +137,19 @@ def test_sse_streams_live_until_the_job_ends(client: TestClient, job_id: str) ->
     assert "\n\n: keep-alive\n\n" in r.text, "heartbeat comments"
 
 
-def _add_artifacts(client: TestClient, job_id: str) -> dict[str, bytes]:
+def _add_artifacts(
+    client: TestClient, job_id: str, files: dict[str, bytes] | None = None, folder: str = ""
+) -> dict[str, bytes]:
+    """Store ``files`` under ``jobs/<id>/<folder>artifacts/`` and add their rows."""
     ctx = client.app.state.ctx  # type: ignore[attr-defined]
-    files = {
-        "student.pt": bytes(range(256)) * 40,
-        "manifest.json": json.dumps({"teacher": "x"}).encode(),
-    }
+    if files is None:
+        files = {
+            "student.pt": bytes(range(256)) * 40,
+            "manifest.json": json.dumps({"teacher": "x"}).encode(),
+        }
     with ctx.sessionmaker() as session:
         for name, data in files.items():
-            key = f"jobs/{job_id}/artifacts/{name}"
+            key = f"jobs/{job_id}/{folder}artifacts/{name}"
             ctx.store.put_bytes(key, data)
             session.add(
                 Artifact(
@@ -234,21 +238,7 @@ def test_a_job_serves_the_attempt_that_won_and_its_delete_removes_every_attempt(
         ctx.store.put_bytes(f"jobs/{job_id}/attempts/1/artifacts/{name}", b"stale attempt 1")
     for attempt in (1, 2):
         ctx.store.put_bytes(f"jobs/{job_id}/attempts/{attempt}/checkpoints/training.pt", b"c")
-    with ctx.sessionmaker() as session:
-        for name, data in winner.items():
-            key = f"jobs/{job_id}/attempts/2/artifacts/{name}"
-            ctx.store.put_bytes(key, data)
-            session.add(
-                Artifact(
-                    job_id=job_id,
-                    name=name,
-                    size_bytes=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    content_type="application/octet-stream",
-                    storage_key=key,
-                )
-            )
-        session.commit()
+    _add_artifacts(client, job_id, winner, folder="attempts/2/")
     _finish(client, job_id)
     _worker_writes(client, job_id, [], attempts=2, artifacts_attempt=2)
 
