@@ -16,11 +16,16 @@ from api import teacher_check
 def test_the_preloaded_modules_import_neither_torch_nor_fastapi(module: str) -> None:
     """The fork server preloads these modules, and every check child inherits what they
     imported: FastAPI there would eat into the memory cap (with a tight cap the child then has
-    no memory left to answer), torch there would load in the API process."""
+    no memory left to answer), torch there would load in the API process. Of ``cake_shared``
+    only the sandbox primitives (standard library only) may come along: its settings, models
+    and store bring pydantic, SQLAlchemy and boto3."""
     code = (
         f"import sys, {module}; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'fastapi', 'starlette', 'pydantic', 'torch', 'cake_shared'}))"
+        "heavy = {m.split('.')[0] for m in sys.modules} & "
+        "{'fastapi', 'starlette', 'pydantic', 'torch', 'sqlalchemy', 'boto3'}; "
+        "shared = {m for m in sys.modules if m.startswith('cake_shared.')} - "
+        "{'cake_shared.sandbox'}; "
+        "print(sorted(heavy | shared))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
