@@ -18,6 +18,8 @@ import psycopg
 import torch
 from e2e_support import FINISHED, Deployment, all_events, expect, poll_job, read_sse
 
+from cake_shared.job_keys import artifact_key
+
 JOB_TIMEOUT_S = 360  # a `fast` digits job takes about a minute on an idle 2-core machine
 RUNNING_TIMEOUT_S = 120
 CANCEL_TIMEOUT_S = 90
@@ -118,7 +120,8 @@ def test_fast_job_on_postgres_redis_s3_and_a_separate_worker(
     for name in ("student.pt", "manifest.json", "samples.png", "curves.png", "report.md"):
         assert name in listed, listed
         assert SHA256.fullmatch(listed[name]["sha256"]) and listed[name]["size_bytes"] > 0
-    assert {f"svc/jobs/{job_id}/artifacts/{n}" for n in listed} <= set(
+    # Under the attempt that won (the first: nothing failed here), as the job row says.
+    assert {f"svc/{artifact_key(job_id, 1, n)}" for n in listed} <= set(
         deployment.s3.keys(f"jobs/{job_id}/")
     )
     download = client.get(f"/v1/jobs/{job_id}/student")
