@@ -229,13 +229,8 @@ def process_job(
             message=f"job succeeded: {describe_metrics(result.metrics)}",
             data={"attempt": inputs.attempt, "artifacts": [r["name"] for r in rows]},
         ):
-            log.warning(
-                "job %s: attempt %d finished, but the claim was lost; result dropped",
-                job_id,
-                inputs.attempt,
-            )
             discard_artifacts(store, rows)
-            return "lost"
+            return _lost(job_id, "it finished, but another worker holds the job; result dropped")
         clear_checkpoints(checkpoints)
         log.info("job %s: succeeded", job_id)
         return JobStatus.SUCCEEDED
@@ -243,7 +238,7 @@ def process_job(
         return _stopped(services, job_id, token, tracker, checkpoints)
     except CakeError as exc:
         if tracker.stop_reason == "lost":
-            return "lost"
+            return _lost(job_id, f"the engine stopped with {exc.code}")
         log.info("job %s: failed (%s): %s", job_id, exc.code, exc.message)
         _finish(
             services,
@@ -258,7 +253,7 @@ def process_job(
     except Exception:
         log.exception("job %s: internal error in attempt %d", job_id, inputs.attempt)
         if tracker.stop_reason == "lost":
-            return "lost"
+            return _lost(job_id, "after the internal error above")
         if inputs.attempt < settings.job_max_attempts:
             _requeue(
                 services,
@@ -339,6 +334,13 @@ def _requeue(services: Services, job_id: str, token: str, **details: Any) -> boo
     )
 
 
+def _lost(job_id: str, how: str) -> str:
+    """Every way an attempt ends after another worker took the job over says so in the same words
+    in the log (an operator greps for "claim lost"), then ``lost``."""
+    log.warning("job %s: claim lost to another worker; %s", job_id, how)
+    return "lost"
+
+
 def _stopped(
     services: Services,
     job_id: str,
@@ -348,8 +350,7 @@ def _stopped(
 ) -> str:
     """The pipeline stopped on request: canceled by the user, worker shutdown, or claim lost."""
     if tracker.stop_reason == "lost":
-        log.warning("job %s: claim lost to another worker; stopped", job_id)
-        return "lost"
+        return _lost(job_id, "stopped")
     if tracker.stop_reason == "shutdown":
         jobs.requeue_job(
             services,

@@ -531,7 +531,7 @@ def test_a_worker_frozen_before_its_upload_never_changes_the_winners_artifacts(
         victim.signal(signal.SIGCONT)
     wait_for(lambda: "'lost'" in victim.log(200_000), 60, "the thawed worker's task to end")
     log = victim.log(200_000)
-    assert "finished, but the claim was lost; result dropped" in log
+    assert "claim lost to another worker; it finished, but another worker holds the job" in log
     uploaded = log.split(f"FREEZE job {job_id} attempt 1: thawed, uploaded ")[1].split("\n")[0]
     stale_sha = dict(item.split("=") for item in uploaded.split())
     stale_folder = f"jobs/{job_id}/attempts/1/artifacts/"
