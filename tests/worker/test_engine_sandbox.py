@@ -121,8 +121,9 @@ def test_endless_allocation_and_endless_loop_in_the_child_are_stopped(tmp_path: 
 # --------------------------------------------------------------------------------------------
 
 
-class AllocatesOnLargeBatches(nn.Module):
-    """Behaves on the probe batch; on a synthesis batch keeps 256 MiB blocks alive for ever."""
+class _BehavesOnTheProbe(nn.Module):
+    """Answers the upload check's probe batch (4 rows) like any classifier; on a synthesis
+    batch it runs ``misbehave`` first."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -130,27 +131,31 @@ class AllocatesOnLargeBatches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fc(x)
-        if x.shape[0] > 16:  # the probe batch is 4 rows
-            blocks: list[torch.Tensor] = []
-            for i in range(1 << 20):  # a constant fill would be one tensor, hoisted by the JIT
-                blocks.append(torch.full([64 << 20], float(i)))
-            out = out + blocks[-1][0]
+        if x.shape[0] > 16:
+            out = self.misbehave(out)
+        return out
+
+    def misbehave(self, out: torch.Tensor) -> torch.Tensor:
         return out
 
 
-class LoopsOnLargeBatches(nn.Module):
-    """Behaves on the probe batch; on a synthesis batch never returns."""
+class AllocatesOnLargeBatches(_BehavesOnTheProbe):
+    """On a synthesis batch keeps 256 MiB blocks alive for ever."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(13, 3)
+    def misbehave(self, out: torch.Tensor) -> torch.Tensor:
+        blocks: list[torch.Tensor] = []
+        for i in range(1 << 20):  # a constant fill would be one tensor, hoisted by the JIT
+            blocks.append(torch.full([64 << 20], float(i)))
+        return out + blocks[-1][0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.fc(x)
-        if x.shape[0] > 16:  # the probe batch is 4 rows
-            n = 0
-            while n >= 0:
-                n += 1
+
+class LoopsOnLargeBatches(_BehavesOnTheProbe):
+    """On a synthesis batch never returns."""
+
+    def misbehave(self, out: torch.Tensor) -> torch.Tensor:
+        n = 0
+        while n >= 0:
+            n += 1
         return out
 
 
