@@ -53,13 +53,12 @@ from cake_core.errors import CakeError, JobCanceled, SpecError, TeacherInvalidEr
 from cake_core.pipeline import CheckpointStore, Progress, ProgressCallback, run_job
 from cake_core.spec import StudentSpec
 from cake_shared.settings import Settings
+from worker.engine_child import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("cake.worker")
 
 #: After a stop is sent, how long the child has to end at its next step before it is killed.
 STOP_GRACE_S = 30.0
-#: Largest message the worker accepts from the child (a progress report, a result).
-MAX_MESSAGE_BYTES = 16 << 20
 #: No file the engine writes may grow past this (the student, a checkpoint, a report).
 ENGINE_FILE_BYTES = 16 << 30
 #: Open files the engine may hold (torch opens its libraries, a data loader some files).
