@@ -8,6 +8,7 @@ stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -158,6 +159,10 @@ def _distill(args: argparse.Namespace) -> int:
     console.print(metrics_table(result.metrics, student.arch, student.width))
     for path in written:
         console.print(f"wrote {path}", highlight=False)
+    missing = _missing_student_file(result.artifacts, output)
+    if missing:
+        err_console.print(f"[red]error:[/red] {missing}", highlight=False)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -165,22 +170,50 @@ _INPUT_CODES = {"validation_error", "teacher_invalid", "dataset_invalid"}
 
 
 def _place_artifacts(artifacts: dict[str, Path], output: Path) -> list[Path]:
-    """``student.pt`` goes to ``output``; the others beside it, prefixed with its stem.
+    """The student file ``output`` asks for by its extension goes to ``output``
+    (``.onnx``: ``student.onnx``, ``.int8.onnx``: ``student.int8.onnx``, else ``student.pt``);
+    the student's other forms beside it under the same stem (``model.pt``, ``model.onnx``,
+    ``model.int8.onnx``), and the other artifacts prefixed with the stem
+    (``model.manifest.json``).
 
     ``report.md`` links its images by name, so its links follow them to their new names.
     """
     from cake_core.report import relink_report
+    from cake_shared.student_files import STUDENT_FILES, student_file_for, student_stem
 
+    wanted, stem = student_file_for(output), student_stem(output)
     written = []
     renames = {}
     for name, path in artifacts.items():
-        target = output if name == "student.pt" else output.with_name(f"{output.stem}.{name}")
+        if name == wanted:
+            target = output
+        elif name in STUDENT_FILES:
+            target = output.with_name(stem + name.removeprefix("student"))
+        else:
+            target = output.with_name(f"{stem}.{name}")
         shutil.move(str(path), target)
         written.append(target)
         renames[name] = target.name
     if "report.md" in artifacts:
         relink_report(output.with_name(renames["report.md"]), renames)
     return written
+
+
+def _missing_student_file(artifacts: dict[str, Path], output: Path) -> str:
+    """Why the student file ``output`` asks for was not produced ("" when it was), as the
+    manifest's ``deployment`` section says (int8 not kept, ONNX export failed)."""
+    from cake_shared.student_files import missing_reason, student_file_for, student_stem
+
+    wanted = student_file_for(output)
+    if wanted in artifacts:
+        return ""
+    try:
+        manifest_path = output.with_name(f"{student_stem(output)}.manifest.json")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    reason = missing_reason(manifest, wanted)
+    return f"no {wanted} to write to {output}: {reason} (the other files were written)"
 
 
 def main(argv: list[str] | None = None) -> int:

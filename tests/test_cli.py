@@ -168,3 +168,75 @@ def test_explicit_width_larger_than_the_teacher_is_honoured_with_a_warning(tmp_p
     assert manifest["spec"]["student"]["width"] == 1.0
     assert manifest["spec"]["student"]["width_reason"] == "given in the spec"
     assert manifest["metrics"]["compression"] < 1
+
+
+def test_distill_output_by_extension_onnx(tmp_path):
+    """``-o model.onnx``: the ONNX student at that path, its other forms beside it under the
+    same stem (``model.pt``, ``model.int8.onnx`` when kept), the rest prefixed with the stem,
+    and the report's image links following the renamed files."""
+    import onnxruntime
+
+    _bundled_wine(tmp_path)
+    proc = cake(
+        "distill", "examples/wine_mlp.pt", "--input-shape", "13", "--spec", "tiny.json",
+        "--device", "cpu", "--quiet", "-o", "out/model.onnx", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    manifest = json.loads((out / "model.manifest.json").read_text())
+    deployment = manifest["deployment"]
+    assert deployment["onnx"]["kept"], deployment["onnx"]
+    expected = {"model.onnx", "model.pt", "model.manifest.json", "model.curves.png"}
+    expected.add("model.report.md")
+    if deployment["int8"]["kept"]:
+        expected.add("model.int8.onnx")
+    assert {p.name for p in out.iterdir()} == expected
+    assert "wrote out/model.onnx\n" in proc.stdout
+    assert "![curves](model.curves.png)" in (out / "model.report.md").read_text()
+
+    # model.onnx is the ONNX student: the same classes as model.pt (the TorchScript one).
+    x = torch.randn(64, 13, generator=torch.Generator().manual_seed(0))
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    onnx_logits = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    scripted = torch.jit.load(str(out / "model.pt"))
+    with torch.no_grad():
+        assert (scripted(x).argmax(1).numpy() == onnx_logits.argmax(1)).all()
+
+
+def test_place_artifacts_names_the_missing_int8_student(tmp_path):
+    """``-o model.int8.onnx`` when the job did not keep int8: every other file is placed under
+    the stem, and the error line gives the manifest's reason (constructed files: a real job
+    keeps or refuses int8 by its own numbers)."""
+    from cake_cli.main import _missing_student_file, _place_artifacts
+
+    work = tmp_path / "work"
+    work.mkdir()
+    reason = "int8 agreement with the teacher 0.9000 is 0.9000 of the fp32 model's 1.0000"
+    manifest = {"deployment": {"onnx": {"kept": True, "reason": "ok"},
+                               "int8": {"kept": False, "reason": reason}}}  # fmt: skip
+    files = {
+        "student.pt": b"pt",
+        "student.onnx": b"onnx",
+        "manifest.json": json.dumps(manifest).encode(),
+        "curves.png": b"png",
+        "report.md": b"![curves](curves.png)\n",
+    }
+    artifacts = {}
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+        artifacts[name] = work / name
+    output = tmp_path / "out" / "model.int8.onnx"
+    output.parent.mkdir()
+    written = _place_artifacts(artifacts, output)
+    assert sorted(p.name for p in written) == [
+        "model.curves.png", "model.manifest.json", "model.onnx", "model.pt", "model.report.md",
+    ]  # fmt: skip
+    assert (output.parent / "model.onnx").read_bytes() == b"onnx"
+    assert (output.parent / "model.report.md").read_text() == "![curves](model.curves.png)\n"
+    assert not output.exists()
+    message = _missing_student_file(artifacts, output)
+    assert message == (
+        f"no student.int8.onnx to write to {output}: int8 was not kept: {reason} "
+        "(the other files were written)"
+    )
+    assert _missing_student_file(artifacts, output.with_name("model.onnx")) == ""
