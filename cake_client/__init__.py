@@ -2,14 +2,16 @@
 
 Only ``httpx`` and ``httpx-sse`` (the job's live event stream) are needed (no torch, no
 database, no pydantic), so pipelines can use the client without the engine. The other modules
-of this project it imports are :mod:`cake_shared.status` (the job status and phase words) and
-:mod:`cake_shared.signing` (the webhook signature rule), shipped in the same distribution and
-importing nothing but the standard library, so the service and the client read one definition
-of each. See :mod:`cake_client.client` for an example.
+of this project it imports are :mod:`cake_shared.status` (the job status and phase words),
+:mod:`cake_shared.signing` (the webhook signature rule) and :mod:`cake_shared.student_files`
+(the student's file names), shipped in the same distribution and importing nothing but the
+standard library, so the service and the client read one definition of each. See
+:mod:`cake_client.client` for an example.
 """
 
 from cake_client.client import Client, Datasets, Jobs, Teachers, build_spec, shape_list
 from cake_client.errors import (
+    ArtifactUnavailable,
     CakeAPIError,
     CakeError,
     ChecksumMismatch,
@@ -31,10 +33,14 @@ from cake_client.models import (
     Architecture,
     Artifact,
     Dataset,
+    Deployment,
+    DeploymentRow,
+    Int8Quantization,
     Job,
     JobError,
     JobEvent,
     JobProgress,
+    OnnxExport,
     Page,
     Teacher,
 )
@@ -44,6 +50,7 @@ __all__ = [
     "FINISHED_STATUSES",
     "Architecture",
     "Artifact",
+    "ArtifactUnavailable",
     "CakeAPIError",
     "CakeError",
     "ChecksumMismatch",
@@ -52,6 +59,9 @@ __all__ = [
     "Dataset",
     "DatasetInvalid",
     "Datasets",
+    "Deployment",
+    "DeploymentRow",
+    "Int8Quantization",
     "Job",
     "JobError",
     "JobEvent",
@@ -59,6 +69,7 @@ __all__ = [
     "Jobs",
     "NotFound",
     "NotReady",
+    "OnnxExport",
     "Page",
     "PayloadTooLarge",
     "RateLimited",

@@ -10,6 +10,7 @@ A few lines distill a teacher::
     job = job.wait(on_progress=lambda p: print(p.phase, f"{p.progress:.0%}"))
     if job.succeeded:
         job.download_student("student.pt")   # sha256 checked against the artifact list
+        job.download_onnx("student.onnx")     # the same student as ONNX
 
 Every create call sends an ``Idempotency-Key`` (generated when not given), so the transport may
 retry it after a lost response without creating a second object.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -27,10 +29,12 @@ import httpx
 
 from cake_client import downloads, streams
 from cake_client._http import DEFAULT_MAX_RETRIES, Transport, new_idempotency_key
+from cake_client.errors import ArtifactUnavailable
 from cake_client.models import (
     Architecture,
     Artifact,
     Dataset,
+    Deployment,
     Job,
     JobEvent,
     JobProgress,
@@ -39,6 +43,13 @@ from cake_client.models import (
 )
 from cake_client.multipart import FilePart, MultipartBody, ProgressCallback
 from cake_client.streams import SSE_READ_TIMEOUT_S
+from cake_shared.student_files import (
+    DEPLOYMENT_KEYS,
+    STUDENT_INT8_ONNX,
+    STUDENT_ONNX,
+    STUDENT_PT,
+    missing_reason,
+)
 
 __all__ = [
     "SSE_READ_TIMEOUT_S",
@@ -402,10 +413,16 @@ class Jobs(_Resource):
         SHA-256 equals the artifact list's (else the ETag's) is it renamed into place, so the
         target is never a partial or corrupt file. A connection lost mid-way resumes with a
         ``Range`` request. Raises ``Conflict`` before the job has succeeded, ``NotFound`` for
-        an unknown artifact, ``ChecksumMismatch`` when the hashes differ.
+        an unknown artifact, ``ArtifactUnavailable`` (with the manifest's reason) for a
+        ``student.onnx`` or ``student.int8.onnx`` the job did not keep, ``ChecksumMismatch``
+        when the hashes differ.
         """
         listing = {a.name: a for a in self.artifacts(job_id)}
         expected = listing.get(name)
+        if expected is None and name in DEPLOYMENT_KEYS:
+            # Not a typo: the job decided not to keep it; say why instead of a bare 404.
+            reason = missing_reason(self.manifest(job_id), name)
+            raise ArtifactUnavailable(job_id, name, reason, sorted(listing))
         sha = expected.sha256 if expected is not None else None
         return downloads.download(self._t, job_id, name, path, sha, on_progress)
 
@@ -416,7 +433,39 @@ class Jobs(_Resource):
         on_progress: ProgressCallback | None = None,
     ) -> Path:
         """Download ``student.pt`` (TorchScript) of a succeeded job, sha256 verified."""
-        return self.download(job_id, "student.pt", path, on_progress)
+        return self.download(job_id, STUDENT_PT, path, on_progress)
+
+    def download_onnx(
+        self,
+        job_id: str,
+        path: str | os.PathLike[str],
+        int8: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Download ``student.onnx`` (``int8=True``: ``student.int8.onnx``, the int8 QDQ
+        quantization) of a succeeded job, sha256 verified.
+
+        Raises ``ArtifactUnavailable`` when the job did not keep that file (the ONNX export
+        failed its check, or int8 lost too much agreement with the teacher); its ``reason``
+        is the manifest's.
+        """
+        name = STUDENT_INT8_ONNX if int8 else STUDENT_ONNX
+        return self.download(job_id, name, path, on_progress)
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        """The job's ``manifest.json`` (spec, metrics, history, deployment), parsed; fetched
+        like every download (sha256 checked) through a temporary folder."""
+        with tempfile.TemporaryDirectory(prefix="cake-manifest-") as folder:
+            path = self.download(job_id, "manifest.json", folder)
+            document = json.loads(path.read_text(encoding="utf-8"))
+        return document if isinstance(document, dict) else {}
+
+    def deployment(self, job_id: str) -> Deployment | None:
+        """The deployment section of the job's manifest: the table (size, CPU latency at
+        batch 1 and 64, agreement with the teacher of each form of the model) and what became
+        of the ONNX export and the int8 quantization. None for a job that ran before the
+        service exported ONNX."""
+        return Deployment.from_manifest(self.manifest(job_id))
 
 
 def build_spec(

@@ -152,6 +152,24 @@ class ChecksumMismatch(CakeError):
         self.actual = actual
 
 
+class ArtifactUnavailable(CakeError):
+    """A succeeded job has no such artifact, so nothing was downloaded.
+
+    ``student.onnx`` is absent when the ONNX export failed its check, ``student.int8.onnx``
+    when int8 quantization lost too much agreement with the teacher: ``reason`` is what the
+    job's ``manifest.json`` says (its ``deployment`` section), ``available`` what it has.
+    """
+
+    def __init__(self, job_id: str, name: str, reason: str, available: list[str]) -> None:
+        super().__init__(
+            f"job {job_id} has no {name}: {reason} (its artifacts: {', '.join(available)})"
+        )
+        self.job_id = job_id
+        self.name = name
+        self.reason = reason
+        self.available = list(available)
+
+
 class WaitTimeout(CakeError, TimeoutError):
     """``Job.wait(timeout=...)`` ran out of time; the job keeps running on the service."""
 

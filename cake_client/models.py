@@ -185,6 +185,145 @@ class Artifact:
         )
 
 
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass
+class OnnxExport:
+    """The ``onnx`` entry of a manifest's ``deployment`` section: was ``student.onnx`` kept
+    (exported and checked against the TorchScript student on ``samples`` inputs), and why."""
+
+    kept: bool = False
+    opset: int = 0
+    samples: int = 0
+    top1_agreement: float | None = None
+    max_abs_logit_diff: float | None = None
+    reason: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> OnnxExport:
+        data = data if isinstance(data, dict) else {}
+        return cls(
+            kept=bool(data.get("kept", False)),
+            opset=_int(data.get("opset")),
+            samples=_int(data.get("samples")),
+            top1_agreement=_float_or_none(data.get("top1_agreement")),
+            max_abs_logit_diff=_float_or_none(data.get("max_abs_logit_diff")),
+            reason=str(data.get("reason") or ""),
+            raw=dict(data),
+        )
+
+
+@dataclass
+class Int8Quantization:
+    """The ``int8`` entry of a manifest's ``deployment`` section: ``student.int8.onnx`` is
+    kept only when ``ratio`` (its agreement with the teacher over the fp32 student's) is at
+    least ``min_ratio``; ``reason`` says what happened either way."""
+
+    kept: bool = False
+    format: str = ""
+    calibration_samples: int = 0
+    agreement_fp32: float | None = None
+    agreement_int8: float | None = None
+    ratio: float | None = None
+    min_ratio: float | None = None
+    reason: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Int8Quantization:
+        data = data if isinstance(data, dict) else {}
+        return cls(
+            kept=bool(data.get("kept", False)),
+            format=str(data.get("format") or ""),
+            calibration_samples=_int(data.get("calibration_samples")),
+            agreement_fp32=_float_or_none(data.get("agreement_fp32")),
+            agreement_int8=_float_or_none(data.get("agreement_int8")),
+            ratio=_float_or_none(data.get("ratio")),
+            min_ratio=_float_or_none(data.get("min_ratio")),
+            reason=str(data.get("reason") or ""),
+            raw=dict(data),
+        )
+
+
+@dataclass
+class DeploymentRow:
+    """One row of the deployment table: a form of the model, its size, its CPU latency at
+    batch 1 and 64 (milliseconds, the median of ``repeats`` runs) and its top-1 agreement with
+    the teacher (None for the teacher itself)."""
+
+    artifact: str
+    role: str = ""
+    format: str = ""
+    runtime: str = ""
+    size_bytes: int = 0
+    parameters: int = 0
+    latency_ms_batch_1: float | None = None
+    latency_ms_batch_64: float | None = None
+    agreement_teacher: float | None = None
+    repeats: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeploymentRow:
+        return cls(
+            artifact=str(data.get("artifact", "")),
+            role=str(data.get("role", "")),
+            format=str(data.get("format", "")),
+            runtime=str(data.get("runtime", "")),
+            size_bytes=_int(data.get("size_bytes")),
+            parameters=_int(data.get("parameters")),
+            latency_ms_batch_1=_float_or_none(data.get("latency_ms_batch_1")),
+            latency_ms_batch_64=_float_or_none(data.get("latency_ms_batch_64")),
+            agreement_teacher=_float_or_none(data.get("agreement_teacher")),
+            repeats=_int(data.get("repeats")),
+            raw=dict(data),
+        )
+
+
+@dataclass
+class Deployment:
+    """The ``deployment`` section of a succeeded job's ``manifest.json``: what became of the
+    ONNX export and the int8 quantization, how latency was measured, and the table (teacher,
+    ``student.pt``, ``student.onnx``, ``student.int8.onnx``; a row per file the job kept)."""
+
+    onnx: OnnxExport
+    int8: Int8Quantization
+    latency: dict[str, Any] = field(default_factory=dict)
+    table: list[DeploymentRow] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        latency, table = data.get("latency"), data.get("table")
+        return cls(
+            onnx=OnnxExport.from_json(data.get("onnx")),
+            int8=Int8Quantization.from_json(data.get("int8")),
+            latency=dict(latency) if isinstance(latency, dict) else {},
+            table=[
+                DeploymentRow.from_json(row)
+                for row in (table if isinstance(table, list) else [])
+                if isinstance(row, dict)
+            ],
+            raw=dict(data),
+        )
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> Deployment | None:
+        """The section of a parsed ``manifest.json``; None for a job that ran before the
+        service exported ONNX (its manifest has no such section)."""
+        section = manifest.get("deployment") if isinstance(manifest, dict) else None
+        return cls.from_json(section) if isinstance(section, dict) else None
+
+    def row(self, artifact: str) -> DeploymentRow | None:
+        """The row of ``artifact`` (``student.onnx``, …); None when the job did not keep it."""
+        return next((r for r in self.table if r.artifact == artifact), None)
+
+
 @dataclass
 class Architecture:
     """A student architecture of the catalogue (``GET /v1/architectures``)."""
@@ -260,6 +399,12 @@ class JobCalls(Protocol):
 
     def download_student(self, job_id: str, path: str | Path) -> Path: ...
 
+    def download_onnx(self, job_id: str, path: str | Path, int8: bool = False) -> Path: ...
+
+    def manifest(self, job_id: str) -> dict[str, Any]: ...
+
+    def deployment(self, job_id: str) -> Deployment | None: ...
+
 
 class JobOwner(Protocol):
     """What returned a :class:`Job` and serves its actions: a ``Client`` (its ``jobs``)."""
@@ -273,7 +418,8 @@ class Job:
     """A distillation job (``job_…``).
 
     Objects returned by :class:`~cake_client.Client` remember the client, so ``job.wait()``,
-    ``job.refresh()`` and ``job.download_student(path)`` work without passing it around.
+    ``job.refresh()``, ``job.download_student(path)`` and ``job.download_onnx(path)`` work
+    without passing it around.
     """
 
     id: str
@@ -373,6 +519,20 @@ class Job:
     def download_student(self, path: str | Path) -> Path:
         """Download ``student.pt`` to ``path``, checked against the artifact list's sha256."""
         return self._require_client().jobs.download_student(self.id, path)
+
+    def download_onnx(self, path: str | Path, int8: bool = False) -> Path:
+        """Download ``student.onnx`` (``int8=True``: ``student.int8.onnx``) to ``path``, sha256
+        checked; ``ArtifactUnavailable`` (with the manifest's reason) when the job has none."""
+        return self._require_client().jobs.download_onnx(self.id, path, int8=int8)
+
+    def manifest(self) -> dict[str, Any]:
+        """The job's ``manifest.json``, parsed (sha256 checked)."""
+        return self._require_client().jobs.manifest(self.id)
+
+    def deployment(self) -> Deployment | None:
+        """The manifest's deployment table and what became of ONNX and int8 (see
+        :class:`Deployment`); None for a job that ran before the service exported ONNX."""
+        return self._require_client().jobs.deployment(self.id)
 
 
 @dataclass

@@ -101,7 +101,9 @@ def test_the_client_imports_nothing_heavy() -> None:
     loaded, shared = out.stdout.strip().splitlines()
     assert loaded == "[]"
     # cake_shared.signing: the webhook signature rule, standard library only like status;
-    # cake_shared.retry: the backoff formula the transport shares (standard library + tenacity).
+    # cake_shared.retry: the backoff formula the transport shares (standard library + tenacity);
+    # cake_shared.student_files: the student's file names and the -o rule (standard library).
     assert shared == (
-        "['cake_shared', 'cake_shared.retry', 'cake_shared.signing', 'cake_shared.status']"
+        "['cake_shared', 'cake_shared.retry', 'cake_shared.signing', 'cake_shared.status', "
+        "'cake_shared.student_files']"
     )

@@ -11,7 +11,8 @@ Exit codes are the contract a pipeline branches on, so they are fixed here (and 
 
 ====  ============================================================================
 0     done (for a job: it succeeded)
-1     other error (server error, conflict, checksum mismatch, wait timed out)
+1     other error (server error, conflict, checksum mismatch, wait timed out, an ONNX or
+      int8 student the job did not keep)
 2     bad input: missing file, bad shape or spec, unknown id, 4xx from the service
 3     the job failed
 4     the job was canceled
@@ -66,12 +67,15 @@ def add_parsers(sub: Any) -> None:
 def exit_code_for(exc: BaseException) -> tuple[int, str | None]:
     """The exit code (and problem code) for an exception of the client."""
     from cake_client import (
+        ArtifactUnavailable,
         CakeAPIError,
         NotReady,
         ServiceUnreachable,
         Unauthorized,
     )
 
+    if isinstance(exc, ArtifactUnavailable):  # the job succeeded but did not keep that file
+        return EXIT_ERROR, "artifact_unavailable"
     if isinstance(exc, Unauthorized):
         return EXIT_UNAUTHORIZED, exc.code
     if isinstance(exc, ServiceUnreachable):

@@ -2,7 +2,8 @@
 
 ``cake submit --wait`` and ``cake jobs wait`` both end here, so a job reports the same way
 (exit code by status, the student downloaded and verified, the metrics table) whichever
-command followed it.
+command followed it. ``-o`` picks the student file by its extension (``.onnx``: the ONNX
+student, ``.int8.onnx``: its int8 quantization, else ``student.pt``); ``--artifact`` overrides.
 """
 
 from __future__ import annotations
@@ -69,18 +70,34 @@ def follow(
             "wait_timeout",
         ) from None
     document["job"] = job.raw
-    return _finish(client, job, args.output if download else None, download, out, document)
+    return _finish(client, job, args, download, out, document)
+
+
+def wanted_artifact(args: argparse.Namespace, output: Path | None) -> str:
+    """The artifact to download: ``--artifact`` when given, else the student file the output's
+    extension asks for (``.onnx``, ``.int8.onnx``; anything else ``student.pt``)."""
+    from cake_shared.student_files import STUDENT_PT, student_file_for
+
+    explicit = getattr(args, "artifact", None)
+    if explicit:
+        return str(explicit)
+    if output is None or output.is_dir():
+        return STUDENT_PT
+    return student_file_for(output)
 
 
 def _finish(
     client: Client,
     job: Job,
-    output: Path | None,
+    args: argparse.Namespace,
     download: bool,
     out: Output,
     document: dict[str, Any],
 ) -> int:
     """Report a finished job: on success download the student and show the metrics."""
+    from cake_cli.remote import exit_code_for
+    from cake_client import ArtifactUnavailable
+
     if job.status != JobStatus.SUCCEEDED:
         code = STATUS_EXIT.get(job.status, EXIT_ERROR)
         if out.json:
@@ -89,24 +106,36 @@ def _finish(
             reason = f"{job.error.message} ({job.error.code})" if job.error else "no reason given"
             return out.error(f"job {job.id} failed: {reason}", code, "job_failed")
         return out.error(f"job {job.id} was {job.status}", code, f"job_{job.status}")
+    unavailable: ArtifactUnavailable | None = None
     if download:
-        target = output or Path("student.pt")
-        with transfer_bar(out, "downloading student.pt") as progress:
-            path = client.jobs.download_student(job.id, target, on_progress=progress)
-        artifact = {a.name: a for a in client.jobs.artifacts(job.id)}.get("student.pt")
-        document["student"] = {
-            "path": str(path.resolve()),
-            "sha256": artifact.sha256 if artifact else None,
-            "size_bytes": path.stat().st_size,
-        }
+        output: Path | None = args.output
+        name = wanted_artifact(args, output)
+        try:
+            with transfer_bar(out, f"downloading {name}") as progress:
+                path = client.jobs.download(job.id, name, output or Path(name), progress)
+        except ArtifactUnavailable as exc:
+            # The job succeeded but did not keep this file (int8 refused, ONNX export failed):
+            # its metrics still show, then one line says why the file is not there.
+            unavailable = exc
+        else:
+            artifact = {a.name: a for a in client.jobs.artifacts(job.id)}.get(name)
+            document["student"] = {
+                "artifact": name,
+                "path": str(path.resolve()),
+                "sha256": artifact.sha256 if artifact else None,
+                "size_bytes": path.stat().st_size,
+            }
     if out.json:
         out.emit(document)
-        return EXIT_OK
-    out.result(f"job {job.id} succeeded")
-    out.console.print(job_metrics_table(job))
-    student = document.get("student")
-    if student:
-        out.result(f"wrote {student['path']} (sha256 {student['sha256']}, verified)")
+    else:
+        out.result(f"job {job.id} succeeded")
+        out.console.print(job_metrics_table(job))
+        student = document.get("student")
+        if student:
+            out.result(f"wrote {student['path']} (sha256 {student['sha256']}, verified)")
+    if unavailable is not None:
+        code, problem = exit_code_for(unavailable)
+        return out.error(str(unavailable), code, problem)
     return EXIT_OK
 
 

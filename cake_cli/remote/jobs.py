@@ -12,9 +12,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cake_cli.remote.follow import follow, job_metrics_table
+from cake_cli.remote.follow import follow, job_metrics_table, wanted_artifact
 from cake_cli.remote.listing import list_handler, newest
-from cake_cli.remote.output import EXIT_ERROR, EXIT_OK, STATUS_EXIT, Output, transfer_bar
+from cake_cli.remote.output import (
+    EXIT_ERROR,
+    EXIT_OK,
+    STATUS_EXIT,
+    Output,
+    transfer_bar,
+)
 from cake_cli.remote.parsing import add_command
 from cake_shared.status import JobStatus
 
@@ -43,10 +49,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "download",
         common,
         jobs_download,
-        help="download an artifact (default student.pt)",
+        help="download an artifact (default: the student file -o asks for, else student.pt)",
     )
     p.add_argument("job_id")
-    p.add_argument("--artifact", default="student.pt", help="artifact name (default student.pt)")
+    p.add_argument(
+        "--artifact",
+        help="artifact name (default: by -o's extension: .onnx student.onnx, .int8.onnx "
+        "student.int8.onnx, else student.pt)",
+    )
     p.add_argument("-o", "--output", type=Path, help="file or folder (default: the name, here)")
     p = add_command(
         jobs_sub,
@@ -56,7 +66,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="follow a job until it ends; exit code by its status",
     )
     p.add_argument("job_id")
-    p.add_argument("-o", "--output", type=Path, help="download student.pt here if it succeeds")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="download the student here if it succeeds; the extension picks the file "
+        "(.onnx: student.onnx, .int8.onnx: student.int8.onnx, else student.pt)",
+    )
+    p.add_argument("--artifact", help="download this artifact if it succeeds (to -o, else here)")
     p.add_argument("--wait-timeout", type=float, help="give up after this many seconds")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p = add_command(jobs_sub, "delete", common, jobs_delete, help="delete a finished job")
@@ -138,13 +155,16 @@ def jobs_download(client: Client, args: argparse.Namespace, out: Output) -> int:
             code,
             "conflict",
         )
-    target = args.output or Path(args.artifact)
-    with transfer_bar(out, f"downloading {args.artifact}") as progress:
-        path = client.jobs.download(job.id, args.artifact, target, on_progress=progress)
-    artifact = {a.name: a for a in client.jobs.artifacts(job.id)}.get(args.artifact)
+    name = wanted_artifact(args, args.output)
+    target = args.output or Path(name)
+    # A student.onnx or student.int8.onnx the job did not keep is ArtifactUnavailable: one
+    # line with the manifest's reason, exit code 1 (cake_cli.remote.exit_code_for).
+    with transfer_bar(out, f"downloading {name}") as progress:
+        path = client.jobs.download(job.id, name, target, on_progress=progress)
+    artifact = {a.name: a for a in client.jobs.artifacts(job.id)}.get(name)
     sha = artifact.sha256 if artifact else None
     if out.json:
-        out.emit({"path": str(path.resolve()), "name": args.artifact, "sha256": sha})
+        out.emit({"path": str(path.resolve()), "name": name, "sha256": sha})
     else:
         out.result(f"wrote {path} (sha256 {sha}, verified)")
     return EXIT_OK
@@ -152,7 +172,8 @@ def jobs_download(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 def jobs_wait(client: Client, args: argparse.Namespace, out: Output) -> int:
     document: dict[str, Any] = {"job": None, "student": None}
-    return follow(client, args.job_id, args, out, document, download=args.output is not None)
+    download = args.output is not None or args.artifact is not None
+    return follow(client, args.job_id, args, out, document, download=download)
 
 
 def jobs_delete(client: Client, args: argparse.Namespace, out: Output) -> int:

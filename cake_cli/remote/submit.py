@@ -30,8 +30,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="upload a teacher to the service and create a distillation job",
         description="Upload a TorchScript teacher (and an evaluation set), create a job and, "
         "with --wait, follow it live, download the student (sha256 verified) and print its "
-        "metrics. Exit codes: 0 succeeded, 3 failed, 4 canceled, 2 bad input, "
-        "5 service unreachable, 6 unauthorized, 130 interrupted (job left running).",
+        "metrics; -o student.onnx or -o student.int8.onnx downloads the ONNX or int8 student "
+        "(exit code 1 with the reason when the job did not keep it). Exit codes: 0 succeeded, "
+        "3 failed, 4 canceled, 2 bad input, 5 service unreachable, 6 unauthorized, "
+        "130 interrupted (job left running).",
     )
     submit_p.add_argument("teacher", type=Path, help="TorchScript archive of the teacher")
     add_spec_arguments(submit_p, "student architecture (see `cake architectures`)")
@@ -42,7 +44,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     submit_p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit_p.add_argument(
-        "-o", "--output", type=Path, help="with --wait: where to write student.pt"
+        "-o",
+        "--output",
+        type=Path,
+        help="with --wait: where to write the student; the extension picks the file "
+        "(.onnx: student.onnx, .int8.onnx: student.int8.onnx, else student.pt)",
+    )
+    submit_p.add_argument(
+        "--artifact", help="with --wait: download this artifact instead (e.g. report.md)"
     )
     submit_p.add_argument(
         "--wait-timeout", type=float, help="with --wait: give up waiting after this many seconds"
@@ -91,6 +100,8 @@ def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise bad_input(f"evaluation file not found: {args.eval}")
     if args.output is not None and not args.wait:
         raise bad_input("-o/--output needs --wait (the student exists once the job succeeded)")
+    if args.artifact is not None and not args.wait:
+        raise bad_input("--artifact needs --wait (artifacts exist once the job succeeded)")
     try:
         shape = shape_list(args.input_shape)
     except ValueError as exc:

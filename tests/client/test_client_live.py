@@ -109,7 +109,24 @@ def test_one_shot_job_with_an_image_teacher(client: Client, tmp_path: Path) -> N
     assert {"student.pt", "manifest.json", "samples.png"} <= names
     manifest = client.jobs.download(final.id, "manifest.json", tmp_path)
     assert manifest == tmp_path / "manifest.json"
-    assert json.loads(manifest.read_text())  # a JSON document, checked by sha256 on the way
+    document = json.loads(manifest.read_text())  # a JSON document, checked by sha256 on the way
+    assert final.manifest() == document
+
+    # the deployment table, typed: a row per file the job kept, each with its latency
+    deployment = final.deployment()
+    assert deployment is not None and deployment.raw == document["deployment"]
+    assert deployment.onnx.kept and deployment.onnx.opset == document["deployment"]["onnx"]["opset"]
+    kept = ["teacher.pt", "student.pt", "student.onnx"]
+    kept += ["student.int8.onnx"] if deployment.int8.kept else []
+    assert [row.artifact for row in deployment.table] == kept
+    assert ("student.int8.onnx" in names) == deployment.int8.kept and deployment.int8.reason
+    listed = {a.name: a for a in final.artifacts()}
+    for row in deployment.table[1:]:
+        assert row.size_bytes == listed[row.artifact].size_bytes and row.parameters > 0
+        assert row.latency_ms_batch_1 is not None and row.latency_ms_batch_1 > 0
+        assert row.agreement_teacher is not None and 0 <= row.agreement_teacher <= 1
+    onnx = final.download_onnx(tmp_path / "student.onnx")
+    assert hashlib.sha256(onnx.read_bytes()).hexdigest() == listed["student.onnx"].sha256
 
 
 def test_problems_are_typed_exceptions(client: Client, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 idempotency keys on retried creates, typed problems, SSE parsing, the polling fallback of
 ``wait``, and downloads that are resumed or refused on a checksum mismatch.
 
-A healthy service never answers 503 on purpose, so these cases need a server that does.
+A healthy service never answers 503 on purpose, so these cases need a server that does; nor
+can a test make a real job refuse its int8 student, so that case is scripted here too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from client_support import (
 )
 
 from cake_client import (
+    ArtifactUnavailable,
     ChecksumMismatch,
     Client,
     JobProgress,
@@ -408,3 +410,98 @@ def test_cli_exit_codes_for_unauthorized_and_failed_jobs(tmp_path: Path) -> None
     assert waited_json.returncode == 3
     assert json.loads(waited_json.stdout)["job"]["status"] == "failed"
     assert json.loads(one_line_error(waited_json))["error"]["exit_code"] == 3
+
+
+INT8_REASON = (
+    "int8 agreement with the teacher 0.9000 is 0.9184 of the fp32 model's 0.9800, below the "
+    "0.99 required"
+)
+
+
+def _deployed_job_routes(server: ScriptedServer) -> dict[str, bytes]:
+    """A succeeded job that kept ``student.onnx`` but not ``student.int8.onnx``, with the
+    manifest's deployment section saying why (the shape ``cake_core.deploy`` writes)."""
+    row = {"format": "onnx", "runtime": "onnxruntime", "parameters": 500, "repeats": 9}
+    manifest = {
+        "metrics": {"agreement_synthetic": 0.98},
+        "deployment": {
+            "onnx": {"kept": True, "opset": 17, "samples": 200, "top1_agreement": 1.0,
+                     "max_abs_logit_diff": 1e-6, "reason": "all 200 agree"},
+            "int8": {"kept": False, "format": "QDQ", "calibration_samples": 256,
+                     "agreement_fp32": 0.98, "agreement_int8": 0.9, "ratio": 0.9184,
+                     "min_ratio": 0.99, "reason": INT8_REASON},
+            "latency": {"device": "cpu", "threads": 1, "batch_sizes": [1, 64],
+                        "statistic": "median"},
+            "table": [
+                {**row, "artifact": "student.onnx", "role": "student", "size_bytes": 2100,
+                 "latency_ms_batch_1": 0.05, "latency_ms_batch_64": 0.4,
+                 "agreement_teacher": 0.98},
+            ],
+        },
+    }  # fmt: skip
+    files = {
+        "student.pt": b"torchscript student",
+        "student.onnx": b"onnx student",
+        "manifest.json": json.dumps(manifest).encode(),
+    }
+    listing = [
+        {"name": name, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in files.items()
+    ]
+    server.add("GET", "/v1/jobs/job_1", Reply(200, job_json(status="succeeded")))
+    server.add("GET", "/v1/jobs/job_1/artifacts", Reply(200, {"object": "list", "data": listing}))
+    for name, data in files.items():
+        server.add("GET", f"/v1/jobs/job_1/artifacts/{name}", Reply(200, data))
+    return files
+
+
+def test_an_int8_student_the_job_did_not_keep_is_refused_with_the_manifests_reason(
+    tmp_path: Path,
+) -> None:
+    with ScriptedServer() as server:
+        files = _deployed_job_routes(server)
+        with fast_client(server.url) as client:
+            with pytest.raises(ArtifactUnavailable) as refused:
+                client.jobs.download_onnx("job_1", tmp_path / "s.int8.onnx", int8=True)
+            onnx = client.jobs.get("job_1").download_onnx(tmp_path / "s.onnx")
+            deployment = client.jobs.deployment("job_1")
+        # -o picks the file by its extension; --artifact wins over it
+        cli = [(*args, "--retries", "0") for args in (
+            ("jobs", "download", "job_1", "-o", "cli.int8.onnx"),
+            ("jobs", "wait", "job_1", "-o", "cli.int8.onnx", "--json"),
+            ("jobs", "download", "job_1", "-o", "cli.onnx"),
+            ("jobs", "download", "job_1", "-o", "cli.INT8.ONNX", "--artifact", "student.pt"),
+        )]  # fmt: skip
+        download, wait_json, onnx_cli, explicit = (
+            run_cli(*args, url=server.url, cwd=tmp_path) for args in cli
+        )
+        int8_fetches = server.requests("GET", "/v1/jobs/job_1/artifacts/student.int8.onnx")
+
+    assert refused.value.reason == f"int8 was not kept: {INT8_REASON}"
+    assert refused.value.available == ["manifest.json", "student.onnx", "student.pt"]
+    assert onnx.read_bytes() == files["student.onnx"]
+    assert deployment is not None and not deployment.int8.kept and deployment.onnx.kept
+    assert deployment.int8.ratio == 0.9184 and deployment.int8.min_ratio == 0.99
+    assert [r.artifact for r in deployment.table] == ["student.onnx"]
+    row = deployment.row("student.onnx")
+    assert row is not None and row.latency_ms_batch_64 == 0.4 and row.agreement_teacher == 0.98
+    assert deployment.row("student.int8.onnx") is None
+
+    assert download.returncode == 1
+    line = one_line_error(download)
+    assert line == (
+        f"error: job job_1 has no student.int8.onnx: int8 was not kept: {INT8_REASON} "
+        "(its artifacts: manifest.json, student.onnx, student.pt)"
+    )
+    assert wait_json.returncode == 1
+    assert json.loads(wait_json.stdout)["job"]["status"] == "succeeded"
+    error = json.loads(one_line_error(wait_json))["error"]
+    assert error["code"] == "artifact_unavailable" and error["exit_code"] == 1
+    assert INT8_REASON in error["message"]
+    assert int8_fetches == []  # refused from the listing, never asked for
+    assert not (tmp_path / "cli.int8.onnx").exists()
+
+    assert onnx_cli.returncode == 0, onnx_cli.stderr
+    assert (tmp_path / "cli.onnx").read_bytes() == files["student.onnx"]
+    assert explicit.returncode == 0, explicit.stderr
+    assert (tmp_path / "cli.INT8.ONNX").read_bytes() == files["student.pt"]

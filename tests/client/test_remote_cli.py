@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from client_support import (
     BIG_SPEC,
@@ -31,6 +32,16 @@ from client_support import (
 from cake_client import Client
 
 CANCEL_WAIT_S = 60
+WINE_X = np.load(WINE_EVAL)["x"].astype(np.float32)
+
+
+def _onnx_classes(path: Path) -> np.ndarray:
+    """The top-1 classes an ONNX classifier gives the wine evaluation set (ONNX Runtime)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: WINE_X})[0]
+    return np.asarray(logits).argmax(axis=1)
 
 
 def _status(url: str, job_id: str, cwd: Path) -> str:
@@ -94,7 +105,7 @@ def test_submit_json_is_one_parseable_document(cake_server: CakeServer, tmp_path
     spec.write_text(json.dumps(TINY_SPEC))
     result = run_cli(
         "submit", WINE, "--input-shape", "[13]", "--spec", spec, "--student", "mlp",
-        "--width", "0.25", "--seed", "7", "--wait", "-o", "out/student.pt", "--json",
+        "--width", "0.25", "--seed", "7", "--wait", "-o", "out/student.onnx", "--json",
         "--callback-url", "http://127.0.0.1:9/hook", url=cake_server.url, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -109,8 +120,14 @@ def test_submit_json_is_one_parseable_document(cake_server: CakeServer, tmp_path
     }
     assert doc["job"]["spec"]["seed"] == 7
     assert doc["teacher"]["id"].startswith("tch_") and doc["dataset"] is None
-    assert Path(doc["student"]["path"]) == tmp_path / "out" / "student.pt"
-    assert len(doc["student"]["sha256"]) == 64
+    # -o's extension picked the ONNX student: the file the service lists, and it runs
+    assert doc["student"]["artifact"] == "student.onnx"
+    assert Path(doc["student"]["path"]) == tmp_path / "out" / "student.onnx"
+    with Client(cake_server.url) as client:
+        shas = {a.name: a.sha256 for a in client.jobs.artifacts(doc["job"]["id"])}
+    assert doc["student"]["sha256"] == shas["student.onnx"]
+    onnx_classes = _onnx_classes(tmp_path / "out" / "student.onnx")
+    assert onnx_classes.shape == (len(WINE_X),)
 
     url, job_id = cake_server.url, doc["job"]["id"]
     listed = run_cli("jobs", "list", "--json", "--limit", "1", url=url, cwd=tmp_path)
@@ -128,7 +145,28 @@ def test_submit_json_is_one_parseable_document(cake_server: CakeServer, tmp_path
         url=url, cwd=tmp_path,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
-    assert json.loads((tmp_path / "m.json").read_text())["metrics"]
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert manifest["metrics"]
+
+    # jobs download: -o by extension (.pt, .int8.onnx) and --artifact over it
+    pt = run_cli("jobs", "download", job_id, "-o", "s.pt", url=url, cwd=tmp_path)
+    assert pt.returncode == 0 and shas["student.pt"] in pt.stdout
+    assert (tmp_path / "s.pt").read_bytes()[:2] == b"PK"  # a TorchScript (zip) archive
+    explicit = run_cli(
+        "jobs", "download", job_id, "--artifact", "manifest.json", "-o", "manifest.onnx",
+        url=url, cwd=tmp_path,
+    )  # fmt: skip
+    assert explicit.returncode == 0, explicit.stderr
+    assert json.loads((tmp_path / "manifest.onnx").read_text()) == manifest
+    int8 = run_cli("jobs", "download", job_id, "-o", "s.int8.onnx", url=url, cwd=tmp_path)
+    if manifest["deployment"]["int8"]["kept"]:
+        assert int8.returncode == 0, int8.stderr
+        assert shas["student.int8.onnx"] in int8.stdout
+        assert (_onnx_classes(tmp_path / "s.int8.onnx") == onnx_classes).mean() >= 0.9
+    else:  # the job refused it: the manifest's reason, exit 1, no file
+        assert int8.returncode == 1
+        assert manifest["deployment"]["int8"]["reason"] in one_line_error(int8)
+        assert not (tmp_path / "s.int8.onnx").exists()
 
 
 def test_submit_wait_says_so_when_the_student_is_larger_than_its_teacher(
