@@ -1,5 +1,5 @@
 """Checking a job request before anything is written: spec, work caps, student, eval data set,
-metadata size, callback URL.
+metadata size, callback URL, MLflow tracking URI.
 
 Separate from the writes (``api.crud.jobs``) because the one-shot form plans the job against the
 uploaded teacher's facts *before* the teacher is stored, so a bad spec leaves nothing behind.
@@ -21,6 +21,7 @@ from api.teacher_check import TeacherFacts
 from cake_core.architectures import student_arch
 from cake_core.config import JobSpec, WorkLimitError, WorkLimits, check_work, resolve_spec
 from cake_core.errors import SpecError
+from cake_shared.mlflow_spec import MlflowURIError, check_mlflow_uri
 from cake_shared.models import Teacher
 from cake_shared.settings import Settings
 from cake_shared.webhooks import CallbackURLError, check_callback_url
@@ -71,6 +72,11 @@ def plan_job(
     metadata = body.metadata or {}
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise validation_error([*loc, "metadata"], "must be at most 16 KiB of JSON")
+    stored = spec.to_dict()
+    if body.mlflow_tracking_uri is not None:  # kept beside the engine's spec (worker.mlflow_log)
+        stored["mlflow_tracking_uri"] = check_mlflow(
+            settings, tenant, body.mlflow_tracking_uri, [*loc, "mlflow_tracking_uri"]
+        )
 
     if body.eval_dataset_id is not None:
         dataset = get_job_dataset(session, tenant, body.eval_dataset_id, [*loc, "eval_dataset_id"])
@@ -89,7 +95,7 @@ def plan_job(
                 f"teacher has {teacher.num_classes} classes (0..{teacher.num_classes - 1})",
             )
     return JobPlan(
-        spec=spec.to_dict(),
+        spec=stored,
         eval_dataset_id=body.eval_dataset_id,
         metadata=metadata,
         callback_url=body.callback_url,
@@ -104,6 +110,18 @@ def check_callback(ctx: AppContext, url: str | None, loc: list[str | int]) -> No
     try:
         check_callback_url(url, ctx.settings)
     except CallbackURLError as exc:
+        raise validation_error(loc, str(exc)) from None
+
+
+def check_mlflow(settings: Settings | None, tenant: str, url: str, loc: list[str | int]) -> str:
+    """422 unless ``tenant`` may name its own MLflow server (``CAKE_MLFLOW_SPEC_TENANTS``) at
+    an address this deployment dials (:mod:`cake_shared.mlflow_spec`); the syntax was checked
+    by the request model. Without settings nobody may."""
+    if settings is None:
+        raise validation_error(loc, "this service takes no MLflow tracking URI in a job spec")
+    try:
+        return check_mlflow_uri(url, tenant, settings)
+    except MlflowURIError as exc:
         raise validation_error(loc, str(exc)) from None
 
 

@@ -27,6 +27,7 @@ from cake_core.config import (
     TrainingSpec,
     spec_fields,
 )
+from cake_shared.mlflow_spec import MlflowURIError, validate_mlflow_uri
 from cake_shared.status import JobPhase, JobStatus, WebhookStatus
 from cake_shared.webhooks import MAX_URL_LENGTH, CallbackURLError, validate_callback_url
 
@@ -148,6 +149,16 @@ def _check_callback_url(cls: type[BaseModel], value: str | None) -> str | None:
         raise ValueError(str(exc)) from None
 
 
+def _check_mlflow_uri(cls: type[BaseModel], value: str | None) -> str | None:
+    """``mlflow_tracking_uri``'s syntax (who may name one is checked later, with the tenant)."""
+    if value is None:
+        return None
+    try:
+        return validate_mlflow_uri(value)
+    except MlflowURIError as exc:
+        raise ValueError(str(exc)) from None
+
+
 _SERVICE_FIELDS: dict[str, Any] = {
     "eval_dataset_id": (
         str | None,
@@ -184,6 +195,21 @@ _SERVICE_FIELDS: dict[str, Any] = {
             examples=["https://ci.example.com/hooks/cake"],
         ),
     ),
+    "mlflow_tracking_uri": (
+        str | None,
+        Field(
+            None,
+            max_length=MAX_URL_LENGTH,
+            description=(
+                "When the job succeeds, log its spec, metrics and artifacts to this MLflow "
+                "tracking server and register the student as a model version (instead of the "
+                "service's own server, if it has one). Only for tenants the operator allows "
+                "(CAKE_MLFLOW_SPEC_TENANTS); an http(s) URL without credentials or #fragment. "
+                "Kept in the job's spec; the engine never sees it."
+            ),
+            examples=["https://mlflow.example.com"],
+        ),
+    ),
 }
 """What a job has besides its spec: the service's own fields of ``JobSpecIn``."""
 
@@ -192,7 +218,10 @@ JobSpecIn = create_model(
     __base__=_SpecPart,
     __module__=__name__,
     __doc__="A job spec without the teacher: the one-shot form's ``spec`` part.",
-    __validators__={"_callback_url": field_validator("callback_url")(_check_callback_url)},
+    __validators__={
+        "_callback_url": field_validator("callback_url")(_check_callback_url),
+        "_mlflow_tracking_uri": field_validator("mlflow_tracking_uri")(_check_mlflow_uri),
+    },
     **{f.name: _input_field(f, _SECTIONS) for f in spec_fields(JobSpec)},
     **_SERVICE_FIELDS,
 )

@@ -170,6 +170,30 @@ class Settings(BaseSettings):
     #: secret without refusing deliveries meanwhile; 0 drops it at once.
     webhook_secret_grace_s: float = Field(24 * 3600.0, ge=0)
 
+    # MLflow (worker.mlflow_log): a succeeded job logs its spec, metrics, artifacts and student
+    # to this tracking server (anything MLflow accepts: http(s), a local path, sqlite:///...),
+    # or to the http(s) `mlflow_tracking_uri` of its spec when its tenant is listed in
+    # mlflow_spec_tenants (comma-separated, `*` for every tenant; empty: none). A call that
+    # cannot reach MLflow is tried mlflow_retry_attempts times with the project's backoff, each
+    # HTTP request limited to mlflow_timeout_s, and no new try starts mlflow_budget_s after
+    # the logging began: a down server costs a job seconds, never its result.
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset: off")
+    mlflow_experiment: str = Field("cake-distill", description="default experiment name")
+    mlflow_spec_tenants: str = Field(
+        "", description="tenants whose job specs may name their own MLflow server; * for all"
+    )
+    mlflow_timeout_s: float = Field(10.0, gt=0, description="time limit of one HTTP request")
+    mlflow_retry_attempts: int = Field(3, ge=1)
+    mlflow_retry_backoff_s: float = Field(1.0, ge=0)
+    mlflow_retry_backoff_max_s: float = Field(5.0, ge=0)
+    mlflow_budget_s: float = Field(120.0, gt=0, description="no new try after this long")
+
+    def mlflow_spec_allowed(self, tenant: str) -> bool:
+        """Whether ``tenant``'s job specs may name their own MLflow tracking server (the worker
+        dials that URL, so the operator opts tenants in by name)."""
+        allowed = {name.strip() for name in self.mlflow_spec_tenants.split(",") if name.strip()}
+        return "*" in allowed or tenant in allowed
+
     @field_validator("default_queue")
     @classmethod
     def _known_queue(cls, value: str) -> str:
