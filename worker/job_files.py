@@ -31,7 +31,7 @@ ARTIFACT_CONTENT_TYPES = {
     "report.md": "text/markdown; charset=utf-8",
 }
 #: Fields the API may keep beside the engine's spec; the engine refuses unknown fields.
-_NON_ENGINE_FIELDS = ("teacher_id", "eval_dataset_id", "metadata")
+_NON_ENGINE_FIELDS = ("teacher_id", "eval_dataset_id", "metadata", "mlflow_tracking_uri")
 
 
 @dataclass

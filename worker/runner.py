@@ -19,7 +19,8 @@ sweeper can tell a live job from one whose worker died: :class:`worker.tracker.J
 job's inputs and artifacts move between the object store and its work folder in
 :mod:`worker.job_files`.
 
-Outcomes: success -> artifacts uploaded and recorded, ``succeeded``; a
+Outcomes: success -> artifacts uploaded (and logged to MLflow when configured:
+:mod:`worker.mlflow_log`) and recorded, ``succeeded``; a
 :class:`~cake_core.errors.CakeError` (bad teacher, spec, data set; divergence) -> ``failed``
 with its code and message; a cancel -> ``canceled``; worker shutdown -> handed back to the queue
 (the attempt is not counted); anything else -> retried while attempts remain, then ``failed``
@@ -54,6 +55,7 @@ from worker.job_files import (
     load_inputs,
     upload_artifacts,
 )
+from worker.mlflow_log import log_job as log_to_mlflow
 from worker.tracker import (
     CANCEL_CHECK_S,
     HEARTBEAT_S,
@@ -217,6 +219,10 @@ def process_job(
             if not tracker.owns() or tracker.stop_reason == "cancel":
                 raise JobCanceled("claim lost or canceled")
             rows = upload_artifacts(store, job_id, inputs.attempt, result.artifacts)
+            # Before the job is recorded succeeded, so a pipeline that waits for it (or for its
+            # webhook) finds the MLflow run; never raises, and is bounded by
+            # CAKE_MLFLOW_BUDGET_S: MLflow never decides a job's outcome (worker.mlflow_log).
+            log_to_mlflow(services, job_id, result.artifacts, result.metrics, tracker.event)
         if not _finish(
             services,
             job_id,
