@@ -30,9 +30,11 @@ COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
 
-# The project, from the lock: torch is pinned there to the build above, so pip keeps it.
-RUN pip install -c constraints.txt . \
-    && python -c "import torch, cake_cli.service, worker.runner; assert torch.version.cuda"
+# The project, from the lock: torch is pinned there to the build above, so pip keeps it. With
+# the [mlflow] extra (mlflow-skinny): a job logs to MLflow when CAKE_MLFLOW_TRACKING_URI is set
+# (worker.mlflow_log), and the worker imports it only then.
+RUN pip install -c constraints.txt ".[mlflow]" \
+    && python -c "import torch, mlflow, cake_cli.service, worker.runner; assert torch.version.cuda"
 
 # The code runs from this copy of the source tree, so what runs is exactly what was copied
 # (migrations/ included); the installed wheel supplies the dependencies and the `cake` script.

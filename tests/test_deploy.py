@@ -382,7 +382,8 @@ def test_each_image_can_pip_install_the_project():
 
 
 TORCH_INSTALL = re.compile(r"pip install\s[^&;|]*\btorch(==|\s|$)")
-PROJECT_INSTALL = re.compile(r"pip install\s[^&;|]*\s\.(\s|$)")
+#: ``pip install .``, or with extras: ``pip install ".[mlflow]"``.
+PROJECT_INSTALL = re.compile(r"pip install\s[^&;|]*\s[\"']?\.(\[[\w,-]+\])?[\"']?(\s|$)")
 LOCK = "constraints.txt"
 
 
@@ -399,6 +400,20 @@ def test_images_install_torch_before_the_project():
         else:
             assert "whl/cpu" not in runs[torch[0]], "worker: the default (CUDA) build"
             assert "torch.version.cuda" in runs[torch[0]], "worker: checks it is a CUDA build"
+
+
+def test_the_worker_image_has_the_mlflow_extra():
+    """Jobs log to MLflow when CAKE_MLFLOW_TRACKING_URI is set: the worker image installs the
+    ``[mlflow]`` extra (the API never talks to MLflow, so its image does not)."""
+    installs = {
+        name: [
+            match.group(1) or ""
+            for kw, args in instructions(dockerfiles()[name])
+            if kw == "RUN" and (match := PROJECT_INSTALL.search(args))
+        ]
+        for name in ("api", "worker")
+    }
+    assert installs == {"api": [""], "worker": ["[mlflow]"]}
 
 
 def test_images_install_everything_from_the_lock():
