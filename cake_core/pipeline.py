@@ -21,6 +21,7 @@ import torch
 from cake_core.architectures import student_arch
 from cake_core.batchnorm import tap_batchnorm
 from cake_core.config import WIDTH_GIVEN, JobSpec, resolve_spec
+from cake_core.deploy import Deployment, build_deployment, skipped_deployment
 from cake_core.device import Runtime, default_runtime, tune_attention
 from cake_core.distill import SyntheticSet, TrainingState, train_student
 from cake_core.errors import JobCanceled
@@ -39,7 +40,7 @@ from cake_core.export import (
 from cake_core.report import write_curves, write_report
 from cake_core.students import build_student, choose_width
 from cake_core.synthesis import SyntheticChunk, plan_synthesis, synthesize
-from cake_core.teacher import TeacherInfo, inspect_teacher
+from cake_core.teacher import TeacherInfo, inspect_teacher, load_teacher
 
 PHASES = ("synthesizing", "training", "evaluating", "exporting")
 # Share of the overall progress bar each phase takes.
@@ -151,8 +152,13 @@ def run_job(
     """Run a distillation job end to end; write its artifacts into ``out_dir``.
 
     Artifacts: ``student.pt``, ``manifest.json``, ``curves.png`` (loss and agreement per epoch,
-    synthesis loss per chunk), ``report.md`` (metrics, timings, spec, both images linked) and,
-    for image inputs, ``samples.png``.
+    synthesis loss per chunk), ``report.md`` (metrics, timings, deployment table, spec, both
+    images linked), for image inputs ``samples.png``, and, each only when it passed its check
+    (see :mod:`cake_core.deploy`; a failure there is a ``warning`` event, never the job's),
+    ``student.onnx`` (ONNX Runtime gives student.pt's top-1 class on every held-out synthetic
+    sample) and ``student.int8.onnx`` (it keeps at least 0.99 of the fp32 model's agreement with
+    the teacher). The manifest's ``deployment`` section says what was kept and why, and holds
+    the deployment table (size, parameters, CPU latency, agreement per artifact and runtime).
 
     Raises :class:`~cake_core.errors.CakeError` subclasses for anything the user can fix
     (invalid teacher, spec or data set; divergence) and :class:`JobCanceled` when canceled.
@@ -262,6 +268,14 @@ def run_job(
         exported = export_student(
             student, artifacts["student.pt"], info.input_shape, info.num_classes
         )
+        deployment_started = time.perf_counter()
+        deployment = _deploy(
+            student, artifacts["student.pt"], teacher, teacher_path, info, train, holdout, out,
+            runtime, report,
+        )  # fmt: skip
+        deployment_seconds = time.perf_counter() - deployment_started
+        artifacts.update(deployment.artifacts)
+        metrics.update(deployment.metrics)
         if write_sample_grid(out / "samples.png", data.x, data.labels, info.num_classes):
             artifacts["samples.png"] = out / "samples.png"
         write_curves(
@@ -286,19 +300,67 @@ def run_job(
             "versions": library_versions(),
             "device": str(runtime.device),
             "attention_kernel": runtime.attention,
+            "deployment": deployment.section,
         }
         write_manifest(artifacts["manifest.json"], manifest)
         timings = {
             "synthesis": synthesis_seconds,
             "training": training_seconds,
             "evaluation": evaluation_seconds,
-            "export": time.perf_counter() - export_started,
+            "export": time.perf_counter() - export_started - deployment_seconds,
+            "deployment": deployment_seconds,
             "total": metrics["total_seconds"],
         }
         artifacts["report.md"] = out / "report.md"
         write_report(artifacts["report.md"], manifest, timings, images=list(artifacts))
         report("exporting", 1.0, "done", metrics)
         return JobResult(spec, info, metrics, artifacts, history, synthesis_log)
+
+
+def _deploy(
+    student: torch.nn.Module,
+    student_pt: Path,
+    teacher: torch.jit.ScriptModule,
+    teacher_path: str | Path,
+    info: TeacherInfo,
+    train: SyntheticSet,
+    holdout: SyntheticSet,
+    out: Path,
+    runtime: Runtime,
+    report: _Reporter,
+) -> Deployment:
+    """``student.onnx``, ``student.int8.onnx`` and the deployment table, measured on the CPU.
+
+    The teacher's CPU copy is its reference and is timed beside the student: deployment
+    targets are CPUs even when the job trained on a GPU. A job that holds no sample out checks
+    on its training samples instead, and says so.
+    """
+    report("exporting", 0.3, "exporting student.onnx and student.int8.onnx")
+    check_x, check_name = holdout.x, "held-out synthetic samples"
+    if len(holdout) == 0:
+        check_x, check_name = train.x, "synthetic training samples (the job holds none out)"
+    try:
+        cpu_teacher = teacher
+        if runtime.device.type != "cpu":
+            cpu_teacher = load_teacher(teacher_path, "cpu")
+        deployment = build_deployment(
+            student,
+            student_pt,
+            cpu_teacher,
+            teacher_path,
+            info.parameters,
+            info.input_shape,
+            check_x,
+            train.x,
+            out,
+            check_name=check_name,
+        )
+    except Exception as exc:  # each artifact's own failure is handled inside; this is the rest
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        deployment = skipped_deployment(f"the deployment step failed: {reason}", out)
+    for message, level, data in deployment.events:
+        report.event("exporting", "deployment", message, level, **data)
+    return deployment
 
 
 def _compression(teacher_parameters: int, student: torch.nn.Module) -> float:

@@ -45,6 +45,9 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "synthesis_seconds": "synthesis time (s)",
     "training_seconds": "training time (s)",
     "total_seconds": "whole job (s)",
+    "onnx_max_abs_logit_diff": "largest logit difference between student.onnx (ONNX Runtime) "
+    "and student.pt on held-out synthetic samples",
+    "int8_kept": "1 when student.int8.onnx kept its agreement with the teacher and was stored",
 }
 #: Loss terms of the synthesis log drawn besides the total (weighted, as in the spec).
 _SYNTHESIS_TERMS = ("cls", "contr", "tv", "entropy", "bn")
@@ -195,7 +198,7 @@ def write_report(
     """Write ``report.md`` for a job from its manifest; return the text.
 
     ``timings``: seconds per phase (``synthesis``, ``training``, ``evaluation``, ``export``,
-    and ``total``). ``images``: the image artifacts written next to the report
+    ``deployment``, and ``total``). ``images``: the image artifacts written next to the report
     (``curves.png``, ``samples.png``), linked relatively.
     """
     metrics: Mapping[str, float] = manifest.get("metrics", {})
@@ -290,6 +293,7 @@ def write_report(
         ],
         "ll",
     )
+    lines += _deployment_lines(manifest.get("deployment"))
     lines += ["", "## Spec", "", "The resolved job spec (every field, after the preset):", ""]
     lines += ["```json", json.dumps(manifest.get("spec", {}), indent=2, sort_keys=True), "```"]
     versions = manifest.get("versions", {})
@@ -303,6 +307,58 @@ def write_report(
     text = "\n".join(lines) + "\n"
     Path(path).write_text(text, encoding="utf-8")
     return text
+
+
+def _deployment_lines(deployment: Mapping[str, Any] | None) -> list[str]:
+    """The deployment table (one row per artifact and runtime) and what was kept and why."""
+    if not deployment:
+        return []
+    latency: Mapping[str, Any] = deployment.get("latency", {})
+    onnx: Mapping[str, Any] = deployment.get("onnx", {})
+    int8: Mapping[str, Any] = deployment.get("int8", {})
+    batches = [int(b) for b in latency.get("batch_sizes", [])]
+    lines = ["", "## Deployment", ""]
+    lines += [
+        f"Measured on the {latency.get('device', 'cpu').upper()} with "
+        f"{latency.get('threads', '?')} threads, TorchScript and ONNX Runtime side by side: "
+        f"latency is the {latency.get('statistic', 'median')} of repeated runs after a warm-up; "
+        f"agreement is with the teacher's top-1 class on {onnx.get('samples', '?')} held-out "
+        "synthetic samples.",
+        "",
+    ]
+    rows = []
+    for row in deployment.get("table", []):
+        rows.append(
+            [
+                f"`{row.get('artifact', '?')}`",
+                str(row.get("runtime", "?")),
+                f"{int(row.get('size_bytes', 0)):,}",
+                f"{int(row.get('parameters', 0)):,}",
+                *(_ms(row.get(f"latency_ms_batch_{b}")) for b in batches),
+                format_metric("agreement_teacher", row.get("agreement_teacher")),
+            ]
+        )
+    if rows:
+        header = ["artifact", "runtime", "size (bytes)", "parameters"]
+        header += [f"batch {b} (ms)" for b in batches] + ["agreement with teacher"]
+        lines += _table(header, rows, "llrr" + "r" * len(batches) + "r")
+        lines += [""]
+    lines += [
+        f"- `student.onnx` (opset {onnx.get('opset', '?')}, ONNX Runtime): "
+        f"{'kept' if onnx.get('kept') else 'not stored'}; {onnx.get('reason', '')}.",
+        f"- `student.int8.onnx` ({int8.get('format', 'QDQ')}, calibrated on "
+        f"{int8.get('calibration_samples', 0)} synthetic samples, minimum ratio "
+        f"{int8.get('min_ratio', '?')}): {'kept' if int8.get('kept') else 'not stored'}; "
+        f"{int8.get('reason', '')}.",
+    ]
+    return lines
+
+
+def _ms(value: Any) -> str:
+    number = _finite(value)
+    if number is None:
+        return "n/a"
+    return f"{number:.3f}" if number < 10 else f"{number:.1f}"
 
 
 _LINK = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
