@@ -25,6 +25,8 @@ log = logging.getLogger("cake.worker")
 
 ARTIFACT_CONTENT_TYPES = {
     "student.pt": "application/octet-stream",
+    "student.onnx": "application/octet-stream",
+    "student.int8.onnx": "application/octet-stream",
     "manifest.json": "application/json",
     "samples.png": "image/png",
     "curves.png": "image/png",
