@@ -57,14 +57,16 @@ def test_artifacts_manifest_and_clean_reload(digits_teacher, tmp_path):
         eval_path=digits_teacher.eval_path,
         runtime=default_runtime("cpu"),
     )
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    int8_kept = manifest["deployment"]["int8"]["kept"]
     assert set(result.artifacts) == {
         "student.pt",
+        "student.onnx",
         "manifest.json",
         "samples.png",
         "curves.png",
         "report.md",
-    }
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    } | ({"student.int8.onnx"} if int8_kept else set())
     assert manifest["teacher"]["sha256"] == result.teacher.sha256
     assert manifest["input_shape"] == [1, 8, 8] and manifest["num_classes"] == 10
     assert manifest["spec"]["synthesis"]["num_samples"] == 400

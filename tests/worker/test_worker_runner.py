@@ -81,13 +81,16 @@ def test_job_succeeds_with_artifacts_events_and_monotone_progress(any_service, d
 
     with any_service.ctx.session_scope() as session:
         artifacts = {a.name: a for a in session.scalars(select(Artifact))}
+    int8_kept = job.metrics["int8_kept"] == 1.0
     assert set(artifacts) == {
         "student.pt",
+        "student.onnx",
         "manifest.json",
         "samples.png",
         "curves.png",
         "report.md",
-    }
+    } | ({"student.int8.onnx"} if int8_kept else set())
+    assert artifacts["student.onnx"].content_type == "application/octet-stream"
     assert artifacts["manifest.json"].content_type == "application/json"
     assert artifacts["samples.png"].content_type == "image/png"
     assert artifacts["curves.png"].content_type == "image/png"

@@ -42,7 +42,9 @@ def test_job_on_s3_uploads_artifacts_and_clears_checkpoints(
     assert service.get_job(job_id).status == "succeeded"
     keys = service.store.client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/jobs/{job_id}/")
     names = sorted(obj["Key"] for obj in keys.get("Contents", []))
-    assert names == [
-        f"{PREFIX}/jobs/{job_id}/attempts/1/artifacts/{name}"
-        for name in ("curves.png", "manifest.json", "report.md", "samples.png", "student.pt")
-    ]
+    artifacts = ["curves.png", "manifest.json", "report.md", "samples.png", "student.onnx"]
+    if service.get_job(job_id).metrics["int8_kept"] == 1.0:
+        artifacts.append("student.int8.onnx")
+    assert names == sorted(
+        f"{PREFIX}/jobs/{job_id}/attempts/1/artifacts/{name}" for name in [*artifacts, "student.pt"]
+    )
