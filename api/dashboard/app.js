@@ -13,6 +13,7 @@ const RECONNECT_MS = 2000;
 const LIST_LIMIT = 50;
 const MAX_EVENTS_SHOWN = 1000;
 const FINISHED = new Set(["succeeded", "failed", "canceled"]);
+const STUDENT_FILES = ["student.pt", "student.onnx", "student.int8.onnx"];
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
@@ -290,6 +291,10 @@ function renderJob(root, jobId, signal) {
     metricsNote: h("p", { class: "muted" }, "Metrics appear when the job has succeeded."),
     downloads: h("ul", { id: "downloads", class: "downloads" }),
     downloadsNote: h("p", { class: "muted" }, "Artifacts appear when the job has succeeded."),
+    deployment: h("tbody"),
+    deploymentNotes: h("div", { id: "deployment-notes", class: "deployment-notes" }),
+    deploymentMethod: h("p", { id: "deployment-method", class: "muted small" }),
+    deploymentPanel: h("section", { class: "panel", id: "deployment-panel", hidden: true }),
     images: h("div", { id: "images", class: "images" }),
     imagesPanel: h("section", { class: "panel", hidden: true }),
     events: h("tbody"),
@@ -306,6 +311,12 @@ function renderJob(root, jobId, signal) {
     }
   });
   els.imagesPanel.append(h("h2", {}, "Images"), els.images);
+  els.deploymentPanel.append(h("h2", {}, "Deployment"), els.deploymentNotes,
+    h("div", { class: "table-scroll" }, h("table", { id: "deployment", class: "deployment" },
+      h("thead", {}, h("tr", {}, DEPLOYMENT_COLUMNS.map(([title, numeric]) =>
+        h("th", { class: numeric ? "num" : null }, title)))),
+      els.deployment)),
+    els.deploymentMethod);
   els.eventsBox.append(h("table", { class: "event-log" }, els.events),
     h("p", { class: "muted empty-log" }, "No events yet."));
   els.head.append(
@@ -323,6 +334,7 @@ function renderJob(root, jobId, signal) {
       h("section", { class: "panel" }, h("h2", {}, "Metrics"), els.metrics, els.metricsNote),
       h("section", { class: "panel" }, h("h2", {}, "Downloads"), els.downloads,
         els.downloadsNote)),
+    els.deploymentPanel,
     els.imagesPanel,
     h("section", { class: "panel" }, h("h2", {}, "Events"), els.eventsBox));
 
@@ -411,8 +423,13 @@ async function artifactUrl(jobId, name, signal) {
 
 async function showArtifacts(els, jobId, signal) {
   const list = await apiJson(`/v1/jobs/${encodeURIComponent(jobId)}/artifacts`, { signal });
+  // the student first, in each of its forms, then the rest by name
+  const rank = (name) => {
+    const i = STUDENT_FILES.indexOf(name);
+    return i < 0 ? STUDENT_FILES.length : i;
+  };
   const artifacts = [...list.data].sort((a, b) =>
-    (b.name === "student.pt") - (a.name === "student.pt") || a.name.localeCompare(b.name));
+    rank(a.name) - rank(b.name) || a.name.localeCompare(b.name));
 
   els.downloads.replaceChildren(...artifacts.map((artifact) => {
     const button = h("button", { class: "download", dataset: { artifact: artifact.name } },
@@ -425,6 +442,12 @@ async function showArtifacts(els, jobId, signal) {
   }));
   els.downloadsNote.hidden = artifacts.length > 0;
 
+  if (artifacts.some((a) => a.name === "manifest.json")) {
+    const manifest = await (await api(
+      `/v1/jobs/${encodeURIComponent(jobId)}/artifacts/manifest.json`, { signal })).json();
+    showDeployment(els, manifest.deployment);
+  }
+
   const images = artifacts.filter((a) => a.content_type.split(";")[0].trim() === "image/png")
     .sort((a, b) => (b.name === "samples.png") - (a.name === "samples.png"));
   els.imagesPanel.hidden = images.length === 0;
@@ -434,6 +457,65 @@ async function showArtifacts(els, jobId, signal) {
     els.images.append(h("figure", {}, img, h("figcaption", {}, artifact.name)));
     artifactUrl(jobId, artifact.name, signal).then((url) => { img.src = url; }, showError);
   }
+}
+
+// The deployment table of the job's manifest.json: [title, numeric?] per column.
+const DEPLOYMENT_COLUMNS = [
+  ["Artifact", false], ["Runtime", false], ["Size", true], ["Parameters", true],
+  ["Latency, batch 1", true], ["Latency, batch 64", true], ["Agreement with teacher", true],
+];
+
+function formatMs(ms) {
+  if (typeof ms !== "number" || !Number.isFinite(ms)) return "—";
+  return `${ms < 10 ? ms.toFixed(2) : ms.toFixed(1)} ms`;
+}
+
+function formatShare(fraction) {
+  return typeof fraction === "number" && Number.isFinite(fraction)
+    ? `${(fraction * 100).toFixed(1)}%` : "—";
+}
+
+/** The deployment section of the manifest: a line each on ONNX and int8 (kept or not, and
+ * why), the table (a row per form of the model), and how latency was measured. A manifest
+ * without the section (a job from before ONNX export) leaves the panel hidden. */
+function showDeployment(els, deployment) {
+  if (!deployment || typeof deployment !== "object") {
+    els.deploymentPanel.hidden = true;
+    return;
+  }
+  const onnx = deployment.onnx || {};
+  const int8 = deployment.int8 || {};
+  const note = (id, label, entry) => h("p", { id, dataset: { kept: String(!!entry.kept) } },
+    h("strong", {}, label), " ",
+    h("span", { class: `badge ${entry.kept ? "status-succeeded" : "status-canceled"}` },
+      entry.kept ? "kept" : "not kept"),
+    entry.reason ? ` ${entry.reason}` : "");
+  els.deploymentNotes.replaceChildren(
+    note("deployment-onnx", `ONNX (opset ${onnx.opset ?? "?"}):`, onnx),
+    note("deployment-int8", `int8 (${int8.format || "QDQ"}):`, int8));
+
+  const rows = Array.isArray(deployment.table) ? deployment.table : [];
+  els.deployment.replaceChildren(...rows.map((row) =>
+    h("tr", { dataset: { artifact: row.artifact, role: row.role } },
+      h("td", { class: "mono" }, row.artifact),
+      h("td", {}, row.runtime),
+      h("td", { class: "num" },
+        typeof row.size_bytes === "number" ? formatBytes(row.size_bytes) : "—"),
+      h("td", { class: "num" },
+        typeof row.parameters === "number" ? Math.round(row.parameters).toLocaleString("en-US")
+          : "—"),
+      h("td", { class: "num" }, formatMs(row.latency_ms_batch_1)),
+      h("td", { class: "num" }, formatMs(row.latency_ms_batch_64)),
+      h("td", { class: "num" }, formatShare(row.agreement_teacher)))));
+
+  const latency = deployment.latency || {};
+  const repeats = rows.length ? Math.min(...rows.map((row) => row.repeats || 0)) : 0;
+  els.deploymentMethod.textContent =
+    `Latency: the ${latency.statistic || "median"} of at least ${repeats} timed calls per ` +
+    `cell, on the ${latency.device || "cpu"} with ${latency.threads ?? "?"} thread(s). ` +
+    "Agreement: the share of the job's check samples on which the top-1 class is the " +
+    "teacher's.";
+  els.deploymentPanel.hidden = false;
 }
 
 /** Fetch the artifact with the key, then save it through a temporary <a download>. */

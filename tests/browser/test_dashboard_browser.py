@@ -13,6 +13,7 @@ on an idle machine), so that the picture shows a realistic result.
 from __future__ import annotations
 
 import os
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,10 @@ def test_dashboard_follows_a_job_to_its_downloads(
             assert shown.endswith("%"), (key, shown)
             assert abs(float(shown[:-1]) - 100 * metrics[key]) <= 0.051, (key, shown)
 
+        # the deployment table: the rows of the job's manifest.json, and what became of int8
+        manifest = expect(client.get(f"/v1/jobs/{job_id}/artifacts/manifest.json"), 200)
+        _check_deployment(page, manifest["deployment"])
+
         # every PNG artifact rendered (fetched with the key, shown from a blob URL)
         pngs = [a["name"] for a in artifacts if a["content_type"].split(";")[0] == "image/png"]
         assert "samples.png" in pngs, artifacts
@@ -128,10 +133,11 @@ def test_dashboard_follows_a_job_to_its_downloads(
             1, timeout=UI_TIMEOUT_MS
         )
 
-        # downloads: student.pt first, and the file saved is the artifact
+        # downloads: student.pt first (then its ONNX form), and the file saved is the artifact
         buttons = page.locator("#downloads button.download")
         page_expect(buttons).to_have_count(len(artifacts))
         page_expect(buttons.first).to_have_attribute("data-artifact", "student.pt")
+        page_expect(buttons.nth(1)).to_have_attribute("data-artifact", "student.onnx")
         with page.expect_download(timeout=UI_TIMEOUT_MS) as download_info:
             buttons.first.click()
         download = download_info.value
@@ -150,6 +156,55 @@ def test_dashboard_follows_a_job_to_its_downloads(
         assert not errors, errors
     finally:
         context.close()
+
+
+def _fixed(value: float, digits: int) -> str:
+    """JavaScript's ``value.toFixed(digits)``: the exact binary value, ties rounded up."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def _bytes_text(n: int) -> str:
+    """The dashboard's ``formatBytes``: binary units, one decimal above bytes."""
+    units, i, value = ["B", "KiB", "MiB", "GiB", "TiB"], 0, Decimal(n)
+    while value >= 1024 and i < len(units) - 1:
+        value, i = value / 1024, i + 1
+    return f"{n} {units[0]}" if i == 0 else f"{_fixed(float(value), 1)} {units[i]}"
+
+
+def _ms_text(ms: float) -> str:
+    return f"{_fixed(ms, 2 if ms < 10 else 1)} ms"
+
+
+def _check_deployment(page: Page, deployment: dict[str, Any]) -> None:
+    """The panel shows each row of the manifest's deployment table, in its order, and a line
+    each on ONNX and int8 (kept or not, and the manifest's reason)."""
+    table = deployment["table"]
+    kept = ["teacher.pt", "student.pt", "student.onnx"]
+    assert [row["artifact"] for row in table] == kept + (
+        ["student.int8.onnx"] if deployment["int8"]["kept"] else []
+    )
+    page_expect(page.locator("#deployment-panel")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    rows = page.locator("#deployment tbody tr")
+    page_expect(rows).to_have_count(len(table))
+    for i, row in enumerate(table):
+        cells = rows.nth(i).locator("td").all_inner_texts()
+        assert rows.nth(i).get_attribute("data-artifact") == row["artifact"]
+        artifact, runtime, size, parameters, batch_1, batch_64, agreement = cells
+        assert (artifact, runtime) == (row["artifact"], row["runtime"])
+        assert parameters == f"{row['parameters']:,}"
+        assert size == _bytes_text(row["size_bytes"])
+        assert batch_1 == _ms_text(row["latency_ms_batch_1"])
+        assert batch_64 == _ms_text(row["latency_ms_batch_64"])
+        assert agreement == f"{_fixed(row['agreement_teacher'] * 100, 1)}%"
+    for key, label in (("onnx", "ONNX"), ("int8", "int8")):
+        note = page.locator(f"#deployment-{key}")
+        page_expect(note).to_have_attribute("data-kept", str(deployment[key]["kept"]).lower())
+        page_expect(note).to_contain_text(label)
+        page_expect(note).to_contain_text("kept" if deployment[key]["kept"] else "not kept")
+        page_expect(note).to_contain_text(deployment[key]["reason"])
+    page_expect(page.locator("#deployment-method")).to_contain_text(
+        f"{deployment['latency']['threads']} thread"
+    )
 
 
 def test_dashboard_asks_for_a_key_when_keys_are_configured(chromium: Any, tmp_path: Path) -> None:
