@@ -415,7 +415,12 @@ class Event(BaseModel):
 
 
 class Artifact(BaseModel):
-    name: str = Field(..., description="student.pt, manifest.json, samples.png, …")
+    name: str = Field(
+        ...,
+        description="student.pt, student.onnx, student.int8.onnx (each ONNX file only when the "
+        "job kept it; manifest.json's deployment section says why not), manifest.json, "
+        "curves.png, report.md, samples.png (image inputs)",
+    )
     size_bytes: int = Field(..., description="Size in bytes.")
     sha256: str = Field(..., description="SHA-256 (hex); also the download's ETag.")
     content_type: str = Field(..., description="Media type of the download.")
