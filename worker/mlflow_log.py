@@ -56,6 +56,7 @@ __all__ = [
     "metric_series",
     "model_name",
     "spec_params",
+    "wanted",
 ]
 
 log = logging.getLogger("cake.worker")
@@ -120,6 +121,17 @@ def experiment_name(metadata: Mapping[str, Any], settings: Settings) -> str:
     return _text(metadata, "mlflow_experiment") or settings.mlflow_experiment
 
 
+def _spec_uri(job: Job) -> str | None:
+    value = (job.spec or {}).get("mlflow_tracking_uri")
+    return value if isinstance(value, str) and value else None
+
+
+def wanted(settings: Settings, job: Job) -> bool:
+    """Whether ``job`` is to be logged at all (the operator's URI, or one in its spec): every
+    other job costs one row read, not a manifest parse or an import."""
+    return bool(settings.mlflow_tracking_uri) or _spec_uri(job) is not None
+
+
 def find_target(settings: Settings, job: Job, preset: str | None) -> MlflowTarget | None:
     """Where ``job`` is logged, or None when MLflow is not configured for it.
 
@@ -128,8 +140,8 @@ def find_target(settings: Settings, job: Job, preset: str | None) -> MlflowTarge
     the tenant from ``CAKE_MLFLOW_SPEC_TENANTS`` since, or its host may resolve elsewhere now.
     Raises :class:`MlflowURIError` for a spec URI this worker will not dial.
     """
-    spec_uri = (job.spec or {}).get("mlflow_tracking_uri")
-    if isinstance(spec_uri, str) and spec_uri:
+    spec_uri = _spec_uri(job)
+    if spec_uri is not None:
         uri, from_spec = check_mlflow_uri(spec_uri, job.tenant, settings), True
     elif settings.mlflow_tracking_uri:
         uri, from_spec = settings.mlflow_tracking_uri, False
@@ -363,6 +375,7 @@ class _Logged:
     metrics: int = 0
     artifacts: tuple[str, ...] = ()
     model_version: str | None = None
+    finished: bool = False
 
 
 def _log_run(
@@ -389,19 +402,28 @@ def _log_run(
     )
     run_id = str(run.info.run_id)
     logged.run_id = run_id
-    param_list = [Param(k, v) for k, v in params.items()]
-    for batch in _batches(param_list, PARAMS_PER_BATCH):
-        calls("params", lambda b=batch: client.log_batch(run_id, params=list(b)))
-    logged.params = len(param_list)
-    now_ms = int(time.time() * 1000)
-    metric_list = [Metric(name, value, now_ms, step) for name, value, step in points]
-    for batch in _batches(metric_list, METRICS_PER_BATCH):
-        calls("metrics", lambda b=batch: client.log_batch(run_id, metrics=list(b)))
-    logged.metrics = len(metric_list)
-    for name, path in sorted(artifacts.items()):
-        calls(f"artifact {name}", lambda p=path: client.log_artifact(run_id, str(p)))
-        logged.artifacts = (*logged.artifacts, name)
-    calls("finish run", lambda: client.set_terminated(run_id, "FINISHED"))
+    try:
+        param_list = [Param(k, v) for k, v in params.items()]
+        for batch in _batches(param_list, PARAMS_PER_BATCH):
+            calls("params", lambda b=batch: client.log_batch(run_id, params=list(b)))
+        logged.params = len(param_list)
+        now_ms = int(time.time() * 1000)
+        metric_list = [Metric(name, value, now_ms, step) for name, value, step in points]
+        for batch in _batches(metric_list, METRICS_PER_BATCH):
+            calls("metrics", lambda b=batch: client.log_batch(run_id, metrics=list(b)))
+        logged.metrics = len(metric_list)
+        for name, path in sorted(artifacts.items()):
+            calls(f"artifact {name}", lambda p=path: client.log_artifact(run_id, str(p)))
+            logged.artifacts = (*logged.artifacts, name)
+        calls("finish run", lambda: client.set_terminated(run_id, "FINISHED"))
+    except Exception as exc:
+        # A server that answers but refused something: mark the run FAILED (one try), so it
+        # does not look like a job still running. One that is down is not asked again.
+        if not transient(exc) and not isinstance(exc, _GaveUp):
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "FAILED")
+        raise
+    logged.finished = True
 
     if STUDENT_FILE not in artifacts:
         return
@@ -464,7 +486,7 @@ def log_job(
     calls = _Calls(settings, started)
     try:
         job = _load_job(services, job_id)
-        if job is None:
+        if job is None or not wanted(settings, job):
             return
         manifest = _read_manifest(artifacts)
         spec = manifest.get("spec") if isinstance(manifest.get("spec"), dict) else job.spec or {}
@@ -517,7 +539,12 @@ def _failed(
     words = _words(exc, uri) if target is not None else " ".join(str(exc).split())[:600]
     log.warning("MLflow logging stopped at %s: %s", step, words)
     where = f" at {redact(uri)}" if uri else ""
-    done = f" (run {logged.run_id} is incomplete)" if logged.run_id else ""
+    if logged.finished:
+        done = f" (run {logged.run_id} was logged; the student is not registered)"
+    elif logged.run_id:
+        done = f" (run {logged.run_id} is incomplete)"
+    else:
+        done = ""
     event(
         EVENT_TYPE,
         f"could not log the job to MLflow{where}: {step} failed: {words}{done}; "

@@ -9,7 +9,9 @@ client. Nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -77,6 +79,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "1",
         ],
         cwd=root,
+        # The server's background job runner (GenAI jobs) is not needed here.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its workers are stopped with it, as one process group
@@ -94,14 +98,27 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _stop_group(proc)
         log_file.close()
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group (the CLI and its uvicorn), SIGKILL to what is left
+    after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        proc.poll()  # reaps the CLI itself once it exits
+        time.sleep(0.1)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _set_job(service: Service, job_id: str, **values: Any) -> None:
@@ -214,13 +231,43 @@ def test_a_spec_uri_of_an_allowed_tenant_is_used_and_the_engine_never_sees_it(
     )
 
 
+def test_a_refused_model_name_keeps_the_run_and_says_why(
+    make_service: Callable[..., Service], mlflow_server: str, tmp_path: Path
+) -> None:
+    """A refusal (4xx) is not retried; the run is logged and finished, and the warning names
+    the step and MLflow's reason. ``log_job`` on files laid out as a job leaves them."""
+    service = make_service(CAKE_MLFLOW_TRACKING_URI=mlflow_server)
+    job_id = service.add_job(WINE, TINY_SPEC)
+    _set_job(service, job_id, job_metadata={"mlflow_model_name": "no/slashes"})
+    files = {"student.pt": tmp_path / "student.pt", "manifest.json": tmp_path / "manifest.json"}
+    files["student.pt"].write_bytes(b"not really a model")
+    manifest = {"spec": {"preset": "fast"}, "history": [{"epoch": 1.0, "loss": 0.5}]}
+    files["manifest.json"].write_text(json.dumps(manifest))
+    seen: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def event(type: str, message: str, level: str = "info", **data: Any) -> None:
+        seen.append((type, level, message, data))
+
+    log_job(service.ctx, job_id, files, {"agreement_synthetic": 0.5}, event)
+
+    ((kind, level, message, data),) = seen
+    assert (kind, level, data["step"]) == ("mlflow", "warning", "register model")
+    assert "Invalid model name" in data["error"] and "not registered" in message
+    client = mlflow.MlflowClient(mlflow_server)
+    run = client.get_run(data["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["cake.preset"] == "fast"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == set(files)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "training.loss")] == [0.5]
+
+
 def test_an_unreachable_server_costs_seconds_and_leaves_the_job_succeeded(
-    make_service: Callable[..., Service],
+    make_service: Callable[..., Service], caplog: pytest.LogCaptureFixture
 ) -> None:
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     service = make_service(CAKE_MLFLOW_TRACKING_URI=closed)
     job_id = service.add_job(WINE, TINY_SPEC)
 
+    caplog.set_level(logging.INFO, logger="cake.worker")
     started = time.monotonic()
     assert process_job(service.ctx, job_id) == "succeeded"
     elapsed = time.monotonic() - started
@@ -235,6 +282,8 @@ def test_an_unreachable_server_costs_seconds_and_leaves_the_job_succeeded(
     assert "Connection refused" in event.data["error"]
     assert event.data["step"] == "experiment" and event.data["run_id"] is None
     # Three tries with the default backoff (about 0.5-1 s, then 1-2 s): seconds, not minutes.
+    retries = [r for r in caplog.records if "MLflow experiment failed (try" in r.getMessage()]
+    assert len(retries) == 2
     assert 0.5 <= event.data["seconds"] < 15, event.data
     assert elapsed < 60
 
