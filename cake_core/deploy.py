@@ -408,13 +408,127 @@ def deployment_table(
 @dataclass
 class Deployment:
     """What :func:`build_deployment` made: the manifest section, the files it kept, the events
-    to log (``(message, level, data)``), the metrics to add and the seconds it took."""
+    to log (``(message, level, data)``), the metrics to add and the seconds each part took."""
 
     section: dict[str, Any]
     artifacts: dict[str, Path]
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Artifact:
+    """One ONNX artifact after its check: its manifest entry, its session when it is kept (None
+    otherwise), its agreement with the teacher (NaN when not measured) and the event to log."""
+
+    info: dict[str, Any]
+    session: Any | None
+    agreement: float
+    event: tuple[str, str, dict[str, Any]]
+    seconds: float
+
+
+def _onnx_artifact(
+    student: nn.Module,
+    scripted: Any,
+    path: Path,
+    input_shape: Sequence[int],
+    check_x: torch.Tensor,
+    teacher_classes: np.ndarray,
+    *,
+    threads: int,
+    opset: int,
+    check_name: str,
+) -> _Artifact:
+    """Export ``student.onnx`` and keep it only when ONNX Runtime gives ``student.pt``'s class
+    on every sample of ``check_x``."""
+    started = time.perf_counter()
+    info: dict[str, Any] = {
+        "kept": False,
+        "opset": opset,
+        "samples": len(check_x),
+        "top1_agreement": None,
+        "max_abs_logit_diff": None,
+        "reason": "",
+    }
+    try:
+        export_onnx(student, path, input_shape, opset=opset)
+        session = ort_session(path, threads)
+        check = check_onnx(session, scripted, check_x)
+        info["top1_agreement"] = _finite(check.top1_agreement)
+        info["max_abs_logit_diff"] = _finite(check.max_abs_logit_diff)
+        if not check.passed:
+            raise DeploymentError(
+                f"ONNX Runtime and student.pt disagree: top-1 agreement "
+                f"{check.top1_agreement:.4f} on {check.samples} {check_name} "
+                f"(max |logit difference| {check.max_abs_logit_diff:.3g})"
+            )
+        info["kept"] = True
+        info["reason"] = (
+            f"ONNX Runtime (CPU) predicts the class student.pt predicts on all {check.samples} "
+            f"{check_name}; max |logit difference| {check.max_abs_logit_diff:.3g}"
+        )
+        fp32 = agreement(onnx_logits(session, check_x), teacher_classes)
+        event = (f"student.onnx (opset {opset}): {info['reason']}", "info", _event(info))
+        return _Artifact(info, session, fp32, event, time.perf_counter() - started)
+    except Exception as exc:  # an artifact's failure, never the job's
+        path.unlink(missing_ok=True)
+        info["reason"] = _short(exc)
+        message = f"no student.onnx: {info['reason']}; the job's other artifacts are unaffected"
+        event = (message, "warning", _event(info))
+        return _Artifact(info, None, float("nan"), event, time.perf_counter() - started)
+
+
+def _int8_artifact(
+    fp32: _Artifact,
+    fp32_path: Path,
+    path: Path,
+    calibration_x: torch.Tensor,
+    check_x: torch.Tensor,
+    teacher_classes: np.ndarray,
+    *,
+    threads: int,
+    min_ratio: float,
+) -> _Artifact:
+    """Quantize the kept ``student.onnx`` and keep the result only by :func:`int8_decision`."""
+    started = time.perf_counter()
+    info: dict[str, Any] = {
+        "kept": False,
+        "format": "QDQ",
+        "calibration_samples": len(calibration_x),
+        "agreement_fp32": _finite(fp32.agreement),
+        "agreement_int8": None,
+        "ratio": None,
+        "min_ratio": min_ratio,
+        "per_channel": None,
+        "reason": "no student.onnx to quantize",
+    }
+    if fp32.session is None:
+        event = ("no student.int8.onnx: no student.onnx to quantize", "info", _event(info))
+        return _Artifact(info, None, float("nan"), event, 0.0)
+    try:
+        info["per_channel"] = quantize_int8(fp32_path, path, calibration_x)
+        session = ort_session(path, threads)
+        int8 = agreement(onnx_logits(session, check_x), teacher_classes)
+        decision = int8_decision(fp32.agreement, int8, min_ratio)
+        info.update(
+            agreement_int8=_finite(int8),
+            ratio=decision.ratio,
+            kept=decision.kept,
+            reason=decision.reason,
+        )
+        if not decision.kept:
+            path.unlink(missing_ok=True)
+            event = (f"student.int8.onnx not kept: {decision.reason}", "info", _event(info))
+            return _Artifact(info, None, int8, event, time.perf_counter() - started)
+        event = (f"student.int8.onnx kept: {decision.reason}", "info", _event(info))
+        return _Artifact(info, session, int8, event, time.perf_counter() - started)
+    except Exception as exc:  # an artifact's failure, never the job's
+        path.unlink(missing_ok=True)
+        info["reason"] = _short(exc)
+        event = (f"no student.int8.onnx: {info['reason']}", "warning", _event(info))
+        return _Artifact(info, None, float("nan"), event, time.perf_counter() - started)
 
 
 def build_deployment(
@@ -439,125 +553,34 @@ def build_deployment(
     the reference every agreement is measured against). ``check_x``: held-out synthetic samples
     (at most :data:`CHECK_SAMPLES` are used); ``calibration_x``: synthetic training samples (at
     most :data:`CALIBRATION_SAMPLES`); ``check_name`` says in the messages what ``check_x`` is.
+    Every student row's ``parameters`` is the student's parameter count: the same model in
+    another file format (the ONNX exporter may fold a BatchNorm into its convolution, int8 stores
+    the same weights in fewer bytes).
     """
-    out = Path(out_dir)
-    student_pt = Path(student_pt)
+    out, student_pt = Path(out_dir), Path(student_pt)
     threads = max(1, torch.get_num_threads())
     check_x = check_x.detach().cpu().float()[:CHECK_SAMPLES]
     calibration_x = calibration_x.detach().cpu().float()[:CALIBRATION_SAMPLES]
     student = student.cpu().eval()
     parameters = int(sum(p.numel() for p in student.parameters()))
-    result = Deployment(section={}, artifacts={})
-    clock = time.perf_counter()
-
+    started = time.perf_counter()
     teacher_classes = torchscript_logits(teacher, check_x).argmax(axis=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(str(student_pt), map_location="cpu").eval()
-    student_agreement = agreement(torchscript_logits(scripted, check_x), teacher_classes)
+    pt_agreement = agreement(torchscript_logits(scripted, check_x), teacher_classes)
+    reference_seconds = time.perf_counter() - started
 
     onnx_path, int8_path = out / "student.onnx", out / "student.int8.onnx"
-    onnx_info: dict[str, Any] = {
-        "kept": False,
-        "opset": opset,
-        "samples": len(check_x),
-        "top1_agreement": None,
-        "max_abs_logit_diff": None,
-        "reason": "",
-    }
-    session = None
-    fp32_agreement = float("nan")
-    try:
-        export_onnx(student, onnx_path, input_shape, opset=opset)
-        result.seconds["onnx_export"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        session = ort_session(onnx_path, threads)
-        check = check_onnx(session, scripted, check_x)
-        result.seconds["onnx_check"] = time.perf_counter() - clock
-        onnx_info["top1_agreement"] = _finite(check.top1_agreement)
-        onnx_info["max_abs_logit_diff"] = _finite(check.max_abs_logit_diff)
-        if not check.passed:
-            raise DeploymentError(
-                f"ONNX Runtime and student.pt disagree: top-1 agreement "
-                f"{check.top1_agreement:.4f} on {check.samples} {check_name} "
-                f"(max |logit difference| {check.max_abs_logit_diff:.3g})"
-            )
-        onnx_info["kept"] = True
-        fp32_agreement = agreement(onnx_logits(session, check_x), teacher_classes)
-        onnx_info["reason"] = (
-            f"ONNX Runtime (CPU) predicts the class student.pt predicts on all {check.samples} "
-            f"{check_name}; max |logit difference| {check.max_abs_logit_diff:.3g}"
-        )
-        result.artifacts["student.onnx"] = onnx_path
-        result.events.append(
-            (f"student.onnx (opset {opset}): {onnx_info['reason']}", "info", _event(onnx_info))
-        )
-    except Exception as exc:  # an artifact's failure, never the job's
-        onnx_path.unlink(missing_ok=True)
-        session = None
-        onnx_info["reason"] = _short(exc)
-        result.events.append(
-            (
-                f"no student.onnx: {onnx_info['reason']}; the job's other artifacts are unaffected",
-                "warning",
-                _event(onnx_info),
-            )
-        )
-    result.metrics["onnx_max_abs_logit_diff"] = (
-        onnx_info["max_abs_logit_diff"] if onnx_info["max_abs_logit_diff"] is not None
-        else float("nan")
+    fp32 = _onnx_artifact(
+        student, scripted, onnx_path, input_shape, check_x, teacher_classes,
+        threads=threads, opset=opset, check_name=check_name,
+    )  # fmt: skip
+    int8 = _int8_artifact(
+        fp32, onnx_path, int8_path, calibration_x, check_x, teacher_classes,
+        threads=threads, min_ratio=min_ratio,
     )  # fmt: skip
 
-    int8_info: dict[str, Any] = {
-        "kept": False,
-        "format": "QDQ",
-        "calibration_samples": len(calibration_x),
-        "agreement_fp32": None,
-        "agreement_int8": None,
-        "ratio": None,
-        "min_ratio": min_ratio,
-        "per_channel": None,
-        "reason": "",
-    }
-    int8_session = None
-    if session is None:
-        int8_info["reason"] = "no student.onnx to quantize"
-        result.events.append(
-            ("no student.int8.onnx: no student.onnx to quantize", "info", _event(int8_info))
-        )
-    else:
-        clock = time.perf_counter()
-        try:
-            int8_info["per_channel"] = quantize_int8(onnx_path, int8_path, calibration_x)
-            int8_session = ort_session(int8_path, threads)
-            int8_agreement = agreement(onnx_logits(int8_session, check_x), teacher_classes)
-            decision = int8_decision(fp32_agreement, int8_agreement, min_ratio)
-            int8_info.update(
-                agreement_fp32=_finite(fp32_agreement),
-                agreement_int8=_finite(int8_agreement),
-                ratio=decision.ratio,
-                kept=decision.kept,
-                reason=decision.reason,
-            )
-            if decision.kept:
-                result.artifacts["student.int8.onnx"] = int8_path
-                message = f"student.int8.onnx kept: {decision.reason}"
-            else:
-                int8_path.unlink(missing_ok=True)
-                int8_session = None
-                message = f"student.int8.onnx not kept: {decision.reason}"
-            result.events.append((message, "info", _event(int8_info)))
-        except Exception as exc:
-            int8_path.unlink(missing_ok=True)
-            int8_session = None
-            int8_info["reason"] = _short(exc)
-            result.events.append(
-                (f"no student.int8.onnx: {int8_info['reason']}", "warning", _event(int8_info))
-            )
-        result.seconds["int8"] = time.perf_counter() - clock
-    result.metrics["int8_kept"] = 1.0 if int8_info["kept"] else 0.0
-
-    clock = time.perf_counter()
     candidates = [
         _Candidate(
             "teacher.pt", "teacher", "torchscript", "torchscript",
@@ -566,41 +589,60 @@ def build_deployment(
         ),
         _Candidate(
             "student.pt", "student", "torchscript", "torchscript",
-            student_pt.stat().st_size, parameters, _finite(student_agreement),
+            student_pt.stat().st_size, parameters, _finite(pt_agreement),
             lambda x: _no_grad(scripted, x),
         ),
     ]  # fmt: skip
-    if session is not None:
-        candidates.append(
-            _Candidate(
-                "student.onnx", "student", "onnx", "onnxruntime",
-                onnx_path.stat().st_size, parameters, _finite(fp32_agreement),
-                _ort_call(session),
-            )
-        )  # fmt: skip
-    if int8_session is not None:
-        candidates.append(
-            _Candidate(
-                "student.int8.onnx", "student", "onnx-int8", "onnxruntime",
-                int8_path.stat().st_size, parameters, int8_info["agreement_int8"],
-                _ort_call(int8_session),
-            )
-        )  # fmt: skip
+    for name, kind, artifact, path in (
+        ("student.onnx", "onnx", fp32, onnx_path),
+        ("student.int8.onnx", "onnx-int8", int8, int8_path),
+    ):
+        if artifact.session is not None:
+            candidates.append(
+                _Candidate(
+                    name, "student", kind, "onnxruntime", path.stat().st_size, parameters,
+                    _finite(artifact.agreement), _ort_call(artifact.session),
+                )
+            )  # fmt: skip
+    started = time.perf_counter()
     with _threads(threads):
         table = deployment_table(candidates, input_shape, budget_s=latency_budget_s)
-    result.seconds["latency"] = time.perf_counter() - clock
-    result.section = {
-        "onnx": onnx_info,
-        "int8": int8_info,
-        "latency": {
-            "device": "cpu",
-            "threads": threads,
-            "batch_sizes": list(LATENCY_BATCH_SIZES),
-            "statistic": "median",
+    latency_seconds = time.perf_counter() - started
+
+    return Deployment(
+        section={
+            "onnx": fp32.info,
+            "int8": int8.info,
+            "latency": {
+                "device": "cpu",
+                "threads": threads,
+                "batch_sizes": list(LATENCY_BATCH_SIZES),
+                "statistic": "median",
+            },
+            "table": table,
         },
-        "table": table,
-    }
-    return result
+        artifacts={
+            name: path
+            for name, artifact, path in (
+                ("student.onnx", fp32, onnx_path),
+                ("student.int8.onnx", int8, int8_path),
+            )
+            if artifact.session is not None
+        },
+        events=[fp32.event, int8.event],
+        metrics={
+            "onnx_max_abs_logit_diff": fp32.info["max_abs_logit_diff"]
+            if fp32.info["max_abs_logit_diff"] is not None
+            else float("nan"),
+            "int8_kept": 1.0 if int8.info["kept"] else 0.0,
+        },
+        seconds={
+            "reference": reference_seconds,
+            "onnx": fp32.seconds,
+            "int8": int8.seconds,
+            "latency": latency_seconds,
+        },
+    )
 
 
 def skipped_deployment(
