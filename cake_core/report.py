@@ -322,8 +322,9 @@ def _deployment_lines(deployment: Mapping[str, Any] | None) -> list[str]:
         f"Measured on the {latency.get('device', 'cpu').upper()} with "
         f"{latency.get('threads', '?')} threads, TorchScript and ONNX Runtime side by side: "
         f"latency is the {latency.get('statistic', 'median')} of repeated runs after a warm-up; "
-        f"agreement is with the teacher's top-1 class on {onnx.get('samples', '?')} held-out "
-        "synthetic samples.",
+        f"agreement is with the teacher's top-1 class on the {onnx.get('samples', '?')} "
+        "synthetic samples of the ONNX check (held out from training where the job holds any "
+        "out).",
         "",
     ]
     rows = []
