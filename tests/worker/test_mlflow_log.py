@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -286,6 +287,38 @@ def test_an_unreachable_server_costs_seconds_and_leaves_the_job_succeeded(
     assert len(retries) == 2
     assert 0.5 <= event.data["seconds"] < 15, event.data
     assert elapsed < 60
+
+
+def test_a_server_that_never_answers_is_bounded_by_the_timeout(
+    make_service: Callable[..., Service],
+) -> None:
+    """A listening socket that accepts connections and never answers (a hung server): each
+    try ends at CAKE_MLFLOW_TIMEOUT_S, and MLflow's own retries do not multiply them."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        service = make_service(
+            CAKE_MLFLOW_TRACKING_URI=url,
+            CAKE_MLFLOW_TIMEOUT_S="1",
+            CAKE_MLFLOW_RETRY_ATTEMPTS="2",
+            CAKE_MLFLOW_RETRY_BACKOFF_S="0.2",
+        )
+        job_id = service.add_job(WINE, TINY_SPEC)
+        seen: list[tuple[str, dict[str, Any]]] = []
+
+        def event(type: str, message: str, level: str = "info", **data: Any) -> None:
+            seen.append((level, data))
+
+        before = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+        started = time.monotonic()
+        log_job(service.ctx, job_id, {}, {"agreement_synthetic": 0.5}, event)
+        elapsed = time.monotonic() - started
+    ((level, data),) = seen
+    assert (level, data["step"]) == ("warning", "experiment")
+    assert "timeout" in data["error"].lower() or "timed out" in data["error"].lower(), data
+    assert 2.0 <= elapsed < 8.0  # two tries of 1 s and a short wait, not MLflow's 120 s ones
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == before  # put back as it was
 
 
 def test_a_spec_uri_is_checked_again_at_the_worker() -> None:
