@@ -293,6 +293,7 @@ function renderJob(root, jobId, signal) {
     downloadsNote: h("p", { class: "muted" }, "Artifacts appear when the job has succeeded."),
     deployment: h("tbody"),
     deploymentNotes: h("div", { id: "deployment-notes", class: "deployment-notes" }),
+    deploymentTable: h("div", { class: "table-scroll" }),
     deploymentMethod: h("p", { id: "deployment-method", class: "muted small" }),
     deploymentPanel: h("section", { class: "panel", id: "deployment-panel", hidden: true }),
     images: h("div", { id: "images", class: "images" }),
@@ -312,11 +313,11 @@ function renderJob(root, jobId, signal) {
   });
   els.imagesPanel.append(h("h2", {}, "Images"), els.images);
   els.deploymentPanel.append(h("h2", {}, "Deployment"), els.deploymentNotes,
-    h("div", { class: "table-scroll" }, h("table", { id: "deployment", class: "deployment" },
-      h("thead", {}, h("tr", {}, DEPLOYMENT_COLUMNS.map(([title, numeric]) =>
-        h("th", { class: numeric ? "num" : null }, title)))),
-      els.deployment)),
-    els.deploymentMethod);
+    els.deploymentTable, els.deploymentMethod);
+  els.deploymentTable.append(h("table", { id: "deployment", class: "deployment" },
+    h("thead", {}, h("tr", {}, DEPLOYMENT_COLUMNS.map(([title, numeric]) =>
+      h("th", { class: numeric ? "num" : null }, title)))),
+    els.deployment));
   els.eventsBox.append(h("table", { class: "event-log" }, els.events),
     h("p", { class: "muted empty-log" }, "No events yet."));
   els.head.append(
@@ -508,6 +509,9 @@ function showDeployment(els, deployment) {
       h("td", { class: "num" }, formatMs(row.latency_ms_batch_64)),
       h("td", { class: "num" }, formatShare(row.agreement_teacher)))));
 
+  // no rows: the deployment step itself failed, and the two lines above say why
+  els.deploymentTable.hidden = rows.length === 0;
+  els.deploymentMethod.hidden = rows.length === 0;
   const latency = deployment.latency || {};
   const repeats = rows.length ? Math.min(...rows.map((row) => row.repeats || 0)) : 0;
   els.deploymentMethod.textContent =
