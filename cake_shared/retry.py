@@ -3,7 +3,8 @@
 Every retry in the project goes through here, so they all back off the same way:
 
 - the database (:func:`cake_shared.db.retrying`) and the S3 store
-  (:class:`cake_shared.storage.S3Store`) call :func:`call_with_retries` in-process;
+  (:class:`cake_shared.storage.S3Store`) call :func:`call_with_retries` in-process, and so
+  does a job's MLflow logging (:mod:`worker.mlflow_log`), inside a time budget;
 - webhook deliveries (:mod:`cake_shared.webhooks`) are retried across time through the
   database (each attempt is a row update, not a sleeping thread), so they share only the
   delay: :func:`backoff_delay`;
