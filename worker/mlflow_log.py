@@ -54,7 +54,9 @@ __all__ = [
     "find_target",
     "log_job",
     "metric_series",
+    "mlflow_environment",
     "model_name",
+    "proxied_artifacts",
     "spec_params",
     "wanted",
 ]
@@ -282,25 +284,64 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError)
 
 
+#: The worker's MLflow credentials (meant for the operator's server): never sent to a server
+#: that a job spec names (MLflow reads them from the environment at every request).
+CREDENTIAL_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_AUTH",
+    "MLFLOW_TRACKING_AWS_SIGV4",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+)
+
+
 @contextlib.contextmanager
-def http_limits(settings: Settings) -> Iterator[None]:
+def mlflow_environment(settings: Settings, *, withhold_credentials: bool) -> Iterator[None]:
     """MLflow's HTTP timeout set to ``CAKE_MLFLOW_TIMEOUT_S`` and its own retries off while
-    the job is logged (it reads these variables at every request; its default would wait up
-    to two minutes per request and retry for minutes); the previous values come back after."""
-    values = {
+    the job is logged (it reads these variables at every request; its defaults would wait up
+    to two minutes per request and retry for minutes), and with ``withhold_credentials`` the
+    :data:`CREDENTIAL_VARIABLES` removed; the previous values come back after."""
+    values: dict[str, str | None] = {
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(settings.mlflow_timeout_s))),
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     }
+    if withhold_credentials:
+        values.update(dict.fromkeys(CREDENTIAL_VARIABLES))
     before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
+    _set_environment(values)
     try:
         yield
     finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(before)
+
+
+def _set_environment(values: Mapping[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def proxied_artifacts(artifact_uri: str, tracking_uri: str) -> bool:
+    """Whether a run's artifacts go through the tracking server itself: ``mlflow-artifacts:``
+    without a host of its own (``mlflow server --serve-artifacts``, the default), or an
+    http(s) URL on the tracking server's own host.
+
+    A server named in a job spec is the tenant's: were the worker to follow any artifact
+    location it answers, it could be told to write ``file:///`` on its own disk, or to
+    ``s3://`` with the service's own credentials, or to another host (SSRF)."""
+    parts = urlsplit(artifact_uri)
+    scheme = parts.scheme.lower()
+    if scheme == "mlflow-artifacts":
+        return not parts.netloc
+    tracking = urlsplit(tracking_uri)
+    return scheme == tracking.scheme.lower() and parts.netloc.lower() == tracking.netloc.lower()
+
+
+class ArtifactLocationRefused(Exception):
+    """The tenant's server keeps artifacts somewhere the worker will not write to."""
 
 
 class _Calls:
@@ -403,6 +444,14 @@ def _log_run(
     run_id = str(run.info.run_id)
     logged.run_id = run_id
     try:
+        artifact_uri = str(run.info.artifact_uri or "")
+        if target.from_spec and not proxied_artifacts(artifact_uri, target.tracking_uri):
+            calls.step = "artifact location"
+            raise ArtifactLocationRefused(
+                f"the server keeps this run's artifacts at {artifact_uri!r}; for a tracking "
+                "server named in a job spec the worker only uploads through the server itself "
+                "(mlflow server --serve-artifacts, mlflow-artifacts:/ locations)"
+            )
         param_list = [Param(k, v) for k, v in params.items()]
         for batch in _batches(param_list, PARAMS_PER_BATCH):
             calls("params", lambda b=batch: client.log_batch(run_id, params=list(b)))
@@ -503,7 +552,7 @@ def log_job(
                 level="warning",
             )
             return
-        with http_limits(settings):
+        with mlflow_environment(settings, withhold_credentials=target.from_spec):
             _log_run(
                 mlflow,
                 target,

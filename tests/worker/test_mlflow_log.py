@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -319,6 +320,107 @@ def test_a_server_that_never_answers_is_bounded_by_the_timeout(
     assert "timeout" in data["error"].lower() or "timed out" in data["error"].lower(), data
     assert 2.0 <= elapsed < 8.0  # two tries of 1 s and a short wait, not MLflow's 120 s ones
     assert os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == before  # put back as it was
+
+
+def _job_files(folder: Path) -> dict[str, Path]:
+    """A student and a manifest laid out as a job leaves them (for ``log_job`` alone)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"student.pt": folder / "student.pt", "manifest.json": folder / "manifest.json"}
+    files["student.pt"].write_bytes(b"a student")
+    files["manifest.json"].write_text(json.dumps({"spec": {"preset": "fast"}}))
+    return files
+
+
+def _collect() -> tuple[list[tuple[str, str, dict[str, Any]]], Callable[..., None]]:
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    def event(type: str, message: str, level: str = "info", **data: Any) -> None:
+        seen.append((level, message, data))
+
+    return seen, event
+
+
+def test_a_tenant_server_gets_no_files_outside_itself(
+    make_service: Callable[..., Service], mlflow_server: str, tmp_path: Path
+) -> None:
+    """A server named in a spec answers where the run's artifacts go; the worker writes only
+    through that server, never to a ``file://`` (or ``s3://``, other host) location it names.
+    The operator's own server is trusted with the same answer (it writes there: the check is
+    what stops the tenant's)."""
+    client = mlflow.MlflowClient(mlflow_server)
+    elsewhere = tmp_path / "elsewhere"
+    client.create_experiment("points-elsewhere", artifact_location=elsewhere.as_uri())
+    files = _job_files(tmp_path / "job")
+
+    tenant = make_service(CAKE_MLFLOW_SPEC_TENANTS="*")
+    job_id = tenant.add_job(WINE, {**TINY_SPEC, "mlflow_tracking_uri": mlflow_server})
+    _set_job(tenant, job_id, job_metadata={"mlflow_experiment": "points-elsewhere"})
+    seen, event = _collect()
+    log_job(tenant.ctx, job_id, files, {}, event)
+    ((level, message, data),) = seen
+    assert (level, data["step"]) == ("warning", "artifact location"), message
+    assert "mlflow-artifacts" in data["error"]
+    assert not elsewhere.exists()
+    assert client.get_run(data["run_id"]).info.status == "FAILED"
+
+    operator = make_service(CAKE_MLFLOW_TRACKING_URI=mlflow_server)
+    job_id = operator.add_job(WINE, TINY_SPEC)
+    _set_job(operator, job_id, job_metadata={"mlflow_experiment": "points-elsewhere"})
+    seen, event = _collect()
+    log_job(operator.ctx, job_id, files, {}, event)
+    ((level, message, data),) = seen
+    assert level == "info", message
+    assert sorted(p.name for p in elsewhere.rglob("*") if p.is_file()) == sorted(files)
+
+
+def test_the_workers_mlflow_credentials_go_to_the_operators_server_only(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A listener that records each request's head: the operator's token reaches the
+    operator's URI and never a URI from a job spec."""
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "operator-secret")
+    heads: list[bytes] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)  # so that the thread sees `done` soon after the test ends
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    done = threading.Event()
+
+    def record() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                heads.append(head)
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    try:
+        files = _job_files(tmp_path / "job")
+        for env, spec in (
+            ({"CAKE_MLFLOW_TRACKING_URI": url}, TINY_SPEC),
+            ({"CAKE_MLFLOW_SPEC_TENANTS": "local"}, {**TINY_SPEC, "mlflow_tracking_uri": url}),
+        ):
+            service = make_service(CAKE_MLFLOW_RETRY_ATTEMPTS="1", **env)
+            job_id = service.add_job(WINE, spec)
+            seen, event = _collect()
+            log_job(service.ctx, job_id, files, {}, event)
+            assert [level for level, _, _ in seen] == ["warning"]
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+    assert len(heads) == 2, heads
+    assert b"Bearer operator-secret" in heads[0]
+    assert b"authorization" not in heads[1].lower() and b"operator-secret" not in heads[1]
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "operator-secret"  # put back
 
 
 def test_a_spec_uri_is_checked_again_at_the_worker() -> None:
