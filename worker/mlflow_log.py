@@ -24,6 +24,10 @@ that cannot reach the server is retried with the project's one policy
 ``CAKE_MLFLOW_BUDGET_S`` after the logging began; what went wrong becomes a ``mlflow`` warning
 event, and success an ``info`` event with the run and the model version. ``mlflow`` (the
 ``[mlflow]`` extra: ``mlflow-skinny``) is imported only when a job is to be logged.
+
+A server named in a job spec is the tenant's, not the operator's: it gets none of the worker's
+``MLFLOW_TRACKING_*`` credentials, and the worker uploads files only through it (never to a
+``file://``, ``s3://`` or other-host artifact location it answers).
 """
 
 from __future__ import annotations
@@ -528,6 +532,19 @@ def log_job(
     raises, so the job's outcome never depends on MLflow. ``artifacts``: the files the job
     produced (name to local path); ``metrics``: its final metrics; ``event``: appends to the
     job's log."""
+    try:
+        _log_job(services, job_id, artifacts, metrics, event)
+    except Exception:  # even writing the event failed: the worker log has it, the job goes on
+        log.exception("job %s: MLflow logging failed", job_id)
+
+
+def _log_job(
+    services: Services,
+    job_id: str,
+    artifacts: Mapping[str, Path],
+    metrics: Mapping[str, Any],
+    event: EventSink,
+) -> None:
     started = time.monotonic()
     settings = services.settings
     target: MlflowTarget | None = None
