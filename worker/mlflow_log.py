@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -300,6 +301,9 @@ CREDENTIAL_VARIABLES = (
 )
 
 
+_ENVIRONMENT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def mlflow_environment(settings: Settings, *, withhold_credentials: bool) -> Iterator[None]:
     """MLflow's HTTP timeout set to ``CAKE_MLFLOW_TIMEOUT_S`` and its own retries off while
@@ -312,12 +316,15 @@ def mlflow_environment(settings: Settings, *, withhold_credentials: bool) -> Ite
     }
     if withhold_credentials:
         values.update(dict.fromkeys(CREDENTIAL_VARIABLES))
-    before = {name: os.environ.get(name) for name in values}
-    _set_environment(values)
-    try:
-        yield
-    finally:
-        _set_environment(before)
+    # One job's logging at a time per process: the environment is the process's, and two
+    # interleaved jobs could otherwise put the operator's credentials back under a tenant's.
+    with _ENVIRONMENT_LOCK:
+        before = {name: os.environ.get(name) for name in values}
+        _set_environment(values)
+        try:
+            yield
+        finally:
+            _set_environment(before)
 
 
 def _set_environment(values: Mapping[str, str | None]) -> None:
