@@ -377,7 +377,8 @@ class Job(BaseModel):
             "The resolved spec: student, synthesis, training, preset and seed with every default "
             "filled in (student.arch included). student.width is null while a width left to "
             "the parameter budget is not chosen yet, and the chosen width once the job "
-            "succeeded; student.width_reason says where the width came from."
+            "succeeded; student.width_reason says where the width came from; "
+            "mlflow_tracking_uri when the job named one."
         ),
     )
     metrics: dict[str, Any] = Field(
