@@ -130,7 +130,7 @@ def torchscript_logits(
     """A TorchScript (or eager) module's logits for ``x`` on the CPU, in batches."""
     data = x.detach().cpu().float()
     outs = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for i in range(0, len(data), batch_size):
             outs.append(module(data[i : i + batch_size]).float().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
@@ -688,7 +688,7 @@ def skipped_deployment(
 
 # -- helpers --------------------------------------------------------------------------------------
 def _no_grad(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
+    with torch.no_grad():
         return module(x)
 
 

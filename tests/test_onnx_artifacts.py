@@ -351,3 +351,34 @@ def test_latency_is_a_median_within_its_budget():
     assert latency.repeats == LATENCY_MIN_REPEATS and len(calls) == LATENCY_MIN_REPEATS + 1
     latency = measure_latency(lambda: calls.append(1), budget_s=60.0, max_repeats=7)
     assert latency.repeats == 7 and latency.median_ms >= 0
+
+
+def test_a_teacher_that_synthesis_ran_with_gradients_still_gets_its_table(tmp_path):
+    """Synthesis runs the teacher with gradients to its input; TorchScript's profiling executor
+    then specialises the ViT's graph for autograd, and that graph refused inputs made under
+    ``torch.inference_mode`` ("Inference tensors cannot be saved for backward"): the zoo's ViT
+    teacher lost its whole deployment step that way. The step must run after such passes."""
+    shape = (1, 8, 8)
+    torch.manual_seed(0)
+    teacher = torch.jit.script(build_student("vit", shape, 10, 0.25).eval())
+    teacher_pt = tmp_path / "teacher.pt"
+    torch.jit.save(teacher, str(teacher_pt))
+    teacher = torch.jit.load(str(teacher_pt))
+    for _ in range(3):  # as synthesis steps do: the executor specialises after a few runs
+        x = torch.randn((16, *shape), requires_grad=True)
+        teacher(x).sum().backward()
+    student = build_student("lenet5", shape, 10, 0.5).eval()
+    export_student(student, tmp_path / "student.pt", shape, 10)
+    check = torch.randn((64, *shape), generator=torch.Generator().manual_seed(3))
+    result = build_deployment(
+        student, tmp_path / "student.pt", teacher, teacher_pt, 1, shape, check, check, tmp_path
+    )
+    assert result.section["onnx"]["kept"] is True, result.section["onnx"]["reason"]
+    assert [row["artifact"] for row in result.section["table"]][:3] == [
+        "teacher.pt",
+        "student.pt",
+        "student.onnx",
+    ]
+    x = torch.randn((16, *shape), requires_grad=True)  # and the teacher still trains inputs
+    teacher(x).sum().backward()
+    assert x.grad is not None
