@@ -13,6 +13,7 @@ that made the files; nothing is copied.
     python -m bench.deployment                          # every zoo pair, fast, seed 0
     python -m bench.deployment --teachers digits_cnn wine_mlp
     python -m bench.deployment --synthesis-cache ~/.cache/cake-synthesis   # reruns skip synthesis
+    python -m bench.deployment --quick                  # digits_cnn and wine_mlp, first student
 
 Latency is only worth reading from a quiet machine: the footer says whether this one was.
 """
@@ -47,6 +48,8 @@ from bench.zoo import FASHION_MNIST_HINT, ZOO, fashion_mnist_available, get_teac
 from cake_core.device import Runtime, default_runtime
 from cake_core.pipeline import run_job
 
+QUICK_TEACHERS = ("digits_cnn", "wine_mlp")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -63,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="keep synthetic sets here and reuse them (synthesis is most of a job's time)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.teachers, args.students = list(QUICK_TEACHERS), "first"
+    return args
 
 
 def run_pair(
