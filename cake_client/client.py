@@ -292,6 +292,7 @@ class Jobs(_Resource):
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        mlflow_tracking_uri: str | None = None,
     ) -> Job:
         """Create a job for an uploaded teacher.
 
@@ -299,12 +300,16 @@ class Jobs(_Resource):
         override its fields. ``student`` is an architecture name or ``{"arch", "width"}``.
         ``callback_url``: the service POSTs the job there when it ends, signed (see
         ``Client.webhook_secret`` and ``cake_client.webhooks.verify_signature``).
+        ``mlflow_tracking_uri``: when the job succeeds the service logs it to this MLflow server
+        (only where the operator lets this tenant name one: ``CAKE_MLFLOW_SPEC_TENANTS``).
         Raises ``ValidationError`` (with ``errors`` naming the field) for a bad spec.
         """
         body = build_spec(spec, preset, student, eval_dataset_id, seed, metadata)
         body["teacher_id"] = teacher_id
         if callback_url is not None:
             body["callback_url"] = callback_url
+        if mlflow_tracking_uri is not None:
+            body["mlflow_tracking_uri"] = mlflow_tracking_uri
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
         return self._job(self._t.json("POST", "/v1/jobs", json_body=body, headers=headers))
 

@@ -42,6 +42,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     submit_p.add_argument(
         "--callback-url", help="the service POSTs the job here, signed, when it ends"
     )
+    submit_p.add_argument(
+        "--mlflow-tracking-uri",
+        help="log the succeeded job to this MLflow server (where the operator allows it)",
+    )
     submit_p.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit_p.add_argument(
         "-o",
@@ -122,7 +126,12 @@ def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
             dataset = client.datasets.upload(args.eval, name=args.eval.name, on_progress=progress)
         out.info(f"evaluation set {dataset.id}: {dataset.num_examples} examples")
         spec["eval_dataset_id"] = dataset.id
-    job = client.jobs.create(teacher.id, spec=spec, callback_url=args.callback_url)
+    job = client.jobs.create(
+        teacher.id,
+        spec=spec,
+        callback_url=args.callback_url,
+        mlflow_tracking_uri=args.mlflow_tracking_uri,
+    )
     document: dict[str, Any] = {
         "teacher": teacher.raw,
         "dataset": dataset.raw if dataset else None,

@@ -140,6 +140,12 @@ def test_problems_are_typed_exceptions(client: Client, tmp_path: Path) -> None:
         client.jobs.create(teacher.id, spec={"synthesis": {"steps": 10, "bogus": 1}})
     assert invalid.value.code == "validation_error" and invalid.value.status == 422
     assert {"loc": ["body", "synthesis", "bogus"], "msg": "unknown field"} in invalid.value.errors
+    # The MLflow server keyword reaches the service, which lets no tenant name one by default.
+    with pytest.raises(ValidationError) as refused_mlflow:
+        client.jobs.create(teacher.id, mlflow_tracking_uri="http://127.0.0.1:9/mlflow")
+    [error] = refused_mlflow.value.errors
+    assert error["loc"] == ["body", "mlflow_tracking_uri"], error
+    assert "CAKE_MLFLOW_SPEC_TENANTS" in error["msg"]
 
     text = tmp_path / "model.pt"
     text.write_text("this is not a TorchScript archive\n")

@@ -218,6 +218,13 @@ def test_bad_input_and_unreachable_exit_codes(cake_server: CakeServer, tmp_path:
     invalid = run_cli("submit", WINE, "--input-shape", "13", "--spec", spec, url=url, cwd=tmp_path)
     assert invalid.returncode == 2
     assert "synthesis.bogus: unknown field (validation_error)" in one_line_error(invalid)
+    mlflow = run_cli(
+        "submit", WINE, "--input-shape", "13", "--mlflow-tracking-uri", "http://127.0.0.1:9/",
+        url=url, cwd=tmp_path,
+    )  # fmt: skip
+    assert mlflow.returncode == 2  # this service lets no tenant name its own MLflow server
+    assert "mlflow_tracking_uri: " in one_line_error(mlflow)
+    assert "CAKE_MLFLOW_SPEC_TENANTS" in one_line_error(mlflow)
 
     text = tmp_path / "text.pt"
     text.write_text("not a model")
