@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,21 @@ def etag_sha(value: str | None) -> str | None:
     return value.strip().removeprefix("W/").strip('"') or None
 
 
+def _new_part_file(target: Path) -> tuple[int, Path]:
+    """A new, empty ``.<name>.<random>.part`` beside ``target``, opened for writing.
+
+    Created with mode 0666 less the umask, as ``open()`` (curl -o, cp) would: a downloaded model
+    must be readable where the user's other files are (mkstemp would make it 0600).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def download(
     transport: Transport,
     job_id: str,
@@ -41,8 +56,7 @@ def download(
     if target.is_dir():
         target = target / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    fd, tmp = _new_part_file(target)
     try:
         with os.fdopen(fd, "wb") as fh:
             actual, etag = _fetch(transport, job_id, name, fh, on_progress)

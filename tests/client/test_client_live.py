@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,11 @@ def test_job_create_wait_and_verified_download(client: Client, tmp_path: Path) -
     path = final.download_student(tmp_path / "student.pt")
     listed = {a.name: a for a in final.artifacts()}
     assert hashlib.sha256(path.read_bytes()).hexdigest() == listed["student.pt"].sha256
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # the mode any new file of this user gets (0644 under umask 022), not a temp file's 0600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["student.pt"]  # no .part file left
     student = torch.jit.load(str(path), map_location="cpu")
     x = torch.from_numpy(np.load(WINE_EVAL)["x"].astype(np.float32))
     assert student(x).shape == (x.shape[0], 3)
