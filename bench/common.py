@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cake_core.device import configure_cpu_threads, pick_device
+from cake_core.device import Runtime, configure_cpu_threads, default_runtime, pick_device
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,16 @@ def setup_device(requested: str, threads: int | None = None) -> torch.device:
     elif device.type == "cpu":
         configure_cpu_threads()
     return device
+
+
+def setup_runtime(requested: str, threads: int | None = None) -> tuple[torch.device, Runtime]:
+    """The device (:func:`setup_device`) and the engine's runtime for it, keeping the thread
+    count ``--threads`` asked for: ``default_runtime`` resets it on the CPU."""
+    device = setup_device(requested, threads)
+    chosen = torch.get_num_threads()
+    runtime = default_runtime(str(device))
+    torch.set_num_threads(chosen)
+    return device, runtime
 
 
 def device_tag(device: torch.device) -> str:

@@ -29,8 +29,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bench.common import (
     BusyMeter,
     add_common_args,
@@ -39,13 +37,13 @@ from bench.common import (
     describe_busy,
     machine_info,
     new_table,
-    setup_device,
+    setup_runtime,
     write_results,
 )
 from bench.fidelity import synthesis_cache_key
 from bench.quality import SynthesisReuse, SynthesisSets
 from bench.zoo import FASHION_MNIST_HINT, ZOO, fashion_mnist_available, get_teacher, is_cached
-from cake_core.device import Runtime, default_runtime
+from cake_core.device import Runtime
 from cake_core.pipeline import run_job
 
 QUICK_TEACHERS = ("digits_cnn", "wine_mlp")
@@ -176,10 +174,7 @@ def print_table(records: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
-    threads = torch.get_num_threads()
-    runtime = default_runtime(str(device))
-    torch.set_num_threads(threads)  # default_runtime resets it on the CPU; keep --threads
+    device, runtime = setup_runtime(args.device, args.threads)
     info = machine_info(device)
     meter = BusyMeter()
     skipped = [

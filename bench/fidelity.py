@@ -44,7 +44,7 @@ from bench.common import (
     machine_info,
     mean_std,
     new_table,
-    setup_device,
+    setup_runtime,
     write_results,
 )
 from bench.quality import SynthesisReuse, SynthesisSets, synthesis_key
@@ -57,7 +57,7 @@ from bench.zoo import (
     is_cached,
 )
 from cake_core.config import PRESETS, resolve_spec
-from cake_core.device import Runtime, default_runtime
+from cake_core.device import Runtime
 from cake_core.distill import SyntheticSet, train_student
 from cake_core.evaluate import evaluate_on_data, load_eval_arrays
 from cake_core.pipeline import run_job
@@ -530,12 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(payload["machine"]["device"])
         console.print(f"wrote {write_results(args.out, 'fidelity', device, payload)}")
         return 0
-    device = setup_device(args.device, args.threads)
+    device, runtime = setup_runtime(args.device, args.threads)
     threads = torch.get_num_threads()
-    runtime = default_runtime(str(device))
     if args.autocast != "auto":
         runtime = replace(runtime, autocast=None if args.autocast == "none" else args.autocast)
-    torch.set_num_threads(threads)  # default_runtime resets it on the CPU; keep --threads
     info = machine_info(device)
     meter = BusyMeter()
     # Without the data set a cached teacher still runs (its test split is cached), but not its

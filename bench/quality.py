@@ -40,11 +40,11 @@ from bench.common import (
     machine_info,
     mean_std,
     new_table,
-    setup_device,
+    setup_runtime,
     write_results,
 )
 from cake_core.config import resolve_spec
-from cake_core.device import Runtime, default_runtime
+from cake_core.device import Runtime
 from cake_core.pipeline import DirectoryCheckpoints, run_job
 from examples.teachers import TrainedTeacher, train_digits_cnn, train_tabular_mlp
 
@@ -341,10 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = setup_device(args.device, args.threads)
+    device, runtime = setup_runtime(args.device, args.threads)
     threads = torch.get_num_threads()
-    runtime = default_runtime(str(device))
-    torch.set_num_threads(threads)  # default_runtime resets it on the CPU; keep --threads
     info = machine_info(device)
     meter = BusyMeter()
     rows_plan = variants_for(args)
