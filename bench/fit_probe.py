@@ -1,7 +1,8 @@
 """Does the student fit its synthetic set, and does that carry over to real data?
 
 A probe for one zoo teacher, not a benchmark: it trains the `fast` student (LeNet-5-Half) on a
-synthetic set ``bench.fidelity --synthesis-cache DIR`` already made (seed 0 of the `fast` row),
+synthetic set ``bench.fidelity --synthesis-cache DIR`` already made (seed 0 of the `fast` row, or
+``--synthesis-seed N``; a set not in the cache is made and kept there),
 with training overrides, and every ten epochs prints the student's agreement with the teacher
 on 1,000 of its own (clean) training samples, on the held-out synthetic samples, and on the
 real test split. It tells underfitting (low on its own samples) from overfitting (high on
@@ -40,12 +41,15 @@ def main() -> None:
     parser.add_argument("--synthesis-cache", type=Path, required=True, metavar="DIR")
     parser.add_argument("--training", default="{}", help="JSON overrides of the training spec")
     parser.add_argument("--training-seed", type=int, default=0)
+    parser.add_argument(
+        "--synthesis-seed", type=int, default=0, help="the job seed whose synthetic set is used"
+    )
     args = parser.parse_args()
 
     cached = get_teacher(args.teacher)
     runtime = default_runtime("cpu")
     teacher, info = inspect_teacher(cached.path, cached.input_shape, device=runtime.device)
-    preset = {"preset": "fast", "seed": 0, "student": STUDENT}
+    preset = {"preset": "fast", "seed": args.synthesis_seed, "student": STUDENT}
     store = SynthesisReuse(SynthesisSets(args.synthesis_cache), synthesis_cache_key(cached, preset))
     # The overrides touch training only, so this spec makes the preset's synthetic set.
     spec = resolve_spec(
