@@ -22,21 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from bench.fidelity import synthesis_cache_key, teacher_probs
-from bench.quality import SynthesisReuse, SynthesisSets
-from bench.zoo import get_teacher
-from cake_core.config import resolve_spec
-from cake_core.device import default_runtime
+from bench.fidelity import teacher_probs
+from bench.fit_probe import STUDENT, load_probe_set
 from cake_core.distill import SyntheticSet, train_student
 from cake_core.evaluate import agreement, predict
-from cake_core.pipeline import _Reporter, _synthesize_all
 from cake_core.students import build_student
-from cake_core.teacher import inspect_teacher
-
-STUDENT = {"arch": "lenet5", "width": 0.5}
 
 
 def main() -> None:
@@ -49,21 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     assistant_spec: dict[str, Any] = json.loads(args.assistant)
 
-    cached = get_teacher(args.teacher)
-    runtime = default_runtime("cpu")
-    teacher, info = inspect_teacher(cached.path, cached.input_shape, device=runtime.device)
-    preset = {"preset": "fast", "seed": 0, "student": STUDENT}
-    store = SynthesisReuse(SynthesisSets(args.synthesis_cache), synthesis_cache_key(cached, preset))
-    spec = resolve_spec(preset, num_classes=info.num_classes)
-    data, _, _ = _synthesize_all(
-        teacher, spec, info, runtime, _Reporter(None), lambda: False, store
-    )
-    if store.hits == 0:
-        print("note: the set was not in the cache; it was made now", flush=True)
-    train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
-    real = np.load(cached.eval_path)
-    x_real = torch.tensor(real["x"]).float().view(-1, *info.input_shape)
-    y_real = torch.tensor(real["y"]).long()
+    probe = load_probe_set(args.teacher, args.synthesis_cache)
+    teacher, info, runtime, spec = probe.teacher, probe.info, probe.runtime, probe.spec
+    train, holdout, x_real, y_real = probe.train, probe.holdout, probe.x_real, probe.y_real
     teacher_real = predict(teacher, x_real, runtime.device)
     teacher_accuracy = agreement(teacher_real, y_real)
 

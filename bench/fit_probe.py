@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +27,57 @@ from bench.fidelity import synthesis_cache_key
 from bench.quality import SynthesisReuse, SynthesisSets
 from bench.zoo import get_teacher
 from cake_core.config import resolve_spec
-from cake_core.device import default_runtime
-from cake_core.distill import train_student
+from cake_core.device import Runtime, default_runtime
+from cake_core.distill import SyntheticSet, train_student
 from cake_core.evaluate import agreement, predict
 from cake_core.pipeline import _Reporter, _synthesize_all
+from cake_core.spec import JobSpec
 from cake_core.students import build_student
-from cake_core.teacher import inspect_teacher
+from cake_core.teacher import TeacherInfo, inspect_teacher
 
-STUDENT = {"arch": "lenet5", "width": 0.5}
+STUDENT: dict[str, Any] = {"arch": "lenet5", "width": 0.5}
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """A zoo teacher with its cached `fast` synthetic set, split as a job splits it, and its
+    real test split (which only judges)."""
+
+    teacher: torch.jit.ScriptModule
+    info: TeacherInfo
+    runtime: Runtime
+    spec: JobSpec
+    train: SyntheticSet
+    holdout: SyntheticSet
+    x_real: torch.Tensor
+    y_real: torch.Tensor
+
+
+def load_probe_set(
+    name: str,
+    cache: Path,
+    synthesis_seed: int = 0,
+    training: dict[str, Any] | None = None,
+) -> ProbeSet:
+    """``name``'s `fast` synthetic set of job seed ``synthesis_seed`` from ``cache`` (made and
+    kept there when missing), with ``training`` overrides in the spec (they leave the set as
+    it is: the cache key is the synthesis spec's)."""
+    cached = get_teacher(name)
+    runtime = default_runtime("cpu")
+    teacher, info = inspect_teacher(cached.path, cached.input_shape, device=runtime.device)
+    preset = {"preset": "fast", "seed": synthesis_seed, "student": STUDENT}
+    store = SynthesisReuse(SynthesisSets(cache), synthesis_cache_key(cached, preset))
+    spec = resolve_spec({**preset, "training": training or {}}, num_classes=info.num_classes)
+    data, _, _ = _synthesize_all(
+        teacher, spec, info, runtime, _Reporter(None), lambda: False, store
+    )
+    if store.hits == 0:
+        print("note: the set was not in the cache; it was made now", flush=True)
+    train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
+    real = np.load(cached.eval_path)
+    x_real = torch.tensor(real["x"]).float().view(-1, *info.input_shape)
+    y_real = torch.tensor(real["y"]).long()
+    return ProbeSet(teacher, info, runtime, spec, train, holdout, x_real, y_real)
 
 
 def main() -> None:
@@ -46,29 +91,17 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    cached = get_teacher(args.teacher)
-    runtime = default_runtime("cpu")
-    teacher, info = inspect_teacher(cached.path, cached.input_shape, device=runtime.device)
-    preset = {"preset": "fast", "seed": args.synthesis_seed, "student": STUDENT}
-    store = SynthesisReuse(SynthesisSets(args.synthesis_cache), synthesis_cache_key(cached, preset))
-    # The overrides touch training only, so this spec makes the preset's synthetic set.
-    spec = resolve_spec(
-        {**preset, "training": json.loads(args.training)}, num_classes=info.num_classes
+    probe = load_probe_set(
+        args.teacher, args.synthesis_cache, args.synthesis_seed, json.loads(args.training)
     )
-    data, _, _ = _synthesize_all(
-        teacher, spec, info, runtime, _Reporter(None), lambda: False, store
-    )
-    if store.hits == 0:
-        print("note: the set was not in the cache; it was made now")
-    train, holdout = data.split(spec.training.holdout_fraction, spec.seed)
-    real = np.load(cached.eval_path)
-    x_real = torch.tensor(real["x"]).float().view(-1, *info.input_shape)
+    teacher, info, runtime, spec = probe.teacher, probe.info, probe.runtime, probe.spec
+    train, holdout, x_real = probe.train, probe.holdout, probe.x_real
     own = train.x[:1000]
     inputs = {"own": own, "held-out": holdout.x, "real": x_real}
     labels = {name: predict(teacher, x, runtime.device) for name, x in inputs.items()}
 
     torch.manual_seed(args.training_seed)
-    student = build_student("lenet5", info.input_shape, info.num_classes, 0.5)
+    student = build_student(STUDENT["arch"], info.input_shape, info.num_classes, STUDENT["width"])
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         if epoch % 10 and epoch != spec.training.epochs:
