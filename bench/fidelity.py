@@ -347,12 +347,28 @@ def print_table(pairs: list[dict[str, Any]]) -> None:
 
 
 def parse_variants(text: str) -> list[str]:
-    """``all``, or a comma list of labels; "fast, bn prior 0" and "bn prior 0" both name one."""
-    by_option = {label.split(", ", 1)[-1]: label for label in VARIANTS}
+    """``all``, or a comma list of labels; "fast, bn prior 0" and "bn prior 0" both name one.
+
+    A preset name followed by an option names that preset's row ("default, cutmix 0"); an
+    option alone names the first row that has it (the ``fast`` one where both presets do).
+    """
+    by_option: dict[str, str] = {}
+    for label in VARIANTS:
+        by_option.setdefault(label.split(", ", 1)[-1], label)
     words = [w.strip() for w in text.split(",") if w.strip()]
     if words == ["all"]:
         return list(VARIANTS)
-    return [by_option.get(w, w) for w in words if w not in PRESETS]  # the preset of "fast, ..."
+    labels, i = [], 0
+    while i < len(words):
+        pair = ", ".join(words[i : i + 2])
+        if words[i] in PRESETS and pair in VARIANTS:
+            labels.append(pair)
+            i += 2
+            continue
+        if words[i] not in PRESETS:
+            labels.append(by_option.get(words[i], words[i]))
+        i += 1
+    return labels
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

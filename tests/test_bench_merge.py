@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.fidelity import main, merge_results
+from bench.fidelity import main, merge_results, parse_variants
 
 
 def payload(teacher: str, device: str = "cuda", error: str | None = None) -> dict[str, Any]:
@@ -72,3 +72,20 @@ def test_merge_command_writes_one_result_file(tmp_path: Path) -> None:
     written = json.loads((out / "fidelity-cuda.json").read_text(encoding="utf-8"))
     assert len(written["runs"]) == 2
     assert len(written["merged_from"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "labels"),
+    [
+        # "fast, cutmix 0" once named the default preset's row: the option alone was looked up
+        ("fast, cutmix 0", ["fast, cutmix 0"]),
+        ("default, cutmix 0", ["default, cutmix 0"]),
+        (
+            "fast, range contrast 2,default, range contrast 2",
+            ["fast, range contrast 2", "default, range contrast 2"],
+        ),
+        ("cutmix 0, bn prior 0", ["fast, cutmix 0", "fast, bn prior 0"]),
+    ],
+)
+def test_variant_labels_name_their_preset_s_row(text: str, labels: list[str]) -> None:
+    assert parse_variants(text) == labels
