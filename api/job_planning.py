@@ -19,7 +19,14 @@ from api.deps import AppContext
 from api.errors import ApiError, spec_error, validation_error
 from api.teacher_check import TeacherFacts
 from cake_core.architectures import student_arch
-from cake_core.config import JobSpec, WorkLimitError, WorkLimits, check_work, resolve_spec
+from cake_core.config import (
+    JobSpec,
+    WorkLimitError,
+    WorkLimits,
+    check_work,
+    resolve_spec,
+    spec_fields,
+)
 from cake_core.errors import SpecError
 from cake_shared.mlflow_spec import MlflowURIError, check_mlflow_uri
 from cake_shared.models import Teacher
@@ -39,6 +46,10 @@ class JobPlan:
     callback_url: str | None = None
 
 
+_ENGINE_FIELDS = frozenset(f.name for f in spec_fields(JobSpec))
+"""The job body's fields that are the engine's spec (the rest are the service's own)."""
+
+
 def plan_job(
     session: Session,
     tenant: str,
@@ -53,9 +64,7 @@ def plan_job(
     one-shot form). With ``settings``, the job's total work is checked against the
     ``CAKE_MAX_JOB_*`` caps. Raises ApiError 422/404 naming the field(s).
     """
-    spec_dict = body.model_dump(
-        exclude_none=True, include={"student", "synthesis", "training", "preset", "seed"}
-    )
+    spec_dict = body.model_dump(exclude_none=True, include=_ENGINE_FIELDS)
     try:
         spec = resolve_spec(spec_dict, num_classes=teacher.num_classes)
     except SpecError as exc:

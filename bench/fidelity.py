@@ -81,6 +81,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, translate 0.125": ("fast", {"training": {"translate": 0.125}}),
     "fast, noise mix 0.25": ("fast", {"training": {"noise_mix": 0.25}}),
     "fast, noise mix 0.5": ("fast", {"training": {"noise_mix": 0.5}}),
+    "fast, range contrast 2": ("fast", {"training": {"range_contrast": 2.0}}),
+    "fast, range contrast 3": ("fast", {"training": {"range_contrast": 3.0}}),
+    "default, range contrast 2": ("default", {"training": {"range_contrast": 2.0}}),
     "fast, cutmix 0": ("fast", {"training": {"cutmix": 0.0}}),
     "fast, cutmix 0.5": ("fast", {"training": {"cutmix": 0.5}}),
     "default, cutmix 0": ("default", {"training": {"cutmix": 0.0}}),
@@ -202,6 +205,8 @@ class PairRunner:
     def job(self, row: Row, seed: int, record: dict[str, Any]) -> dict[str, float]:
         """A whole job through run_job, exactly as the CLI and the service run it."""
         teacher, spec = self.teacher, row.spec(seed, self.student_spec)
+        if teacher.input_range is not None:
+            spec.setdefault("input_range", list(teacher.input_range))
         store = SynthesisReuse(self.shared, synthesis_cache_key(teacher, spec))
         out_dir = tempfile.mkdtemp(prefix=f"{teacher.name}-", dir=self.workdir)
         result = run_job(

@@ -306,6 +306,12 @@ class CachedTeacher:
     test_accuracy: float
     train_seconds: float
 
+    @property
+    def input_range(self) -> tuple[float, float] | None:
+        """What a user would give as the job's ``input_range``: every zoo image is in [-1, 1];
+        tabular features are standardised, with no bound."""
+        return (-1.0, 1.0) if len(self.input_shape) == 3 else None
+
 
 def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
     """Random translation by up to ``pixels`` (zero-padded), one offset per batch."""

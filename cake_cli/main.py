@@ -66,6 +66,8 @@ def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
         spec["preset"] = args.preset
     if args.seed is not None:
         spec["seed"] = args.seed
+    if args.input_range is not None:
+        spec["input_range"] = list(args.input_range)
     if args.student is not None or args.width is not None:
         student = dict(spec.get("student") or {})
         if args.student is not None:

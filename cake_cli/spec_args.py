@@ -22,6 +22,14 @@ def add_spec_arguments(parser: argparse.ArgumentParser, student_help: str) -> No
     parser.add_argument("--spec", type=Path, help="JSON job spec; flags override it")
     parser.add_argument("--eval", type=Path, help=".npz with x and y to report accuracy")
     parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument(
+        "--input-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="the range your preprocessing puts every input value in, e.g. -1 1 (optional; "
+        "the presets then train the student on images in that range)",
+    )
 
 
 def read_spec_file(path: Path | None) -> dict[str, Any]:

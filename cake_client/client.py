@@ -293,6 +293,7 @@ class Jobs(_Resource):
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         mlflow_tracking_uri: str | None = None,
+        input_range: Sequence[float] | None = None,
     ) -> Job:
         """Create a job for an uploaded teacher.
 
@@ -302,9 +303,11 @@ class Jobs(_Resource):
         ``Client.webhook_secret`` and ``cake_client.webhooks.verify_signature``).
         ``mlflow_tracking_uri``: when the job succeeds the service logs it to this MLflow server
         (only where the operator lets this tenant name one: ``CAKE_MLFLOW_SPEC_TENANTS``).
+        ``input_range``: ``(low, high)``, the range your preprocessing puts every input value in
+        (e.g. ``(-1, 1)``); the presets use it to train the student on images in that range.
         Raises ``ValidationError`` (with ``errors`` naming the field) for a bad spec.
         """
-        body = build_spec(spec, preset, student, eval_dataset_id, seed, metadata)
+        body = build_spec(spec, preset, student, eval_dataset_id, seed, metadata, input_range)
         body["teacher_id"] = teacher_id
         if callback_url is not None:
             body["callback_url"] = callback_url
@@ -480,6 +483,7 @@ def build_spec(
     eval_dataset_id: str | None = None,
     seed: int | None = None,
     metadata: dict[str, Any] | None = None,
+    input_range: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """A job spec: ``spec`` (not modified) with the given fields laid over it."""
     body: dict[str, Any] = json.loads(json.dumps(spec)) if spec else {}
@@ -495,6 +499,8 @@ def build_spec(
         body["seed"] = seed
     if metadata is not None:
         body["metadata"] = metadata
+    if input_range is not None:
+        body["input_range"] = [float(v) for v in input_range]
     return body
 
 

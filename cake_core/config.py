@@ -21,6 +21,7 @@ This module imports no torch: the API process uses it.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from cake_core.errors import SpecError
@@ -111,6 +112,13 @@ def _check_cross_field(spec: JobSpec) -> None:
             "synthesis.snapshots",
             f"must not exceed synthesis.steps ({syn.steps}); got {syn.snapshots}",
         )
+    if spec.input_range is not None:
+        low, high = spec.input_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise SpecError(
+                "input_range",
+                f"must be [low, high] with finite low < high; got {list(spec.input_range)}",
+            )
     if syn.num_samples < syn.batch_size:
         raise SpecError(
             "synthesis.num_samples",

@@ -122,12 +122,14 @@ def estimate_probes(
     x: torch.Tensor,
     device: torch.device,
     seed: int = 0,
+    input_range: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """Candidate data-free estimates (diagnostics the fidelity zoo compares with real agreement).
 
     Each perturbs the held-out synthetic samples away from where training put them: Gaussian
-    noise of a quarter and a half of their spread, mixtures of two samples, and (images) one-
-    pixel shifts; each is read on all samples and on those the teacher is confident about.
+    noise of a quarter and a half of their spread, mixtures of two samples, (images) one-pixel
+    shifts and, with the inputs' range known, the samples clipped to it (``range``), where real
+    inputs lie; each is read on all samples and on those the teacher is confident about.
     """
     if len(x) < 2:
         return {}
@@ -140,6 +142,8 @@ def estimate_probes(
     views["mix"] = lam * x + (1 - lam) * x[torch.randperm(len(x), generator=gen)]
     if x.dim() == 4:
         views["shift"] = torch.roll(x, shifts=(1, 1), dims=(2, 3))
+    if input_range is not None:
+        views["range"] = x.clamp(*input_range)
     out: dict[str, float] = {}
     for name, view in views.items():
         probs = torch.cat(

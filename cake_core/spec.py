@@ -368,6 +368,18 @@ class TrainingSpec:
             ),
         ),
     ] = 0.0
+    range_contrast: Annotated[
+        Float,
+        Field(
+            ge=1.0,
+            le=10.0,
+            description=(
+                "Above 1, and with input_range given: scale each training image about its own "
+                "mean by a factor drawn from [1, this], then clip it to input_range (image "
+                "teachers without BatchNorm; needs relabel)"
+            ),
+        ),
+    ] = 1.0
 
 
 @with_config(_SPEC_CONFIG)
@@ -400,6 +412,19 @@ class JobSpec:
         Int,
         Field(ge=0, le=2**63 - 1, description="Random seed; the same seed reproduces the job"),
     ] = 0
+    input_range: Annotated[
+        list[Float] | None,
+        Field(
+            min_length=2,
+            max_length=2,
+            description=(
+                "[low, high]: the range every value of a real input lies in, as your "
+                "preprocessing makes it (e.g. [-1, 1] or [0, 1]). Optional: the teacher does not "
+                "say it, and with it training.range_contrast keeps the student's training "
+                "images inside it. Null: unknown"
+            ),
+        ),
+    ] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

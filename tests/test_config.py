@@ -341,6 +341,30 @@ def test_batch_not_multiple_of_groups_is_error() -> None:
     assert "multiple" in err.reason
 
 
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ([1.0, -1.0], "low < high"),
+        ([0.5, 0.5], "low < high"),
+        ([0.0], "at least 2"),
+        ([0.0, 1.0, 2.0], "at most 2"),
+        ([0.0, float("inf")], "finite"),
+        ([0.0, "1"], "number"),
+        ("-1,1", "list"),
+    ],
+)
+def test_bad_input_range_named(value: Any, words: str) -> None:
+    err = _field_error({"input_range": value})
+    assert err.field.startswith("input_range") and words in err.reason, err
+
+
+def test_input_range_is_optional_and_kept_as_floats() -> None:
+    assert resolve_spec({}).input_range is None
+    spec = resolve_spec({"input_range": [0, 1]})
+    assert spec.input_range == [0.0, 1.0]
+    assert resolve_spec(spec.to_dict()).input_range == [0.0, 1.0]
+
+
 def test_num_samples_below_batch_is_error() -> None:
     err = _field_error({"synthesis": {"num_samples": 50, "batch_size": 100}})
     assert err.field == "synthesis.num_samples"
@@ -435,7 +459,7 @@ def test_every_dataclass_field_is_limited_or_chosen() -> None:
             cursor = cursor.setdefault(part, {})
         cursor[name] = huge
         assert _field_error(data).field == key
-    assert len(fields(JobSpec)) == 5
+    assert len(fields(JobSpec)) == 6
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from cake_core.config import SynthesisSpec, TrainingSpec
 from cake_core.device import Runtime
 from cake_core.distill import (
     SyntheticSet,
+    _contrast_within,
     _cutmix,
     _targets,
     _toward_disagreement,
@@ -242,3 +243,41 @@ def test_cutmix_replaces_mixup_on_image_batches_and_is_relabelled() -> None:
         assert bool(((row.unsqueeze(0) - originals).abs() < 1e-6).any(0).all())
     with torch.no_grad():
         torch.testing.assert_close(probs, teacher(mixed).softmax(1))
+
+
+def test_contrast_within_stretches_each_image_about_its_mean_and_clips_to_the_range() -> None:
+    x = torch.linspace(-0.2, 0.2, 64).view(1, 1, 8, 8).repeat(32, 1, 1, 1) + 0.1
+    x[-1] = torch.linspace(-4, 3.4, 64).view(1, 8, 8)  # a synthetic sample far out of range
+    out = _contrast_within(x, 2.0, (-1.0, 1.0), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    assert out[-1].min() == -1.0 and out[-1].max() == 1.0
+    inside = out[:-1]  # small images stay inside: stretched by a factor in [1, 2], mean kept
+    factors = (inside - 0.1).flatten(1).std(1) / (x[:-1] - 0.1).flatten(1).std(1)
+    assert factors.min() >= 1.0 - 1e-5 and factors.max() <= 2.0 + 1e-5
+    assert factors.std() > 0.1  # one factor per image, not one per batch
+    torch.testing.assert_close(inside.mean(dim=(1, 2, 3)), torch.full((31,), 0.1))
+
+
+def test_training_images_are_kept_in_the_input_range_only_when_it_is_given() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(256, 3)).eval()
+    x = 3 * torch.randn(16, 1, 8, 8)
+    spec = TrainingSpec(relabel=True, cutmix=1.0, range_contrast=2.0)
+
+    def batch(bounds: tuple[float, float] | None, spec: TrainingSpec) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator().manual_seed(0)
+        return _targets(teacher, teacher, x, torch.zeros(16), spec, 3, gen, bounds)
+
+    kept, probs = batch((-1.0, 1.0), spec)
+    assert kept.min() == -1.0 and kept.max() == 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(probs, teacher(kept).softmax(1))  # relabelled after the clip
+    unknown, _ = batch(None, spec)
+    off, _ = batch((-1.0, 1.0), TrainingSpec(relabel=True, cutmix=1.0))
+    assert unknown.abs().max() > 3 and torch.equal(unknown, off)  # no range or factor 1: as is
+    flat = torch.randn(16, 5) * 3  # not images: left as they are
+    table = nn.Linear(5, 3).eval()
+    gen = torch.Generator().manual_seed(0)
+    rows, _ = _targets(table, table, flat, torch.zeros(16), spec, 3, gen, (-1.0, 1.0))
+    assert torch.equal(rows, flat)

@@ -9,10 +9,17 @@ import sys
 import pytest
 import torch
 
-from cake_core.config import WIDTH_GIVEN
+from cake_core.config import WIDTH_GIVEN, resolve_spec
 from cake_core.device import default_runtime
 from cake_core.errors import DatasetInvalidError, JobCanceled, SpecError, TeacherInvalidError
-from cake_core.pipeline import PHASES, DirectoryCheckpoints, JobResult, Progress, run_job
+from cake_core.pipeline import (
+    PHASES,
+    DirectoryCheckpoints,
+    JobResult,
+    Progress,
+    _training_range,
+    run_job,
+)
 from cake_core.students import choose_width
 
 SMALL = {
@@ -119,6 +126,7 @@ def test_tabular_teacher_gets_no_sample_grid_and_groups_fit_classes(wine_teacher
 def test_candidate_estimates_only_on_request(wine_teacher, tmp_path):
     """Jobs report one fidelity estimate; the zoo asks for the candidates it compares."""
     spec = {**SMALL, "training": {**SMALL.get("training", {}), "holdout_fraction": 0.2}}
+    spec["input_range"] = [-3.0, 3.0]  # adds the candidate read on samples clipped to it
     runs = {
         wanted: run_job(
             wine_teacher.path,
@@ -133,7 +141,7 @@ def test_candidate_estimates_only_on_request(wine_teacher, tmp_path):
     assert "fidelity_estimate" in runs[False]
     assert not [k for k in runs[False] if k.startswith("estimate_")]
     probes = {k: v for k, v in runs[True].items() if k.startswith("estimate_")}
-    assert {"estimate_plain", "estimate_noise25", "estimate_mix"} <= set(probes)
+    assert {"estimate_plain", "estimate_noise25", "estimate_mix", "estimate_range"} <= set(probes)
     assert all(0.0 <= v <= 1.0 for v in probes.values())
 
 
@@ -313,3 +321,25 @@ def test_bad_inputs_raise_typed_errors(digits_teacher, wine_teacher, tmp_path):
             runtime=runtime,
             eval_path=wine_teacher.eval_path,
         )
+
+
+def _scripted(*layers: torch.nn.Module) -> torch.jit.ScriptModule:
+    return torch.jit.script(torch.nn.Sequential(*layers).eval())
+
+
+def test_training_range_only_for_image_teachers_without_batchnorm() -> None:
+    """The clip to input_range cost the zoo's BatchNorm teachers 6 to 14 points: never there."""
+    nn = torch.nn
+    conv = _scripted(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 3))
+    bn = _scripted(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 3))
+    table = _scripted(torch.nn.Linear(5, 3))
+    ranged = resolve_spec({"input_range": [-1, 1], "training": {"range_contrast": 2.0}})
+    assert _training_range(conv, (1, 8, 8), ranged)[0] == (-1.0, 1.0)
+    for teacher, shape, spec, why in [
+        (bn, (1, 8, 8), ranged, "BatchNorm"),
+        (table, (5,), ranged, "not an image"),
+        (conv, (1, 8, 8), resolve_spec({"training": {"range_contrast": 2.0}}), "no input_range"),
+        (conv, (1, 8, 8), resolve_spec({"input_range": [-1, 1], "preset": "reference"}), "off"),
+    ]:
+        applied, reason = _training_range(teacher, shape, spec)
+        assert applied is None and why in reason, (why, reason)

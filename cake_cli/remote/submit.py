@@ -90,6 +90,7 @@ def load_spec(args: argparse.Namespace) -> dict[str, Any]:
         student=student or None,
         seed=args.seed,
         metadata=metadata,
+        input_range=args.input_range,
     )
 
 

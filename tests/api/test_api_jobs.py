@@ -90,6 +90,20 @@ def test_user_values_win_over_the_preset(client: TestClient, wine_id: str) -> No
     assert spec["seed"] == 42
 
 
+def test_input_range_is_kept_and_checked(client: TestClient, digits_id: str) -> None:
+    """Every engine field of the body reaches the stored spec (input_range once was dropped)."""
+    created = client.post("/v1/jobs", json={"teacher_id": digits_id, "input_range": [-1, 1]})
+    assert created.status_code == 202, created.text
+    assert created.json()["spec"]["input_range"] == [-1.0, 1.0]
+    default = client.post("/v1/jobs", json={"teacher_id": digits_id}).json()["spec"]
+    assert default["input_range"] is None
+    for bad, words in (([1, -1], "low < high"), ([0], "at least 2"), ([0, 1, 2], "at most 2")):
+        r = client.post("/v1/jobs", json={"teacher_id": digits_id, "input_range": bad})
+        assert r.status_code == 422, r.text
+        [error] = r.json()["errors"]
+        assert error["loc"] == ["body", "input_range"] and words in error["msg"], error
+
+
 def test_a_jobs_spec_can_be_sent_again_and_width_reason_is_output_only(
     client: TestClient, wine_id: str
 ) -> None:

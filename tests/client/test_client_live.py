@@ -153,6 +153,10 @@ def test_problems_are_typed_exceptions(client: Client, tmp_path: Path) -> None:
     [error] = refused_mlflow.value.errors
     assert error["loc"] == ["body", "mlflow_tracking_uri"], error
     assert "CAKE_MLFLOW_SPEC_TENANTS" in error["msg"]
+    with pytest.raises(ValidationError) as reversed_range:
+        client.jobs.create(teacher.id, input_range=(1, -1))
+    [error] = reversed_range.value.errors
+    assert error["loc"] == ["body", "input_range"] and "low < high" in error["msg"], error
 
     text = tmp_path / "model.pt"
     text.write_text("this is not a TorchScript archive\n")

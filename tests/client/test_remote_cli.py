@@ -105,7 +105,8 @@ def test_submit_json_is_one_parseable_document(cake_server: CakeServer, tmp_path
     spec.write_text(json.dumps(TINY_SPEC))
     result = run_cli(
         "submit", WINE, "--input-shape", "[13]", "--spec", spec, "--student", "mlp",
-        "--width", "0.25", "--seed", "7", "--wait", "-o", "out/student.onnx", "--json",
+        "--width", "0.25", "--seed", "7", "--input-range", "-3", "3", "--wait",
+        "-o", "out/student.onnx", "--json",
         "--callback-url", "http://127.0.0.1:9/hook", url=cake_server.url, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -119,6 +120,7 @@ def test_submit_json_is_one_parseable_document(cake_server: CakeServer, tmp_path
         "width_reason": "given in the spec",
     }
     assert doc["job"]["spec"]["seed"] == 7
+    assert doc["job"]["spec"]["input_range"] == [-3.0, 3.0]
     assert doc["teacher"]["id"].startswith("tch_") and doc["dataset"] is None
     # -o's extension picked the ONNX student: the file the service lists, and it runs
     assert doc["student"]["artifact"] == "student.onnx"
