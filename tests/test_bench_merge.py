@@ -81,8 +81,8 @@ def test_merge_command_writes_one_result_file(tmp_path: Path) -> None:
         ("fast, cutmix 0", ["fast, cutmix 0"]),
         ("default, cutmix 0", ["default, cutmix 0"]),
         (
-            "fast, range contrast 2,default, range contrast 2",
-            ["fast, range contrast 2", "default, range contrast 2"],
+            "fast, range contrast 1,default, range contrast 1",
+            ["fast, range contrast 1", "default, range contrast 1"],
         ),
         ("cutmix 0, bn prior 0", ["fast, cutmix 0", "fast, bn prior 0"]),
     ],

@@ -44,6 +44,9 @@ def test_distill_writes_student_manifest_and_samples(digits_teacher, tmp_path):
         str(digits_teacher.eval_path),
         "--seed",
         "3",
+        "--input-range",
+        "-1",
+        "1",
         "--device",
         "cpu",
         "-o",
@@ -54,6 +57,9 @@ def test_distill_writes_student_manifest_and_samples(digits_teacher, tmp_path):
     assert "student_accuracy" in proc.stdout and "agreement_synthetic" in proc.stdout
     manifest = json.loads((out.parent / "student.manifest.json").read_text())
     assert manifest["spec"]["seed"] == 3
+    assert manifest["spec"]["input_range"] == [-1.0, 1.0]
+    # the digits CNN has no BatchNorm: its training images were kept in that range
+    assert manifest["training_input_range"]["range"] == [-1.0, 1.0]
     assert manifest["spec"]["preset"] == "fast"
     assert manifest["spec"]["synthesis"]["num_samples"] == 600
     assert manifest["student"]["width"] == 0.5
