@@ -180,11 +180,11 @@ def _contrast_within(
 
     Synthetic samples of a teacher without BatchNorm spread far outside the real range (the
     digits ViT's: -4..3.4 for inputs in [-1, 1]). Stretched and clipped, they show the teacher
-    saturated, high-contrast inputs of the real range, where the student is judged. Over three
-    seeds of whole `fast` jobs it gave the digits ViT +5.4 points (every seed) and moved the
-    other image teachers without BatchNorm by -0.8 to +0.9; with `default` (one seed) the digits
-    CNN +2.3 and Fashion-MNIST LeNet-5 +1.6 (bench/README.md). On the two BatchNorm ResNets
-    the clip cost 6 and 14 points in the training probe: the caller leaves them out.
+    saturated, high-contrast inputs of the real range, where the student is judged. With
+    ``most`` 3, over three seeds of whole `fast` jobs, it gave the digits ViT +9.8 points and
+    the other image teachers without BatchNorm +1.0 to +1.5 (bench/README.md). On the two
+    BatchNorm ResNets the clip cost 6 and 14 points in a training probe: the caller leaves them
+    out.
     """
     scale = 1 + (most - 1) * torch.rand((len(x), *[1] * (x.dim() - 1)), generator=generator)
     mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)

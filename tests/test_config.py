@@ -125,7 +125,7 @@ def test_default_and_fast_presets_differ_as_documented() -> None:
         assert spec.training.relabel is True
         assert spec.training.mixup == 1.0  # tables; images take CutMix instead
         assert spec.training.cutmix == 1.0
-        assert spec.training.range_contrast == 2.0  # only with input_range given
+        assert spec.training.range_contrast == 3.0  # only with input_range given
         assert spec.training.input_noise == 0.0
         assert spec.training.adversarial == 0.3
         assert spec.training.holdout_fraction == 0.05
