@@ -426,8 +426,8 @@ def _training_range(
 ) -> tuple[tuple[float, float] | None, str]:
     """The range training images are stretched and clipped to (None: left as they are), and why.
 
-    Only for teachers without BatchNorm: on the zoo's two BatchNorm ResNets the clip cost their
-    students 6 and 14 points (see :func:`cake_core.distill._contrast_within`).
+    Only for image teachers without BatchNorm: on the zoo's two BatchNorm ResNets the clip cost
+    their students 6 and 14 points (see :func:`cake_core.distill._contrast_within`).
     """
     if spec.training.range_contrast <= 1:
         return None, "training.range_contrast is 1: off"
