@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--synthesis-cache", type=Path, required=True)
+    parser.add_argument(
+        "--range-contrast", type=float, help="training.range_contrast (default: the preset's)"
+    )
     args = parser.parse_args(argv)
     teacher = get_teacher(args.teacher, seed=0)
     student = next(iter(ZOO[args.teacher].students.values()))
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         spec = {"preset": args.preset, "seed": args.seed, "student": dict(student)}
         if teacher.input_range is not None:
             spec["input_range"] = list(teacher.input_range)
+        if args.range_contrast is not None:
+            spec["training"] = {"range_contrast": args.range_contrast}
         store = SynthesisReuse(shared, synthesis_cache_key(teacher, spec))
         result = pipeline.run_job(
             teacher.path, teacher.input_shape, spec, tempfile.mkdtemp(),
