@@ -19,6 +19,7 @@ Every option prints what it did; with none the run is ``bench.fit_probe`` itself
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -54,11 +55,9 @@ def boxes_and_contrast(
     def cutmix(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for _ in range(boxes):
             x = one_box(x, generator)
-        if contrast != 1.0:
-            scale = 1 + (contrast - 1) * torch.rand((len(x), 1, 1, 1), generator=generator)
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = mean + scale.to(x.device) * (x - mean)
-        if clamp is not None:
+        if contrast != 1.0:  # the engine's training.range_contrast, unbounded without --clamp
+            x = distill._contrast_within(x, contrast, clamp or (-math.inf, math.inf), generator)
+        elif clamp is not None:
             x = x.clamp(*clamp)
         return x
 
