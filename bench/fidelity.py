@@ -297,8 +297,11 @@ def summarize(row: Row, records: list[dict[str, Any]]) -> dict[str, Any]:
         "failed": [r["error"] for r in records if "error" in r],
         "synthesis_reused": any(r.get("synthesis_reused") for r in ok),
     }
-    for key in METRICS:
-        values = [r[key] for r in ok if not math.isnan(r[key])]
+    # The engine's candidate estimates (estimate_probes) ride along, so a later look at which
+    # lands nearest the real agreement needs no rerun.
+    probes = sorted({k for r in ok for k in r if k.startswith("estimate_") and k not in METRICS})
+    for key in (*METRICS, *probes):
+        values = [r[key] for r in ok if key in r and not math.isnan(r[key])]
         mean, std = mean_std(values)
         summary[key] = {"mean": mean, "std": std, "values": values}
     return summary

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.fidelity import main, merge_results, parse_variants
+from bench.fidelity import METRICS, Row, main, merge_results, parse_variants, summarize
 
 
 def payload(teacher: str, device: str = "cuda", error: str | None = None) -> dict[str, Any]:
@@ -89,3 +89,18 @@ def test_merge_command_writes_one_result_file(tmp_path: Path) -> None:
 )
 def test_variant_labels_name_their_preset_s_row(text: str, labels: list[str]) -> None:
     assert parse_variants(text) == labels
+
+
+def test_a_row_summary_keeps_the_engine_s_candidate_estimates() -> None:
+    row = Row("fast", "preset", "fast")
+    base = {k: 0.5 for k in METRICS}
+    records = [
+        {**base, "seed": 0, "estimate_mix": 0.7, "estimate_range": 0.6},
+        {**base, "seed": 1, "estimate_mix": 0.9},  # a run without input_range has no range probe
+        {"seed": 2, "error": "RuntimeError: diverged", "estimate_mix": 0.1},
+    ]
+    summary = summarize(row, records)
+    assert summary["estimate_mix"]["values"] == [0.7, 0.9]
+    assert summary["estimate_mix"]["mean"] == pytest.approx(0.8)
+    assert summary["estimate_range"]["values"] == [0.6]
+    assert summary["failed"] == ["RuntimeError: diverged"]
