@@ -78,6 +78,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast, relabel off": ("fast", {"training": {"relabel": False}}),
     "fast, input noise 0.3": ("fast", {"training": {"input_noise": 0.3}}),
     "fast, pixel": ("fast", {"synthesis": {"parameterization": "pixel"}}),
+    "fast, pink prior": ("fast", {"synthesis": {"prior": "pink"}}),
+    "fast, normal prior": ("fast", {"synthesis": {"prior": "normal"}}),
     "fast, translate 0.125": ("fast", {"training": {"translate": 0.125}}),
     "fast, noise mix 0.25": ("fast", {"training": {"noise_mix": 0.25}}),
     "fast, noise mix 0.5": ("fast", {"training": {"noise_mix": 0.5}}),

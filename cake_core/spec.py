@@ -29,7 +29,7 @@ from cake_core.presets import DEFAULT_PRESET, PRESETS
 
 NoiseSchedule = Literal["linear", "cosine"]
 InputOptimizer = Literal["sgd", "adam"]
-Prior = Literal["normal", "uniform"]
+Prior = Literal["normal", "uniform", "pink"]
 Parameterization = Literal["pixel", "fourier"]
 TrainOptimizer = Literal["sgd", "adamw"]
 TrainSchedule = Literal["onecycle", "cosine"]
@@ -233,9 +233,16 @@ class SynthesisSpec:
     optimizer: Annotated[InputOptimizer, Field(description="Optimizer on the synthetic inputs")] = (
         "sgd"
     )
-    prior: Annotated[Prior, Field(description="Distribution the synthetic inputs start from")] = (
-        "normal"
-    )
+    prior: Annotated[
+        Prior,
+        Field(
+            description=(
+                "Distribution the synthetic inputs start from: standard normal, uniform on "
+                "[-1, 1], or (images) pink noise, unit-variance pixels whose spectrum falls as "
+                "1/frequency like natural images' (other inputs: standard normal)"
+            )
+        ),
+    ] = "normal"
     soft_labels: Annotated[
         Bool, Field(description="Store the teacher's softmax (true) or its argmax (false)")
     ] = True

@@ -113,7 +113,11 @@ def initial_batch(
     gen = batch_generator(seed, batch, device)
     rows, groups = spec.batch_size // spec.groups, spec.groups
     shape = (rows, groups, *input_shape)
-    if spec.prior == "normal":
+    if spec.prior == "pink" and supports_total_variation(input_shape):
+        basis = SpectralBasis(input_shape[-2], input_shape[-1], device)
+        white = torch.randn((*shape[:-2], *basis.scale.shape, 2), generator=gen, device=device)
+        x = basis.decode(white)
+    elif spec.prior in ("normal", "pink"):
         x = torch.randn(shape, generator=gen, device=device)
     else:
         x = torch.rand(shape, generator=gen, device=device) * 2.0 - 1.0

@@ -218,6 +218,25 @@ def test_uniform_prior() -> None:
     assert abs(float(x.std()) - 1.0 / math.sqrt(3.0)) < 0.02
 
 
+def test_pink_prior_draws_smooth_unit_variance_images_and_normal_tables() -> None:
+    pink = SynthesisSpec(num_samples=2000, batch_size=2000, groups=10, prior="pink")
+    white = replace(pink, prior="normal")
+    shape = (1, 16, 16)
+    x, _ = initial_batch(pink, shape, 10, seed=3, batch=0, device=CPU)
+    w, _ = initial_batch(white, shape, 10, seed=3, batch=0, device=CPU)
+    assert x.shape == w.shape
+    assert abs(float(x.mean())) < 0.05
+    assert abs(float(x.std()) - 1.0) < 0.05
+    # Neighbouring pixels are correlated (amplitude ~ 1/frequency), unlike white noise's.
+    step = (x[..., 1:] - x[..., :-1]).abs().mean() / (w[..., 1:] - w[..., :-1]).abs().mean()
+    assert float(step) < 0.7
+    power = torch.fft.rfft2(x.squeeze(2)).abs().pow(2).mean(dim=(0, 1))
+    assert float(power[1, 1]) > 10 * float(power[8, 8])  # low frequencies carry the energy
+    # Inputs without a 2-D grid have no spectrum: the pink prior draws them as "normal" does.
+    table, _ = initial_batch(pink, MLP_SHAPE, 10, seed=3, batch=0, device=CPU)
+    assert torch.equal(table, initial_batch(white, MLP_SHAPE, 10, seed=3, batch=0, device=CPU)[0])
+
+
 def test_initial_batch_depends_on_seed_and_batch_only() -> None:
     spec = _spec()
     a = initial_batch(spec, MLP_SHAPE, MLP_CLASSES, seed=1, batch=2, device=CPU)
