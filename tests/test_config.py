@@ -132,6 +132,8 @@ def test_default_and_fast_presets_differ_as_documented() -> None:
     # fast makes fewer samples with fewer steps
     assert fast.synthesis.num_samples == 3200 < default.synthesis.num_samples
     assert fast.synthesis.steps == 200 < default.synthesis.steps
+    # fast starts images as pink noise; default keeps white noise until measured with it
+    assert (fast.synthesis.prior, default.synthesis.prior) == ("pink", "normal")
     assert default != fast != reference != default
 
 
