@@ -58,14 +58,17 @@ def load_probe_set(
     cache: Path,
     synthesis_seed: int = 0,
     training: dict[str, Any] | None = None,
+    synthesis: dict[str, Any] | None = None,
 ) -> ProbeSet:
     """``name``'s `fast` synthetic set of job seed ``synthesis_seed`` from ``cache`` (made and
     kept there when missing), with ``training`` overrides in the spec (they leave the set as
-    it is: the cache key is the synthesis spec's)."""
+    it is: the cache key is the synthesis spec's) and ``synthesis`` overrides (another set)."""
     cached = get_teacher(name)
     runtime = default_runtime("cpu")
     teacher, info = inspect_teacher(cached.path, cached.input_shape, device=runtime.device)
     preset = {"preset": "fast", "seed": synthesis_seed, "student": STUDENT}
+    if synthesis:
+        preset["synthesis"] = synthesis
     store = SynthesisReuse(SynthesisSets(cache), synthesis_cache_key(cached, preset))
     spec = resolve_spec({**preset, "training": training or {}}, num_classes=info.num_classes)
     data, _, _ = _synthesize_all(

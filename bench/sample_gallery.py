@@ -21,14 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.fidelity import synthesis_cache_key
-from bench.fit_probe import STUDENT
-from bench.quality import SynthesisReuse, SynthesisSets
-from bench.zoo import get_teacher
-from cake_core.config import resolve_spec
-from cake_core.device import default_runtime
-from cake_core.pipeline import _Reporter, _synthesize_all
-from cake_core.teacher import inspect_teacher
+from bench.fit_probe import load_probe_set
 
 
 def describe(x: torch.Tensor) -> str:
@@ -59,20 +52,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("gallery.png"))
     args = parser.parse_args()
 
-    cached = get_teacher(args.teacher)
-    runtime = default_runtime("cpu")
-    teacher, info = inspect_teacher(cached.path, cached.input_shape, device=runtime.device)
-    if len(info.input_shape) != 3:
+    probe = load_probe_set(args.teacher, args.synthesis_cache, synthesis=json.loads(args.synthesis))
+    if len(probe.info.input_shape) != 3:
         parser.error(f"{args.teacher} does not take images")
-    job = {"preset": "fast", "seed": 0, "student": STUDENT}
-    job["synthesis"] = json.loads(args.synthesis)
-    store = SynthesisReuse(SynthesisSets(args.synthesis_cache), synthesis_cache_key(cached, job))
-    spec = resolve_spec(job, num_classes=info.num_classes)
-    data, _, _ = _synthesize_all(
-        teacher, spec, info, runtime, _Reporter(None), lambda: False, store
-    )
-    train, _ = data.split(spec.training.holdout_fraction, spec.seed)
-    real = torch.tensor(np.load(cached.eval_path)["x"]).float().view(-1, *info.input_shape)
+    train, real = probe.train, probe.x_real
     print(f"real      {describe(real)}")
     print(f"synthetic {describe(train.x)}")
 
@@ -82,7 +65,7 @@ def main() -> None:
     rows = [tiles(real[i::10][:n]) for i in range(2)]
     rows += [tiles(train.x[order[i * step : i * step + n]]) for i in range(6)]
     image = np.concatenate(rows, axis=0)
-    scale = max(1, 96 // info.input_shape[-1])
+    scale = max(1, 96 // probe.info.input_shape[-1])
     Image.fromarray(image).resize(
         (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST
     ).save(args.out)
